@@ -1,0 +1,5 @@
+//! `conduit`: one binary, many subcommands.
+
+fn main() {
+    println!("conduit");
+}
