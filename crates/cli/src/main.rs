@@ -1,5 +1,75 @@
-//! `conduit`: one binary, many subcommands.
+//! `conduit`: one binary, many subcommands. Thin: parses arguments, installs logging,
+//! maps errors to exit codes (0 ok, 1 operation failed, 2 usage error).
 
-fn main() {
-    println!("conduit");
+use std::io::Read;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use bytes::BytesMut;
+use clap::{Parser, Subcommand};
+
+mod decode;
+
+/// Conduit: Couchbase-style data nodes and DCP replication.
+#[derive(Debug, Parser)]
+#[command(name = "conduit", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Decode MCBP/DCP frames given as hex (arguments, or stdin when none) and print
+    /// one JSON object per frame.
+    Decode {
+        /// Hex strings; whitespace and `|` separators are ignored.
+        hex: Vec<String>,
+        /// Largest body accepted, in bytes.
+        #[arg(long, default_value_t = mcbp::DEFAULT_MAX_BODY_LEN)]
+        max_body: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Decode { hex, max_body } => run_decode(hex, max_body),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("conduit: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run_decode(args: Vec<String>, max_body: usize) -> anyhow::Result<()> {
+    let text = if args.is_empty() {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading hex from stdin")?;
+        s
+    } else {
+        args.join("")
+    };
+    let clean: String = text
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '|')
+        .collect();
+    let raw = hex::decode(&clean).context("input is not hex")?;
+    let mut buf = BytesMut::from(&raw[..]);
+    for line in decode::frames_to_json(&mut buf, max_body)? {
+        println!("{line}");
+    }
+    Ok(())
 }

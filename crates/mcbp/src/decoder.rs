@@ -201,9 +201,16 @@ mod tests {
         let mut b = sample();
         b[8..12].copy_from_slice(&(31u32 * 1024 * 1024).to_be_bytes());
         b.truncate(HEADER_LEN);
-        let err = FrameDecoder::default().decode(&mut b).expect_err("too large");
-        assert!(matches!(err, DecodeError::BodyTooLarge { body_len, .. } if body_len == 31 * 1024 * 1024));
-        assert!(b.capacity() < 1024 * 1024, "no reservation for a refused body");
+        let err = FrameDecoder::default()
+            .decode(&mut b)
+            .expect_err("too large");
+        assert!(
+            matches!(err, DecodeError::BodyTooLarge { body_len, .. } if body_len == 31 * 1024 * 1024)
+        );
+        assert!(
+            b.capacity() < 1024 * 1024,
+            "no reservation for a refused body"
+        );
     }
 
     #[test]
@@ -212,19 +219,37 @@ mod tests {
         let mut b = sample();
         b[2..4].copy_from_slice(&100u16.to_be_bytes());
         let err = d.decode(&mut b).expect_err("key too long");
-        assert!(matches!(err, DecodeError::LengthExceedsBody { field: LengthField::Key, .. }));
+        assert!(matches!(
+            err,
+            DecodeError::LengthExceedsBody {
+                field: LengthField::Key,
+                ..
+            }
+        ));
         assert!(err.to_string().contains("key length"), "{err}");
 
         let mut b = sample();
         b[4] = 200;
         let err = d.decode(&mut b).expect_err("extras too long");
-        assert!(matches!(err, DecodeError::LengthExceedsBody { field: LengthField::Extras, .. }));
+        assert!(matches!(
+            err,
+            DecodeError::LengthExceedsBody {
+                field: LengthField::Extras,
+                ..
+            }
+        ));
 
         let mut b = sample();
         b[0] = 0x08;
         b[2] = 250;
         let err = d.decode(&mut b).expect_err("framing extras too long");
-        assert!(matches!(err, DecodeError::LengthExceedsBody { field: LengthField::FramingExtras, .. }));
+        assert!(matches!(
+            err,
+            DecodeError::LengthExceedsBody {
+                field: LengthField::FramingExtras,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -233,7 +258,10 @@ mod tests {
         b[0] = 0x42;
         b[2..4].copy_from_slice(&0xffffu16.to_be_bytes()); // not interpreted
         let original = b.clone().freeze();
-        let f = FrameDecoder::default().decode(&mut b).expect("ok").expect("whole");
+        let f = FrameDecoder::default()
+            .decode(&mut b)
+            .expect("ok")
+            .expect("whole");
         assert_eq!(f.magic(), Magic::Unknown(0x42));
         assert_eq!(f.bytes(), &original);
         assert!(f.key().is_empty() && f.value().is_empty());

@@ -508,7 +508,10 @@ impl<'a> Iterator for FrameInfoIter<'a> {
 /// # Panics
 /// If `id > 270` or `data.len() > 270` (not expressible on the wire).
 pub fn put_frame_info(buf: &mut Vec<u8>, id: u16, data: &[u8]) {
-    assert!(id <= 270 && data.len() <= 270, "FrameInfo id/length out of range");
+    assert!(
+        id <= 270 && data.len() <= 270,
+        "FrameInfo id/length out of range"
+    );
     let id_nib = id.min(15) as u8;
     let len_nib = data.len().min(15) as u8;
     buf.push(id_nib << 4 | len_nib);
@@ -741,9 +744,18 @@ mod tests {
         assert_eq!(f.header().key_len, 3);
         assert_eq!(f.key(), b"abc");
         assert_eq!(f.value(), b"v");
-        let infos: Vec<_> = f.frame_infos().collect::<Result<_, _>>().expect("well formed");
+        let infos: Vec<_> = f
+            .frame_infos()
+            .collect::<Result<_, _>>()
+            .expect("well formed");
         assert_eq!(infos.len(), 2);
-        assert_eq!(infos[1], FrameInfo { id: 1, data: &[1, 0, 100] });
+        assert_eq!(
+            infos[1],
+            FrameInfo {
+                id: 1,
+                data: &[1, 0, 100]
+            }
+        );
     }
 
     #[test]
@@ -752,7 +764,13 @@ mod tests {
         put_frame_info(&mut fe, 20, &[7u8; 20]);
         let it = FrameInfoIter { rest: &fe };
         let got: Vec<_> = it.collect();
-        assert_eq!(got, vec![Ok(FrameInfo { id: 20, data: &[7u8; 20] })]);
+        assert_eq!(
+            got,
+            vec![Ok(FrameInfo {
+                id: 20,
+                data: &[7u8; 20]
+            })]
+        );
         let cut = FrameInfoIter { rest: &fe[..5] };
         assert!(cut.last().expect("one item").is_err());
     }

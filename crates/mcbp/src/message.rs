@@ -111,15 +111,25 @@ pub trait Message: Sized {
     /// [`BodyError`] if the frame is not this message or its body does not fit.
     fn parse(frame: &Frame) -> Result<Self, BodyError> {
         let magic_ok = match Self::DIRECTION {
-            Direction::Request => matches!(frame.magic(), Magic::ClientRequest | Magic::AltClientRequest),
-            Direction::Response => matches!(frame.magic(), Magic::ClientResponse | Magic::AltClientResponse),
+            Direction::Request => matches!(
+                frame.magic(),
+                Magic::ClientRequest | Magic::AltClientRequest
+            ),
+            Direction::Response => matches!(
+                frame.magic(),
+                Magic::ClientResponse | Magic::AltClientResponse
+            ),
         };
         if !magic_ok {
             return Err(BodyError::new(
                 frame,
                 Self::DIRECTION,
                 BodyField::Magic,
-                format!("magic {} is not a client {}", frame.magic(), Self::DIRECTION),
+                format!(
+                    "magic {} is not a client {}",
+                    frame.magic(),
+                    Self::DIRECTION
+                ),
             ));
         }
         if !Self::accepts(frame.opcode()) {
@@ -198,20 +208,13 @@ impl<'a> Check<'a> {
             Err(self.err(BodyField::Value, "must be empty"))
         }
     }
-
-    pub(crate) fn utf8_key(&self) -> Result<String, BodyError> {
-        String::from_utf8(self.frame.key().to_vec())
-            .map_err(|_| self.err(BodyField::Key, "not valid UTF-8"))
-    }
-
-    pub(crate) fn utf8_value(&self) -> Result<String, BodyError> {
-        String::from_utf8(self.frame.value().to_vec())
-            .map_err(|_| self.err(BodyField::Value, "not valid UTF-8"))
-    }
 }
 
 fn join(v: &[usize]) -> String {
-    v.iter().map(ToString::to_string).collect::<Vec<_>>().join(" or ")
+    v.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" or ")
 }
 
 /// Big-endian reads from a slice whose length was already checked.

@@ -1,1 +1,0 @@
-//! DCP messages.

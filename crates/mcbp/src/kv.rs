@@ -1,1 +1,0 @@
-//! KV messages.
