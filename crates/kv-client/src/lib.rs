@@ -1,5 +1,16 @@
-//! Async MCBP client: auth, HELLO, select bucket, vbucket state, DCP open, stats.
+//! An async MCBP client for Conduit's tools, tests and the replication layer's
+//! connection set-up: connect, SASL (PLAIN and SCRAM), HELLO, SELECT_BUCKET,
+//! DCP_OPEN, vbucket state, stats and a few KV commands.
 //!
-//! Placeholder: this crate is built out by issue #5; it holds no code yet.
+//! One request at a time; every wait on the peer is bounded by the configured
+//! timeout, and every error names the peer. After set-up a connection can be taken
+//! apart with [`Client::into_parts`] so a proxy can splice the socket.
 
 #![warn(missing_docs)]
+
+mod client;
+mod error;
+pub mod scram;
+
+pub use client::{Client, ClientConfig, Credentials};
+pub use error::ClientError;

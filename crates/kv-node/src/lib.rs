@@ -1,8 +1,22 @@
 //! Conduit's data node: buckets split into vbuckets, served over MCBP, with a DCP
-//! producer and consumer. Storage is `kv-engine`; this crate is the network shell,
-//! sessions, authentication and the admin API.
+//! producer and consumer. Storage is `kv-engine`; this crate is the network shell:
+//! sessions, authentication, the admin API and background tasks.
+//!
+//! Start one with [`Node::start`] (binds the configured ports) or
+//! [`Node::start_with_listeners`] (tests bind `127.0.0.1:0` themselves).
 
 #![warn(missing_docs)]
 
+mod admin;
+pub mod cluster;
+pub mod config;
+mod dcp;
+pub mod faults;
+pub mod node;
 pub mod scram;
+mod session;
+mod stats;
 pub mod users;
+
+pub use config::{BucketUserConfig, ConfigError, DcpConfig, NodeConfig};
+pub use node::{BucketEntry, BucketMeta, Node, NodeError, NodeState};

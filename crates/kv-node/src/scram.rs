@@ -3,121 +3,13 @@
 //! answered AUTH_CONTINUE with the server-first message; SASL_STEP carries the
 //! client-final message and is answered SUCCESS with `v=<server signature>`.
 //!
-//! Hashing, HMAC and PBKDF2 come from the RustCrypto crates; this module only
-//! arranges the messages. The exchange is a small state machine with no I/O.
+//! The primitives are shared with the client in `kv_client::scram`; the exchange is a
+//! small state machine with no I/O.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use hmac::digest::Digest;
-use hmac::{Hmac, Mac};
-
-/// The SCRAM mechanisms we serve, strongest first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ScramMech {
-    /// SCRAM-SHA512.
-    Sha512,
-    /// SCRAM-SHA256.
-    Sha256,
-    /// SCRAM-SHA1.
-    Sha1,
-}
-
-impl ScramMech {
-    /// Every mechanism, strongest first.
-    pub const ALL: [ScramMech; 3] = [ScramMech::Sha512, ScramMech::Sha256, ScramMech::Sha1];
-
-    /// The SASL mechanism name (no dash between SHA and the digits).
-    #[must_use]
-    pub fn name(self) -> &'static str {
-        match self {
-            ScramMech::Sha512 => "SCRAM-SHA512",
-            ScramMech::Sha256 => "SCRAM-SHA256",
-            ScramMech::Sha1 => "SCRAM-SHA1",
-        }
-    }
-
-    /// Parses a SASL mechanism name.
-    #[must_use]
-    pub fn parse(name: &[u8]) -> Option<ScramMech> {
-        ScramMech::ALL
-            .into_iter()
-            .find(|m| m.name().as_bytes() == name)
-    }
-}
-
-/// Iterations used when deriving stored credentials.
-pub const ITERATIONS: u32 = 4096;
-
-/// What the server keeps for one user and mechanism (never the password).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ScramCredential {
-    /// Salt.
-    pub salt: Vec<u8>,
-    /// PBKDF2 iterations.
-    pub iterations: u32,
-    /// H(ClientKey).
-    pub stored_key: Vec<u8>,
-    /// HMAC(SaltedPassword, "Server Key").
-    pub server_key: Vec<u8>,
-}
-
-/// Runs `$body` with `$d` bound to the digest type of `$mech`. RustCrypto's generic
-/// bounds for HMAC are unwieldy; three concrete expansions are clearer.
-macro_rules! with_digest {
-    ($mech:expr, $d:ident => $body:expr) => {
-        match $mech {
-            ScramMech::Sha512 => {
-                type $d = sha2::Sha512;
-                $body
-            }
-            ScramMech::Sha256 => {
-                type $d = sha2::Sha256;
-                $body
-            }
-            ScramMech::Sha1 => {
-                type $d = sha1::Sha1;
-                $body
-            }
-        }
-    };
-}
-
-fn mech_hmac(mech: ScramMech, key: &[u8], msg: &[u8]) -> Vec<u8> {
-    with_digest!(mech, D => {
-        let mut mac =
-            <Hmac<D> as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length");
-        mac.update(msg);
-        mac.finalize().into_bytes().to_vec()
-    })
-}
-
-fn mech_hash(mech: ScramMech, data: &[u8]) -> Vec<u8> {
-    with_digest!(mech, D => D::digest(data).to_vec())
-}
-
-/// PBKDF2-HMAC of the password: the SCRAM SaltedPassword.
-fn salted_password(mech: ScramMech, password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
-    with_digest!(mech, D => {
-        let mut out = vec![0u8; <D as Digest>::output_size()];
-        pbkdf2::pbkdf2_hmac::<D>(password, salt, iterations, &mut out);
-        out
-    })
-}
-
-impl ScramCredential {
-    /// Derives the stored credential for `password` with this salt.
-    #[must_use]
-    pub fn derive(mech: ScramMech, password: &str, salt: &[u8], iterations: u32) -> Self {
-        let salted = salted_password(mech, password.as_bytes(), salt, iterations);
-        let client_key = mech_hmac(mech, &salted, b"Client Key");
-        ScramCredential {
-            salt: salt.to_vec(),
-            iterations,
-            stored_key: mech_hash(mech, &client_key),
-            server_key: mech_hmac(mech, &salted, b"Server Key"),
-        }
-    }
-}
+use kv_client::scram::{mech_hash, mech_hmac};
+pub use kv_client::scram::{ScramCredential, ScramMech, ITERATIONS};
 
 /// Equality that does not stop at the first differing byte.
 fn same(a: &[u8], b: &[u8]) -> bool {
@@ -301,39 +193,7 @@ impl ScramServer {
 mod tests {
     use super::*;
 
-    /// A minimal client, written from RFC 5802, to drive the server in tests.
-    fn client_final(
-        mech: ScramMech,
-        password: &str,
-        client_first_bare: &str,
-        server_first: &str,
-    ) -> (String, Vec<u8>) {
-        let mut salt = None;
-        let mut iters = 0;
-        let mut nonce = "";
-        for p in server_first.split(',') {
-            if let Some(s) = p.strip_prefix("s=") {
-                salt = Some(B64.decode(s).expect("salt"));
-            } else if let Some(i) = p.strip_prefix("i=") {
-                iters = i.parse().expect("iterations");
-            } else if let Some(r) = p.strip_prefix("r=") {
-                nonce = r;
-            }
-        }
-        let salt = salt.expect("salt present");
-        let cred = ScramCredential::derive(mech, password, &salt, iters);
-        let without_proof = format!("c=biws,r={nonce}");
-        let auth = format!("{client_first_bare},{server_first},{without_proof}");
-        let sig = mech_hmac(mech, &cred.stored_key, auth.as_bytes());
-        let salted = salted_password(mech, password.as_bytes(), &salt, iters);
-        let client_key = mech_hmac(mech, &salted, b"Client Key");
-        let proof: Vec<u8> = client_key.iter().zip(&sig).map(|(a, b)| a ^ b).collect();
-        let server_sig = mech_hmac(mech, &cred.server_key, auth.as_bytes());
-        (
-            format!("{without_proof},p={}", B64.encode(proof)),
-            server_sig,
-        )
-    }
+    use kv_client::scram::ScramClient;
 
     fn run(
         mech: ScramMech,
@@ -342,17 +202,19 @@ mod tests {
         user_exists: bool,
     ) -> Result<String, ScramError> {
         let cred = ScramCredential::derive(mech, stored_pw, b"0123456789abcdef", 64);
-        let first_bare = "n=admin,r=clientnonce";
-        let (server, server_first) = ScramServer::start(
-            mech,
-            format!("n,,{first_bare}").as_bytes(),
-            "servernonce",
-            |u| (user_exists && u == "admin").then(|| cred.clone()),
-        )?;
+        let (mut client, first) = ScramClient::first(mech, "admin", given_pw, "clientnonce");
+        let (server, server_first) =
+            ScramServer::start(mech, first.as_bytes(), "servernonce", |u| {
+                (user_exists && u == "admin").then(|| cred.clone())
+            })?;
         assert!(server_first.starts_with("r=clientnonceservernonce,s="));
-        let (final_msg, expect_sig) = client_final(mech, given_pw, first_bare, &server_first);
+        let final_msg = client
+            .final_message(server_first.as_bytes())
+            .expect("well formed");
         let v = server.finish(final_msg.as_bytes())?;
-        assert_eq!(v, format!("v={}", B64.encode(expect_sig)));
+        client
+            .verify(v.as_bytes())
+            .expect("server signature verifies");
         Ok(v)
     }
 

@@ -1,0 +1,1057 @@
+//! One vbucket in memory: its documents (indexed by key and by seqno), seqnos,
+//! failover log and the dirty state the next flush must write.
+//!
+//! Every method runs under the vbucket's mutex; the bucket-wide counters it touches
+//! ([`Shared`]) are atomics.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use mcbp::{Cas, Seqno, VbState, Vbid};
+
+use crate::error::{EngineError, Result};
+use crate::failover::{FailoverEntry, FailoverLog};
+use crate::item::{absolute_expiry, DeleteSource, Item, UnixTime, DATATYPE_JSON};
+use crate::ops::{
+    ArithOp, ConcatOp, Counter, Document, MutationInfo, RollbackOutcome, StoreOp,
+    StreamRequestPosition, VbStats,
+};
+
+/// Longest accepted key: 250 bytes plus up to 5 bytes of LEB128 collection prefix.
+pub const MAX_KEY_LEN: usize = 255;
+
+/// Bucket-wide state shared by all vbuckets.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// Last CAS handed out or observed (hybrid logical clock, see `next_cas`).
+    cas: AtomicU64,
+    mem_used: AtomicU64,
+    pub(crate) quota: u64,
+    pub(crate) max_item_size: usize,
+    changes: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new(quota: u64, max_item_size: usize, max_cas: u64) -> Shared {
+        Shared {
+            cas: AtomicU64::new(max_cas),
+            mem_used: AtomicU64::new(0),
+            quota,
+            max_item_size,
+            changes: AtomicU64::new(0),
+        }
+    }
+
+    /// Hybrid logical clock: the wall clock in nanoseconds, unless that would not be
+    /// above the last CAS, in which case last + 1. Unique and increasing per bucket
+    /// even when the caller's clock stalls or steps back.
+    fn next_cas(&self, now: UnixTime) -> Cas {
+        let mut next = 0;
+        self.cas
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
+                next = last.saturating_add(1).max(now.nanos());
+                Some(next)
+            })
+            .expect("the update closure always returns Some");
+        Cas(next)
+    }
+
+    /// Lets a CAS received from a producer advance the clock, so that writes after a
+    /// promotion to active are newer than everything replicated.
+    fn observe_cas(&self, cas: Cas) {
+        self.cas.fetch_max(cas.0, Ordering::AcqRel);
+    }
+
+    pub(crate) fn max_cas(&self) -> u64 {
+        self.cas.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mem_used(&self) -> u64 {
+        self.mem_used.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
+    fn bump_changes(&self) {
+        self.changes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Takes `bytes` more of the quota; with `enforce` it fails rather than exceed it.
+    fn reserve(&self, vb: Vbid, bytes: u64, enforce: bool) -> Result<()> {
+        if !enforce {
+            self.mem_used.fetch_add(bytes, Ordering::AcqRel);
+            return Ok(());
+        }
+        self.mem_used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|n| *n <= self.quota)
+            })
+            .map(|_| ())
+            .map_err(|used| EngineError::NoMemory {
+                vb,
+                used,
+                needed: bytes,
+                quota: self.quota,
+            })
+    }
+
+    fn release(&self, bytes: u64) {
+        // Saturate: accounting is approximate, never let it wrap.
+        let _ = self
+            .mem_used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(bytes))
+            });
+    }
+}
+
+/// A stored version plus the bookkeeping rollback needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Stored {
+    pub(crate) item: Item,
+    /// The seqno of the oldest version of this key since the key was last absent
+    /// from the store. A rollback to `to` is exact only if every version above `to`
+    /// has `origin > to`: otherwise an older version was overwritten and is gone.
+    pub(crate) origin: Seqno,
+}
+
+/// The vbucket fields persisted as one record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct VbMeta {
+    pub(crate) state: VbState,
+    pub(crate) high_seqno: Seqno,
+    pub(crate) purge_seqno: Seqno,
+    pub(crate) snap_start: Seqno,
+    pub(crate) snap_end: Seqno,
+    pub(crate) failover: FailoverLog,
+}
+
+/// Dirty state taken from a vbucket by a flush.
+#[derive(Debug)]
+pub(crate) struct FlushBatch {
+    pub(crate) vb: Vbid,
+    /// Remove every on-disk version above this seqno first (rollback/reset).
+    pub(crate) truncate_above: Option<Seqno>,
+    pub(crate) deletes: Vec<Seqno>,
+    pub(crate) puts: Vec<Stored>,
+    pub(crate) meta: VbMeta,
+}
+
+/// The fields of a new version the operation decides; seqno, cas and rev are assigned.
+struct NewVersion {
+    value: Bytes,
+    flags: u32,
+    expiry: u32,
+    datatype: u8,
+    tombstone: Option<(DeleteSource, u32)>,
+}
+
+#[derive(Debug)]
+pub(crate) struct VBucket {
+    pub(crate) id: Vbid,
+    pub(crate) state: VbState,
+    pub(crate) high_seqno: Seqno,
+    pub(crate) persisted_seqno: Seqno,
+    pub(crate) purge_seqno: Seqno,
+    pub(crate) snap_start: Seqno,
+    pub(crate) snap_end: Seqno,
+    pub(crate) failover: FailoverLog,
+    by_key: HashMap<Bytes, Seqno>,
+    /// Exactly one version per key: the current one.
+    by_seqno: BTreeMap<Seqno, Stored>,
+    live_items: u64,
+    tombstones: u64,
+    mem: u64,
+    /// Versions in memory not yet written.
+    dirty: BTreeSet<Seqno>,
+    /// Versions removed from memory that may be on disk.
+    disk_deletes: Vec<Seqno>,
+    truncate_above: Option<Seqno>,
+    meta_dirty: bool,
+}
+
+fn next(s: Seqno) -> Seqno {
+    Seqno(s.0.saturating_add(1))
+}
+
+impl VBucket {
+    /// A new, empty, dead vbucket.
+    pub(crate) fn new(id: Vbid) -> VBucket {
+        VBucket {
+            id,
+            state: VbState::Dead,
+            high_seqno: Seqno(0),
+            persisted_seqno: Seqno(0),
+            purge_seqno: Seqno(0),
+            snap_start: Seqno(0),
+            snap_end: Seqno(0),
+            failover: FailoverLog::new(),
+            by_key: HashMap::new(),
+            by_seqno: BTreeMap::new(),
+            live_items: 0,
+            tombstones: 0,
+            mem: 0,
+            dirty: BTreeSet::new(),
+            disk_deletes: Vec::new(),
+            truncate_above: None,
+            meta_dirty: false,
+        }
+    }
+
+    /// A vbucket restored from its persisted record (items are added by `load_version`).
+    pub(crate) fn from_meta(id: Vbid, meta: VbMeta) -> VBucket {
+        let mut vb = VBucket::new(id);
+        vb.state = meta.state;
+        vb.high_seqno = meta.high_seqno;
+        vb.persisted_seqno = meta.high_seqno;
+        vb.purge_seqno = meta.purge_seqno;
+        vb.snap_start = meta.snap_start;
+        vb.snap_end = meta.snap_end;
+        vb.failover = meta.failover;
+        vb
+    }
+
+    pub(crate) fn meta(&self) -> VbMeta {
+        VbMeta {
+            state: self.state,
+            high_seqno: self.high_seqno,
+            purge_seqno: self.purge_seqno,
+            snap_start: self.snap_start,
+            snap_end: self.snap_end,
+            failover: self.failover.clone(),
+        }
+    }
+
+    /// Adds a version read from disk. If the key already has a version (only possible
+    /// if an earlier process died between writing and removing), the newer one wins
+    /// and the older one is scheduled for removal from disk.
+    pub(crate) fn load_version(&mut self, sh: &Shared, stored: Stored) {
+        let seqno = stored.item.by_seqno;
+        if let Some(&existing) = self.by_key.get(&stored.item.key) {
+            if existing > seqno {
+                self.disk_deletes.push(seqno);
+                return;
+            }
+            self.remove_version(sh, existing, true);
+        }
+        // Loading never refuses: a bucket over quota only refuses new writes.
+        let _ = sh.reserve(self.id, stored.item.mem_size(), false);
+        self.account_add(&stored.item);
+        self.by_key.insert(stored.item.key.clone(), seqno);
+        self.by_seqno.insert(seqno, stored);
+    }
+
+    fn account_add(&mut self, item: &Item) {
+        self.mem += item.mem_size();
+        if item.deleted {
+            self.tombstones += 1;
+        } else {
+            self.live_items += 1;
+        }
+    }
+
+    fn not_my_vbucket(&self) -> EngineError {
+        EngineError::NotMyVbucket {
+            vb: self.id,
+            state: Some(self.state),
+        }
+    }
+
+    fn require_active(&self) -> Result<()> {
+        if self.state == VbState::Active {
+            Ok(())
+        } else {
+            Err(self.not_my_vbucket())
+        }
+    }
+
+    fn require_replica(&self) -> Result<()> {
+        match self.state {
+            VbState::Replica | VbState::Pending => Ok(()),
+            VbState::Active | VbState::Dead => Err(self.not_my_vbucket()),
+        }
+    }
+
+    fn current(&self, key: &[u8]) -> Option<&Stored> {
+        let seqno = self.by_key.get(key)?;
+        let stored = self.by_seqno.get(seqno);
+        debug_assert!(
+            stored.is_some(),
+            "{} key index points at a missing seqno",
+            self.id
+        );
+        stored
+    }
+
+    fn visible(&self, key: &[u8], now: UnixTime) -> Option<&Item> {
+        self.current(key)
+            .map(|s| &s.item)
+            .filter(|i| i.is_visible(now))
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<()> {
+        if key.is_empty() || key.len() > MAX_KEY_LEN {
+            return Err(EngineError::InvalidKey {
+                vb: self.id,
+                len: key.len(),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, sh: &Shared, len: usize) -> Result<()> {
+        if len > sh.max_item_size {
+            return Err(EngineError::TooBig {
+                vb: self.id,
+                len,
+                max: sh.max_item_size,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_cas(&self, item: &Item, cas: Cas) -> Result<()> {
+        if cas != Cas(0) && cas != item.cas {
+            return Err(EngineError::KeyExists { vb: self.id });
+        }
+        Ok(())
+    }
+
+    /// Removes the current version at `seqno` from memory and returns its bytes to
+    /// the quota. With `on_disk`, a version that was already flushed is queued for
+    /// removal from disk.
+    fn remove_version(&mut self, sh: &Shared, seqno: Seqno, on_disk: bool) -> Option<Stored> {
+        let stored = self.detach_version(seqno, on_disk)?;
+        sh.release(stored.item.mem_size());
+        Some(stored)
+    }
+
+    /// `remove_version` without touching the bucket's quota (the caller settles it).
+    fn detach_version(&mut self, seqno: Seqno, on_disk: bool) -> Option<Stored> {
+        let stored = self.by_seqno.remove(&seqno)?;
+        let removed = self.by_key.remove(&stored.item.key);
+        debug_assert_eq!(removed, Some(seqno), "{} key index out of sync", self.id);
+        self.mem = self.mem.saturating_sub(stored.item.mem_size());
+        if stored.item.deleted {
+            self.tombstones = self.tombstones.saturating_sub(1);
+        } else {
+            self.live_items = self.live_items.saturating_sub(1);
+        }
+        if !self.dirty.remove(&seqno) && on_disk {
+            self.disk_deletes.push(seqno);
+        }
+        Some(stored)
+    }
+
+    /// Settles the quota for replacing the key's current version with `item`. With
+    /// `enforce` false the write always succeeds: deletions must stay possible, or a
+    /// full bucket could never shrink.
+    fn reserve_for(&self, sh: &Shared, item: &Item, enforce: bool) -> Result<()> {
+        let old_size = self.current(&item.key).map_or(0, |s| s.item.mem_size());
+        let new_size = item.mem_size();
+        if new_size > old_size {
+            sh.reserve(self.id, new_size - old_size, enforce)
+        } else {
+            sh.release(old_size - new_size);
+            Ok(())
+        }
+    }
+
+    /// Makes `item` the current version of its key; `reserve_for` was called for it.
+    fn install_reserved(&mut self, sh: &Shared, item: Item) {
+        let seqno = item.by_seqno;
+        let origin = match self.by_key.get(&item.key).copied() {
+            Some(old_seqno) => {
+                self.detach_version(old_seqno, true)
+                    .expect("key index points at a stored version")
+                    .origin
+            }
+            None => seqno,
+        };
+        self.account_add(&item);
+        self.by_key.insert(item.key.clone(), seqno);
+        self.by_seqno.insert(seqno, Stored { item, origin });
+        self.dirty.insert(seqno);
+        self.high_seqno = seqno;
+        if seqno > self.snap_end {
+            // Keeps snap_start <= high <= snap_end even if a producer skipped a marker.
+            self.snap_end = seqno;
+        }
+        if self.state == VbState::Active {
+            self.snap_start = seqno;
+        }
+        sh.bump_changes();
+    }
+
+    /// Assigns seqno, cas and rev to a new front-end version of `key` and installs it.
+    fn mutate(
+        &mut self,
+        sh: &Shared,
+        key: Bytes,
+        nv: NewVersion,
+        now: UnixTime,
+    ) -> Result<MutationInfo> {
+        let rev_seqno = self.current(&key).map_or(1, |s| s.item.rev_seqno + 1);
+        let seqno = next(self.high_seqno);
+        let (deleted, delete_source, delete_time) = match nv.tombstone {
+            Some((source, time)) => (true, source, time),
+            None => (false, DeleteSource::Explicit, 0),
+        };
+        let mut item = Item {
+            key,
+            value: nv.value,
+            cas: Cas(0),
+            flags: nv.flags,
+            expiry: nv.expiry,
+            datatype: nv.datatype,
+            rev_seqno,
+            by_seqno: seqno,
+            deleted,
+            delete_source,
+            delete_time,
+        };
+        // Reserve before taking a CAS, so a refused write consumes nothing.
+        self.reserve_for(sh, &item, !deleted)?;
+        item.cas = sh.next_cas(now);
+        let cas = item.cas;
+        self.install_reserved(sh, item);
+        Ok(MutationInfo {
+            cas,
+            seqno,
+            vb_uuid: self.failover.current_uuid(),
+        })
+    }
+
+    // ---- front end (active only) ----
+
+    pub(crate) fn get(&self, key: &[u8], now: UnixTime) -> Result<Item> {
+        self.require_active()?;
+        self.visible(key, now)
+            .cloned()
+            .ok_or(EngineError::KeyNotFound { vb: self.id })
+    }
+
+    pub(crate) fn get_replica(&self, key: &[u8], now: UnixTime) -> Result<Item> {
+        if self.state != VbState::Replica {
+            return Err(self.not_my_vbucket());
+        }
+        self.visible(key, now)
+            .cloned()
+            .ok_or(EngineError::KeyNotFound { vb: self.id })
+    }
+
+    pub(crate) fn store(
+        &mut self,
+        sh: &Shared,
+        op: StoreOp,
+        doc: Document,
+        cas: Cas,
+        now: UnixTime,
+    ) -> Result<MutationInfo> {
+        self.require_active()?;
+        self.check_key(&doc.key)?;
+        self.check_value(sh, doc.value.len())?;
+        let existing = self.visible(&doc.key, now);
+        match (op, existing) {
+            (StoreOp::Add, Some(_)) => return Err(EngineError::KeyExists { vb: self.id }),
+            (StoreOp::Add, None) => {}
+            (StoreOp::Set, None) if cas != Cas(0) => {
+                return Err(EngineError::KeyNotFound { vb: self.id })
+            }
+            (StoreOp::Set, None) => {}
+            (StoreOp::Replace, None) => return Err(EngineError::KeyNotFound { vb: self.id }),
+            (StoreOp::Set | StoreOp::Replace, Some(item)) => self.check_cas(item, cas)?,
+        }
+        let nv = NewVersion {
+            value: doc.value,
+            flags: doc.flags,
+            expiry: absolute_expiry(doc.expiry, now),
+            datatype: doc.datatype,
+            tombstone: None,
+        };
+        self.mutate(sh, doc.key, nv, now)
+    }
+
+    pub(crate) fn delete(
+        &mut self,
+        sh: &Shared,
+        key: &[u8],
+        cas: Cas,
+        now: UnixTime,
+    ) -> Result<MutationInfo> {
+        self.require_active()?;
+        let item = self
+            .visible(key, now)
+            .ok_or(EngineError::KeyNotFound { vb: self.id })?;
+        self.check_cas(item, cas)?;
+        let (key, flags) = (item.key.clone(), item.flags);
+        let nv = NewVersion {
+            value: Bytes::new(),
+            flags,
+            expiry: 0,
+            datatype: 0,
+            tombstone: Some((DeleteSource::Explicit, now.secs_u32())),
+        };
+        self.mutate(sh, key, nv, now)
+    }
+
+    pub(crate) fn concat(
+        &mut self,
+        sh: &Shared,
+        op: ConcatOp,
+        key: &[u8],
+        data: &[u8],
+        cas: Cas,
+        now: UnixTime,
+    ) -> Result<MutationInfo> {
+        self.require_active()?;
+        let item = self
+            .visible(key, now)
+            .ok_or(EngineError::NotStored { vb: self.id })?;
+        self.check_cas(item, cas)?;
+        let len = item.value.len() + data.len();
+        self.check_value(sh, len)?;
+        let mut value = BytesMut::with_capacity(len);
+        match op {
+            ConcatOp::Append => {
+                value.extend_from_slice(&item.value);
+                value.extend_from_slice(data);
+            }
+            ConcatOp::Prepend => {
+                value.extend_from_slice(data);
+                value.extend_from_slice(&item.value);
+            }
+        }
+        let nv = NewVersion {
+            value: value.freeze(),
+            flags: item.flags,
+            expiry: item.expiry,
+            // Concatenation rarely keeps a document valid JSON.
+            datatype: item.datatype & !DATATYPE_JSON,
+            tombstone: None,
+        };
+        let key = item.key.clone();
+        self.mutate(sh, key, nv, now)
+    }
+
+    pub(crate) fn arithmetic(
+        &mut self,
+        sh: &Shared,
+        op: ArithOp,
+        key: &[u8],
+        counter: Counter,
+        cas: Cas,
+        now: UnixTime,
+    ) -> Result<(u64, MutationInfo)> {
+        self.require_active()?;
+        self.check_key(key)?;
+        let (value, flags, expiry) = match self.visible(key, now) {
+            None if counter.expiry == Counter::NO_CREATE => {
+                return Err(EngineError::KeyNotFound { vb: self.id })
+            }
+            None => (counter.initial, 0, absolute_expiry(counter.expiry, now)),
+            Some(item) => {
+                self.check_cas(item, cas)?;
+                let current =
+                    parse_counter(&item.value).ok_or(EngineError::DeltaBadval { vb: self.id })?;
+                let value = match op {
+                    ArithOp::Incr => current.wrapping_add(counter.delta),
+                    ArithOp::Decr => current.saturating_sub(counter.delta),
+                };
+                (value, item.flags, item.expiry)
+            }
+        };
+        let nv = NewVersion {
+            value: Bytes::from(value.to_string()),
+            flags,
+            expiry,
+            datatype: DATATYPE_JSON,
+            tombstone: None,
+        };
+        let info = self.mutate(sh, Bytes::copy_from_slice(key), nv, now)?;
+        Ok((value, info))
+    }
+
+    pub(crate) fn touch(
+        &mut self,
+        sh: &Shared,
+        key: &[u8],
+        expiry: u32,
+        now: UnixTime,
+    ) -> Result<(Item, MutationInfo)> {
+        self.require_active()?;
+        let item = self
+            .visible(key, now)
+            .ok_or(EngineError::KeyNotFound { vb: self.id })?;
+        let nv = NewVersion {
+            value: item.value.clone(),
+            flags: item.flags,
+            expiry: absolute_expiry(expiry, now),
+            datatype: item.datatype,
+            tombstone: None,
+        };
+        let key = item.key.clone();
+        let info = self.mutate(sh, key.clone(), nv, now)?;
+        let item = self
+            .current(&key)
+            .map(|s| s.item.clone())
+            .expect("the version just installed is current");
+        Ok((item, info))
+    }
+
+    /// Turns expired live items into expiration tombstones (active vbuckets only).
+    pub(crate) fn expire(&mut self, sh: &Shared, now: UnixTime) -> Vec<(Bytes, Seqno)> {
+        if self.state != VbState::Active {
+            return Vec::new();
+        }
+        let expired: Vec<Bytes> = self
+            .by_seqno
+            .values()
+            .filter(|s| s.item.is_expired(now))
+            .map(|s| s.item.key.clone())
+            .collect();
+        let mut out = Vec::with_capacity(expired.len());
+        for key in expired {
+            let Some(flags) = self.current(&key).map(|s| s.item.flags) else {
+                continue;
+            };
+            let nv = NewVersion {
+                value: Bytes::new(),
+                flags,
+                expiry: 0,
+                datatype: 0,
+                tombstone: Some((DeleteSource::Expired, now.secs_u32())),
+            };
+            match self.mutate(sh, key.clone(), nv, now) {
+                Ok(info) => out.push((key, info.seqno)),
+                Err(e) => debug_assert!(false, "{}: tombstones bypass the quota: {e}", self.id),
+            }
+        }
+        out
+    }
+
+    /// Removes tombstones deleted at least `older_than` seconds before `now`.
+    pub(crate) fn purge_tombstones(
+        &mut self,
+        sh: &Shared,
+        older_than: u32,
+        now: UnixTime,
+    ) -> usize {
+        let cutoff = now.secs().saturating_sub(u64::from(older_than));
+        let doomed: Vec<Seqno> = self
+            .by_seqno
+            .iter()
+            .filter(|(_, s)| s.item.deleted && u64::from(s.item.delete_time) <= cutoff)
+            .map(|(seqno, _)| *seqno)
+            .collect();
+        for seqno in &doomed {
+            self.remove_version(sh, *seqno, true);
+            self.purge_seqno = self.purge_seqno.max(*seqno);
+        }
+        if !doomed.is_empty() {
+            self.meta_dirty = true;
+        }
+        doomed.len()
+    }
+
+    // ---- DCP consumer side (replica/pending only) ----
+
+    pub(crate) fn apply_snapshot_marker(&mut self, start: Seqno, end: Seqno) -> Result<()> {
+        self.require_replica()?;
+        if start > end {
+            return Err(EngineError::InvalidSnapshot {
+                vb: self.id,
+                start,
+                end,
+            });
+        }
+        if end < self.high_seqno {
+            return Err(EngineError::Range {
+                vb: self.id,
+                seqno: end,
+                high: self.high_seqno,
+            });
+        }
+        self.snap_start = start;
+        self.snap_end = end;
+        self.meta_dirty = true;
+        Ok(())
+    }
+
+    pub(crate) fn apply(&mut self, sh: &Shared, mut item: Item, now: UnixTime) -> Result<()> {
+        self.require_replica()?;
+        if item.by_seqno <= self.high_seqno {
+            return Err(EngineError::Range {
+                vb: self.id,
+                seqno: item.by_seqno,
+                high: self.high_seqno,
+            });
+        }
+        self.check_key(&item.key)?;
+        if item.deleted {
+            item.expiry = 0;
+            if item.delete_time == 0 {
+                // In-memory deletes carry delete time 0 (§6.10); date them on receipt
+                // so the tombstone purger measures their age.
+                item.delete_time = now.secs_u32();
+            }
+        } else {
+            item.delete_time = 0;
+            item.delete_source = DeleteSource::Explicit;
+        }
+        self.reserve_for(sh, &item, !item.deleted)?;
+        sh.observe_cas(item.cas);
+        self.install_reserved(sh, item);
+        Ok(())
+    }
+
+    pub(crate) fn stream_request_position(&self) -> StreamRequestPosition {
+        let start = self.high_seqno;
+        let vb_uuid = if start == Seqno(0) {
+            mcbp::VbUuid(0)
+        } else {
+            self.failover.current_uuid()
+        };
+        let (snap_start, snap_end) = if start <= self.snap_start || start >= self.snap_end {
+            (start, start)
+        } else {
+            (self.snap_start, self.snap_end)
+        };
+        StreamRequestPosition {
+            start,
+            vb_uuid,
+            snap_start,
+            snap_end,
+        }
+    }
+
+    /// Discards everything above `to`, exactly if possible, else empties the vbucket.
+    pub(crate) fn rollback(&mut self, sh: &Shared, to: Seqno) -> Result<RollbackOutcome> {
+        self.require_replica()?;
+        if to >= self.high_seqno {
+            return Ok(RollbackOutcome::To(self.high_seqno));
+        }
+        let exact = self.purge_seqno <= to
+            && self
+                .by_seqno
+                .range(next(to)..)
+                .all(|(_, stored)| stored.origin > to);
+        let outcome = if exact {
+            let doomed: Vec<Seqno> = self.by_seqno.range(next(to)..).map(|(s, _)| *s).collect();
+            for seqno in doomed {
+                // The truncation below removes them from disk.
+                self.remove_version(sh, seqno, false);
+            }
+            self.high_seqno = to;
+            RollbackOutcome::To(to)
+        } else {
+            self.clear(sh);
+            RollbackOutcome::ResetToZero
+        };
+        let high = self.high_seqno;
+        self.truncate_above = Some(self.truncate_above.map_or(high, |t| t.min(high)));
+        self.dirty.retain(|s| *s <= high);
+        self.disk_deletes.retain(|s| *s <= high);
+        self.persisted_seqno = self.persisted_seqno.min(high);
+        self.snap_start = high;
+        self.snap_end = high;
+        self.failover.drop_above(high);
+        self.meta_dirty = true;
+        sh.bump_changes();
+        Ok(outcome)
+    }
+
+    /// Drops every version; seqnos, purge seqno and snapshot go back to 0.
+    fn clear(&mut self, sh: &Shared) {
+        sh.release(self.mem);
+        self.by_key.clear();
+        self.by_seqno.clear();
+        self.dirty.clear();
+        self.disk_deletes.clear();
+        self.live_items = 0;
+        self.tombstones = 0;
+        self.mem = 0;
+        self.high_seqno = Seqno(0);
+        self.persisted_seqno = Seqno(0);
+        self.purge_seqno = Seqno(0);
+        self.snap_start = Seqno(0);
+        self.snap_end = Seqno(0);
+        self.truncate_above = Some(Seqno(0));
+        self.meta_dirty = true;
+    }
+
+    /// DEL_VBUCKET: the vbucket becomes dead and empty, with no failover log.
+    pub(crate) fn delete_all(&mut self, sh: &Shared) {
+        self.clear(sh);
+        self.state = VbState::Dead;
+        self.failover = FailoverLog::new();
+        sh.bump_changes();
+    }
+
+    // ---- admin ----
+
+    /// Changes state; becoming active starts a new history branch (§7.5).
+    pub(crate) fn set_state(&mut self, state: VbState, new_uuid: impl FnOnce() -> mcbp::VbUuid) {
+        if state == VbState::Active && self.state != VbState::Active {
+            self.failover.push(FailoverEntry {
+                vb_uuid: new_uuid(),
+                seqno: self.high_seqno,
+            });
+            self.snap_start = self.high_seqno;
+            self.snap_end = self.high_seqno;
+        }
+        self.state = state;
+        self.meta_dirty = true;
+    }
+
+    pub(crate) fn set_failover_log(&mut self, log: FailoverLog) {
+        self.failover = log;
+        self.meta_dirty = true;
+    }
+
+    /// After an unclean shutdown: a new branch at the persisted high seqno (§7.5).
+    pub(crate) fn push_failover(&mut self, entry: FailoverEntry) {
+        self.failover.push(entry);
+        self.meta_dirty = true;
+    }
+
+    // ---- reads for DCP and stats ----
+
+    pub(crate) fn items_since(&self, start: Seqno, limit: usize) -> Vec<Item> {
+        self.by_seqno
+            .range(next(start)..)
+            .take(limit)
+            .map(|(_, s)| s.item.clone())
+            .collect()
+    }
+
+    pub(crate) fn stats(&self) -> VbStats {
+        let persisted_tombstones = self
+            .by_seqno
+            .range(..=self.persisted_seqno)
+            .filter(|(_, s)| s.item.deleted)
+            .count() as u64;
+        VbStats {
+            state: self.state,
+            high_seqno: self.high_seqno,
+            persisted_seqno: self.persisted_seqno,
+            purge_seqno: self.purge_seqno,
+            vb_uuid: self.failover.current_uuid(),
+            items: self.live_items,
+            persisted_tombstones,
+            tombstones: self.tombstones,
+            mem_used: self.mem,
+        }
+    }
+
+    pub(crate) fn live_items(&self) -> u64 {
+        self.live_items
+    }
+
+    // ---- flushing ----
+
+    pub(crate) fn take_flush_batch(&mut self) -> Option<FlushBatch> {
+        if !self.meta_dirty
+            && self.dirty.is_empty()
+            && self.disk_deletes.is_empty()
+            && self.truncate_above.is_none()
+        {
+            return None;
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        let puts = dirty
+            .iter()
+            .map(|s| {
+                self.by_seqno
+                    .get(s)
+                    .cloned()
+                    .expect("dirty seqnos are current versions")
+            })
+            .collect();
+        self.meta_dirty = false;
+        Some(FlushBatch {
+            vb: self.id,
+            truncate_above: self.truncate_above.take(),
+            deletes: std::mem::take(&mut self.disk_deletes),
+            puts,
+            meta: self.meta(),
+        })
+    }
+
+    /// Puts back what a failed flush took, so the next flush retries it.
+    pub(crate) fn restore_flush_batch(&mut self, batch: FlushBatch) {
+        for stored in batch.puts {
+            let seqno = stored.item.by_seqno;
+            if self.by_seqno.contains_key(&seqno) {
+                self.dirty.insert(seqno);
+            }
+        }
+        self.disk_deletes.extend(batch.deletes);
+        if let Some(t) = batch.truncate_above {
+            self.truncate_above = Some(self.truncate_above.map_or(t, |mine| mine.min(t)));
+        }
+        self.meta_dirty = true;
+    }
+
+    /// The vbucket record was written outside a flush (on open).
+    pub(crate) fn meta_written(&mut self) {
+        self.meta_dirty = false;
+    }
+
+    pub(crate) fn mark_persisted(&mut self, high: Seqno) {
+        self.persisted_seqno = self.persisted_seqno.max(high).min(self.high_seqno);
+    }
+}
+
+/// memcached's counter parse: optional surrounding ASCII whitespace around 1..=20
+/// decimal digits that fit a u64.
+fn parse_counter(value: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(value).ok()?.trim_ascii();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Shared {
+        Shared::new(1 << 30, 1 << 20, 0)
+    }
+
+    fn active() -> VBucket {
+        let mut vb = VBucket::new(Vbid(0));
+        vb.set_state(VbState::Active, || mcbp::VbUuid(0xabc));
+        vb
+    }
+
+    fn doc(key: &'static str, value: &'static str) -> Document {
+        Document {
+            key: Bytes::from_static(key.as_bytes()),
+            value: Bytes::from_static(value.as_bytes()),
+            flags: 0,
+            expiry: 0,
+            datatype: 0,
+        }
+    }
+
+    const T: u64 = 1_700_000_000;
+
+    fn now() -> UnixTime {
+        UnixTime::from_secs(T)
+    }
+
+    #[test]
+    fn counter_parse_follows_memcached() {
+        assert_eq!(parse_counter(b"42"), Some(42));
+        assert_eq!(parse_counter(b" 7\r\n"), Some(7));
+        assert_eq!(parse_counter(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_counter(b"18446744073709551616"), None);
+        assert_eq!(parse_counter(b"-1"), None);
+        assert_eq!(parse_counter(b"1.5"), None);
+        assert_eq!(parse_counter(b""), None);
+        assert_eq!(parse_counter(b"abc"), None);
+    }
+
+    #[test]
+    fn cas_is_the_clock_unless_the_clock_does_not_advance() {
+        let sh = shared();
+        let a = sh.next_cas(UnixTime::from_nanos(1000));
+        let b = sh.next_cas(UnixTime::from_nanos(1000));
+        let c = sh.next_cas(UnixTime::from_nanos(500));
+        let d = sh.next_cas(UnixTime::from_nanos(5000));
+        assert_eq!((a, b, c, d), (Cas(1000), Cas(1001), Cas(1002), Cas(5000)));
+        sh.observe_cas(Cas(9000));
+        assert_eq!(sh.next_cas(UnixTime::from_nanos(6000)), Cas(9001));
+    }
+
+    #[test]
+    fn overwrite_keeps_one_version_per_key_and_inherits_its_origin() {
+        let sh = shared();
+        let mut vb = active();
+        vb.store(&sh, StoreOp::Set, doc("a", "1"), Cas(0), now())
+            .expect("set");
+        vb.store(&sh, StoreOp::Set, doc("b", "1"), Cas(0), now())
+            .expect("set");
+        vb.store(&sh, StoreOp::Set, doc("a", "2"), Cas(0), now())
+            .expect("set");
+        let seqnos: Vec<u64> = vb.by_seqno.keys().map(|s| s.0).collect();
+        assert_eq!(seqnos, vec![2, 3]);
+        assert_eq!(vb.by_seqno[&Seqno(3)].origin, Seqno(1));
+        assert_eq!(vb.by_seqno[&Seqno(2)].origin, Seqno(2));
+        assert_eq!(vb.live_items(), 2);
+        assert_eq!(vb.by_seqno[&Seqno(3)].item.rev_seqno, 2);
+    }
+
+    #[test]
+    fn memory_accounting_returns_to_zero_when_everything_is_removed() {
+        let sh = shared();
+        let mut vb = active();
+        vb.store(&sh, StoreOp::Set, doc("a", "hello"), Cas(0), now())
+            .expect("set");
+        vb.store(&sh, StoreOp::Set, doc("a", "hello world"), Cas(0), now())
+            .expect("set");
+        assert_eq!(sh.mem_used(), vb.mem);
+        assert_eq!(vb.mem, 1 + 11 + crate::item::ITEM_OVERHEAD);
+        vb.delete(&sh, b"a", Cas(0), now()).expect("delete");
+        assert_eq!(vb.mem, 1 + crate::item::ITEM_OVERHEAD);
+        let purged = vb.purge_tombstones(&sh, 0, now());
+        assert_eq!(purged, 1);
+        assert_eq!((vb.mem, sh.mem_used()), (0, 0));
+        assert_eq!(vb.purge_seqno, Seqno(3));
+    }
+
+    #[test]
+    fn stream_request_position_collapses_snapshot_when_nothing_or_everything_received() {
+        let sh = shared();
+        let mut vb = VBucket::new(Vbid(3));
+        vb.set_state(VbState::Replica, || mcbp::VbUuid(1));
+        let p = vb.stream_request_position();
+        assert_eq!(
+            (p.start, p.vb_uuid, p.snap_start, p.snap_end),
+            (Seqno(0), mcbp::VbUuid(0), Seqno(0), Seqno(0))
+        );
+        vb.set_failover_log(FailoverLog::from_entries(vec![FailoverEntry {
+            vb_uuid: mcbp::VbUuid(0x77),
+            seqno: Seqno(0),
+        }]));
+        vb.apply_snapshot_marker(Seqno(1), Seqno(10))
+            .expect("marker");
+        // Nothing of the snapshot received yet.
+        let p = vb.stream_request_position();
+        assert_eq!(
+            (p.start, p.snap_start, p.snap_end),
+            (Seqno(0), Seqno(0), Seqno(0))
+        );
+        for s in 1..=4u64 {
+            let item = Item {
+                key: Bytes::from(format!("k{s}")),
+                value: Bytes::from_static(b"v"),
+                cas: Cas(s),
+                flags: 0,
+                expiry: 0,
+                datatype: 0,
+                rev_seqno: 1,
+                by_seqno: Seqno(s),
+                deleted: false,
+                delete_source: DeleteSource::Explicit,
+                delete_time: 0,
+            };
+            vb.apply(&sh, item, now()).expect("apply");
+        }
+        let p = vb.stream_request_position();
+        assert_eq!(
+            (p.start, p.vb_uuid, p.snap_start, p.snap_end),
+            (Seqno(4), mcbp::VbUuid(0x77), Seqno(1), Seqno(10))
+        );
+        vb.apply_snapshot_marker(Seqno(5), Seqno(5))
+            .expect("marker");
+        let p = vb.stream_request_position();
+        assert_eq!((p.snap_start, p.snap_end), (Seqno(4), Seqno(4)));
+    }
+}

@@ -1,0 +1,349 @@
+//! The admin HTTP API (axum): buckets, vbucket states, cluster config, health and,
+//! on test nodes, fault injection. HTTP basic auth with the admin user, except
+//! `/health`.
+
+// Handlers return axum `Response`s as errors; boxing them would only add noise.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use mcbp::{VbState, Vbid};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::faults::Fault;
+use crate::node::{BucketEntry, BucketMeta, NodeError, NodeState};
+
+type Shared = Arc<NodeState>;
+
+/// Serves the admin API until shutdown.
+pub(crate) async fn serve(state: Shared, listener: TcpListener, shutdown: CancellationToken) {
+    let app = router(state);
+    let res = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(e) = res {
+        warn!(error = %e, "admin server failed");
+    }
+}
+
+fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/buckets", get(list_buckets).post(create_bucket))
+        .route("/buckets/{name}", get(get_bucket).delete(delete_bucket))
+        .route("/buckets/{name}/vbuckets/{vb}", put(set_vbucket))
+        .route("/buckets/{name}/cluster-config", put(set_cluster_config))
+        .route(
+            "/faults",
+            get(list_faults).post(add_fault).delete(clear_faults),
+        )
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": message.into()}))).into_response()
+}
+
+fn check_auth(state: &NodeState, headers: &HeaderMap) -> Result<(), Response> {
+    let denied = || {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Basic realm=\"conduit\"")],
+            Json(json!({"error": "admin credentials required"})),
+        )
+            .into_response()
+    };
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Err(denied());
+    };
+    let Some(encoded) = value.strip_prefix("Basic ") else {
+        return Err(denied());
+    };
+    let decoded = B64.decode(encoded.trim()).map_err(|_| denied())?;
+    let text = String::from_utf8(decoded).map_err(|_| denied())?;
+    let (user, password) = text.split_once(':').ok_or_else(denied)?;
+    match state.users.authenticate(user, password) {
+        Some(u) if u.is_admin() => Ok(()),
+        _ => Err(denied()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBucket {
+    name: String,
+    #[serde(default = "default_vbuckets")]
+    vbuckets: u16,
+    #[serde(default = "default_quota")]
+    ram_quota_mb: u64,
+    #[serde(default)]
+    initial_state: Option<String>,
+    #[serde(default)]
+    flush_enabled: bool,
+}
+
+fn default_vbuckets() -> u16 {
+    1024
+}
+
+fn default_quota() -> u64 {
+    256
+}
+
+async fn create_bucket(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Result<Json<CreateBucket>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Err(r) = check_auth(&state, &headers) {
+        return r;
+    }
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid bucket definition: {}", e.body_text()),
+            )
+        }
+    };
+    if req.vbuckets == 0 {
+        return error(StatusCode::BAD_REQUEST, "vbuckets must be at least 1");
+    }
+    if req.ram_quota_mb == 0 {
+        return error(StatusCode::BAD_REQUEST, "ram_quota_mb must be at least 1");
+    }
+    let initial = match req.initial_state.as_deref().map(VbState::parse) {
+        None => None,
+        Some(Some(s)) => Some(s),
+        Some(None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "initial_state must be active, replica, pending or dead",
+            )
+        }
+    };
+    let meta = BucketMeta {
+        name: req.name,
+        vbuckets: req.vbuckets,
+        ram_quota_mb: req.ram_quota_mb,
+        flush_enabled: req.flush_enabled,
+    };
+    let st = state.clone();
+    let res = tokio::task::spawn_blocking(move || st.create_bucket(meta, initial)).await;
+    match res {
+        Ok(Ok(entry)) => (StatusCode::CREATED, Json(bucket_json(&entry, false))).into_response(),
+        Ok(Err(NodeError::BucketExists(n))) => {
+            error(StatusCode::CONFLICT, format!("bucket {n:?} already exists"))
+        }
+        Ok(Err(NodeError::Engine(e))) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+fn bucket_json(b: &BucketEntry, with_vbuckets: bool) -> Value {
+    let s = b.bucket.stats();
+    let mut v = json!({
+        "name": b.meta.name,
+        "num_vbuckets": b.meta.vbuckets,
+        "ram_quota_mb": b.meta.ram_quota_mb,
+        "flush_enabled": b.meta.flush_enabled,
+        "items": s.items,
+        "mem_used": s.mem_used,
+    });
+    if with_vbuckets {
+        let vbs: Vec<Value> = (0..b.meta.vbuckets)
+            .filter_map(|vb| {
+                let s = b.bucket.vb_stats(Vbid(vb)).ok()?;
+                Some(json!({
+                    "vb": vb,
+                    "state": s.state.as_str(),
+                    "high_seqno": s.high_seqno.0,
+                    "persisted_seqno": s.persisted_seqno.0,
+                    "purge_seqno": s.purge_seqno.0,
+                    "uuid": s.vb_uuid.0,
+                    "items": s.items,
+                }))
+            })
+            .collect();
+        v["vbuckets"] = Value::Array(vbs);
+    }
+    v
+}
+
+async fn list_buckets(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    if let Err(r) = check_auth(&state, &headers) {
+        return r;
+    }
+    let list: Vec<Value> = state
+        .buckets()
+        .iter()
+        .map(|b| bucket_json(b, false))
+        .collect();
+    Json(Value::Array(list)).into_response()
+}
+
+async fn get_bucket(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(r) = check_auth(&state, &headers) {
+        return r;
+    }
+    match state.bucket(&name) {
+        Some(b) => Json(bucket_json(&b, true)).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no bucket {name:?}")),
+    }
+}
+
+async fn delete_bucket(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(r) = check_auth(&state, &headers) {
+        return r;
+    }
+    match state.delete_bucket(&name) {
+        Ok(()) => Json(json!({"deleted": name})).into_response(),
+        Err(NodeError::NoSuchBucket(_)) => {
+            error(StatusCode::NOT_FOUND, format!("no bucket {name:?}"))
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetState {
+    state: String,
+}
+
+async fn set_vbucket(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path((name, vb)): Path<(String, u16)>,
+    body: Result<Json<SetState>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Err(r) = check_auth(&state, &headers) {
+        return r;
+    }
+    let Ok(Json(req)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "body must be {\"state\": \"active|replica|pending|dead\"}",
+        );
+    };
+    let Some(vb_state) = VbState::parse(&req.state) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("unknown state {:?}", req.state),
+        );
+    };
+    let Some(b) = state.bucket(&name) else {
+        return error(StatusCode::NOT_FOUND, format!("no bucket {name:?}"));
+    };
+    if vb >= b.meta.vbuckets {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("bucket {name:?} has no vbucket {vb}"),
+        );
+    }
+    let st = state.clone();
+    let res =
+        tokio::task::spawn_blocking(move || st.set_vbucket_state(&b, Vbid(vb), vb_state)).await;
+    match res {
+        Ok(Ok(())) => Json(json!({"vb": vb, "state": vb_state.as_str()})).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn set_cluster_config(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = check_auth(&state, &headers) {
+        return r;
+    }
+    let Some(b) = state.bucket(&name) else {
+        return error(StatusCode::NOT_FOUND, format!("no bucket {name:?}"));
+    };
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(v) if v.get("rev").and_then(Value::as_i64).is_some() => {
+            *b.cluster_config
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(bytes::Bytes::from(body.to_vec()));
+            Json(json!({"ok": true})).into_response()
+        }
+        _ => error(
+            StatusCode::BAD_REQUEST,
+            "cluster config must be a JSON object with a numeric rev",
+        ),
+    }
+}
+
+fn faults_guard(state: &NodeState, headers: &HeaderMap) -> Result<(), Response> {
+    if !state.faults.enabled() {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "fault injection is not enabled on this node",
+        ));
+    }
+    check_auth(state, headers)
+}
+
+async fn list_faults(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    if let Err(r) = faults_guard(&state, &headers) {
+        return r;
+    }
+    Json(json!(state.faults.list())).into_response()
+}
+
+async fn add_fault(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Result<Json<Fault>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Err(r) = faults_guard(&state, &headers) {
+        return r;
+    }
+    match body {
+        Ok(Json(f)) => {
+            warn!(fault = ?f, "fault injected");
+            state.faults.add(f.clone());
+            (StatusCode::CREATED, Json(json!(f))).into_response()
+        }
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid fault: {}", e.body_text()),
+        ),
+    }
+}
+
+async fn clear_faults(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    if let Err(r) = faults_guard(&state, &headers) {
+        return r;
+    }
+    state.faults.clear();
+    Json(json!({"cleared": true})).into_response()
+}

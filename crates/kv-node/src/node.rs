@@ -1,0 +1,646 @@
+//! The node: shared state, listeners, background tasks (group commit, expiry pager,
+//! tombstone purger) and graceful shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use kv_engine::{Bucket, BucketConfig, EngineError, UnixTime};
+use mcbp::{VbState, Vbid};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use crate::config::NodeConfig;
+use crate::faults::Faults;
+use crate::users::{Role, User, Users};
+
+/// What defines a bucket; kept in `<data_dir>/buckets.json` so a restart brings the
+/// same buckets back.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BucketMeta {
+    /// Name.
+    pub name: String,
+    /// Number of vbuckets.
+    pub vbuckets: u16,
+    /// Memory quota in MiB.
+    pub ram_quota_mb: u64,
+    /// Whether FLUSH is allowed.
+    #[serde(default)]
+    pub flush_enabled: bool,
+}
+
+/// A live bucket and what the node keeps beside the engine.
+#[derive(Debug)]
+pub struct BucketEntry {
+    /// Definition.
+    pub meta: BucketMeta,
+    /// The storage engine.
+    pub bucket: Bucket,
+    /// Cluster config JSON set by the cluster layer, if any.
+    pub cluster_config: Mutex<Option<Bytes>>,
+    /// Signalled after every change to items (new seqnos for DCP producers).
+    pub changed: Notify,
+    /// Signalled after every flush (persisted seqnos moved).
+    pub persisted: Notify,
+    /// Revision of the node-made cluster config; bumped on vbucket state changes.
+    pub config_rev: AtomicU64,
+}
+
+impl BucketEntry {
+    /// The config the cluster layer set, if any (NOT_MY_VBUCKET bodies carry it).
+    #[must_use]
+    pub fn cluster_config_if_set(&self) -> Option<Bytes> {
+        self.cluster_config
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The bucket config to serve: the cluster layer's, or a one-node config listing
+    /// this node's active vbuckets. Returns (rev, JSON).
+    #[must_use]
+    pub fn cluster_config(&self, kv_port: u16, admin_port: u16) -> (i64, Bytes) {
+        if let Some(c) = self.cluster_config_if_set() {
+            let rev = serde_json::from_slice::<serde_json::Value>(&c)
+                .ok()
+                .and_then(|v| v.get("rev").and_then(serde_json::Value::as_i64))
+                .unwrap_or(0);
+            return (rev, c);
+        }
+        let rev = i64::try_from(self.config_rev.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+        let states: Vec<bool> = (0..self.meta.vbuckets)
+            .map(|vb| self.bucket.vbucket_state(Vbid(vb)).ok() == Some(VbState::Active))
+            .collect();
+        (
+            rev,
+            crate::cluster::one_node_bucket_config(
+                &self.meta.name,
+                rev,
+                kv_port,
+                admin_port,
+                &states,
+            ),
+        )
+    }
+
+    /// Wakes DCP producers after a change.
+    pub fn notify_change(&self) {
+        self.changed.notify_waiters();
+    }
+}
+
+/// Counters for the default stats group.
+#[derive(Debug, Default)]
+pub struct NodeCounters {
+    /// Connections open now.
+    pub curr_connections: AtomicUsize,
+    /// Connections accepted since start.
+    pub total_connections: AtomicU64,
+    /// GET-family commands.
+    pub cmd_get: AtomicU64,
+    /// Store-family commands.
+    pub cmd_set: AtomicU64,
+    /// GET hits.
+    pub get_hits: AtomicU64,
+    /// GET misses.
+    pub get_misses: AtomicU64,
+    /// Connections refused by the connection limit.
+    pub rejected_connections: AtomicU64,
+}
+
+/// State shared by every task of a node.
+#[derive(Debug)]
+pub struct NodeState {
+    /// Settings.
+    pub config: NodeConfig,
+    /// Users.
+    pub users: Users,
+    buckets: RwLock<HashMap<String, Arc<BucketEntry>>>,
+    /// Counters.
+    pub counters: NodeCounters,
+    /// Fault injection (empty unless enabled).
+    pub faults: Faults,
+    /// DCP connections by name, so a new one with the same name replaces the old.
+    pub dcp_names: Mutex<HashMap<(String, String), (u64, CancellationToken)>>,
+    next_dcp_id: AtomicU64,
+    /// Node start time.
+    pub started: SystemTime,
+    /// Where the KV listener is bound.
+    pub kv_addr: Mutex<Option<SocketAddr>>,
+    /// Where the admin listener is bound.
+    pub admin_addr: Mutex<Option<SocketAddr>>,
+}
+
+/// The current wall-clock time for the engine.
+#[must_use]
+pub fn now() -> UnixTime {
+    UnixTime::from_system_time(SystemTime::now())
+}
+
+impl NodeState {
+    fn new(config: NodeConfig) -> NodeState {
+        let mut users = Users::default();
+        users.insert(User::new(
+            &config.admin_user,
+            &config.admin_password,
+            Role::Admin,
+        ));
+        for u in &config.bucket_users {
+            users.insert(User::new(
+                &u.name,
+                &u.password,
+                Role::BucketUser {
+                    bucket: u.bucket.clone(),
+                },
+            ));
+        }
+        NodeState {
+            faults: Faults::new(config.enable_fault_injection),
+            config,
+            users,
+            buckets: RwLock::new(HashMap::new()),
+            counters: NodeCounters::default(),
+            dcp_names: Mutex::new(HashMap::new()),
+            next_dcp_id: AtomicU64::new(1),
+            started: SystemTime::now(),
+            kv_addr: Mutex::new(None),
+            admin_addr: Mutex::new(None),
+        }
+    }
+
+    /// The bound KV port (0 before start).
+    #[must_use]
+    pub fn kv_port(&self) -> u16 {
+        self.kv_addr
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .map_or(0, |a| a.port())
+    }
+
+    /// The bound admin port (0 before start).
+    #[must_use]
+    pub fn admin_port(&self) -> u16 {
+        self.admin_addr
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .map_or(0, |a| a.port())
+    }
+
+    /// A bucket by name.
+    #[must_use]
+    pub fn bucket(&self, name: &str) -> Option<Arc<BucketEntry>> {
+        self.buckets
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    }
+
+    /// Every bucket, sorted by name.
+    #[must_use]
+    pub fn buckets(&self) -> Vec<Arc<BucketEntry>> {
+        let mut v: Vec<_> = self
+            .buckets
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
+        v
+    }
+
+    fn bucket_dir(&self) -> PathBuf {
+        self.config.data_dir.join("buckets")
+    }
+
+    fn meta_path(&self) -> PathBuf {
+        self.config.data_dir.join("buckets.json")
+    }
+
+    fn save_meta(&self) -> Result<(), NodeError> {
+        let metas: Vec<BucketMeta> = self.buckets().iter().map(|b| b.meta.clone()).collect();
+        let text = serde_json::to_string_pretty(&metas).expect("bucket metadata serializes");
+        let tmp = self.meta_path().with_extension("json.tmp");
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, self.meta_path()))
+            .map_err(|source| NodeError::Io {
+                what: "writing buckets.json",
+                source,
+            })
+    }
+
+    fn open_bucket(&self, meta: &BucketMeta) -> Result<Arc<BucketEntry>, EngineError> {
+        let mut bc = BucketConfig::new(&meta.name, self.bucket_dir());
+        bc.num_vbuckets = meta.vbuckets;
+        bc.quota_bytes = meta.ram_quota_mb.saturating_mul(1024 * 1024);
+        bc.rng_seed = self.config.rng_seed;
+        let bucket = Bucket::open(bc)?;
+        Ok(Arc::new(BucketEntry {
+            meta: meta.clone(),
+            bucket,
+            cluster_config: Mutex::new(None),
+            changed: Notify::new(),
+            persisted: Notify::new(),
+            config_rev: AtomicU64::new(1),
+        }))
+    }
+
+    /// Creates a bucket; every vbucket starts in `initial_state` (dead by default).
+    ///
+    /// # Errors
+    /// [`NodeError::BucketExists`], or the engine refuses the definition.
+    pub fn create_bucket(
+        &self,
+        meta: BucketMeta,
+        initial_state: Option<VbState>,
+    ) -> Result<Arc<BucketEntry>, NodeError> {
+        let mut map = self
+            .buckets
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.contains_key(&meta.name) {
+            return Err(NodeError::BucketExists(meta.name));
+        }
+        // A leftover file from an earlier bucket of the same name must not resurrect data.
+        let _ = std::fs::remove_file(self.bucket_dir().join(format!("{}.redb", meta.name)));
+        let entry = self.open_bucket(&meta).map_err(NodeError::Engine)?;
+        if let Some(state) = initial_state {
+            for vb in 0..meta.vbuckets {
+                entry
+                    .bucket
+                    .set_state(Vbid(vb), state)
+                    .map_err(NodeError::Engine)?;
+            }
+        }
+        map.insert(meta.name.clone(), entry.clone());
+        drop(map);
+        self.save_meta()?;
+        info!(bucket = %meta.name, vbuckets = meta.vbuckets, ram_quota_mb = meta.ram_quota_mb, "bucket created");
+        Ok(entry)
+    }
+
+    /// Deletes a bucket and its data.
+    ///
+    /// # Errors
+    /// [`NodeError::NoSuchBucket`].
+    pub fn delete_bucket(&self, name: &str) -> Result<(), NodeError> {
+        let entry = self
+            .buckets
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(name)
+            .ok_or_else(|| NodeError::NoSuchBucket(name.to_string()))?;
+        self.save_meta()?;
+        // Sessions may still hold the entry; unlinking the file is safe on Unix and
+        // the memory goes with the last reference.
+        let _ = std::fs::remove_file(entry.bucket.path());
+        entry.notify_change();
+        info!(bucket = %name, "bucket deleted");
+        Ok(())
+    }
+
+    /// Sets a vbucket's state and wakes DCP streams (a state change ends them).
+    ///
+    /// # Errors
+    /// The engine's error (e.g. NotMyVbucket for an id beyond the bucket).
+    pub fn set_vbucket_state(
+        &self,
+        entry: &BucketEntry,
+        vb: Vbid,
+        state: VbState,
+    ) -> Result<(), EngineError> {
+        let old = entry.bucket.vbucket_state(vb)?;
+        entry.bucket.set_state(vb, state)?;
+        if old != state {
+            entry.config_rev.fetch_add(1, Ordering::Relaxed);
+            info!(bucket = %entry.meta.name, vb = %vb, from = %old, to = %state, "vbucket state changed");
+        }
+        entry.notify_change();
+        Ok(())
+    }
+
+    /// Registers a DCP connection name; a live connection with the same name on the
+    /// same bucket is told to disconnect first (`mcbp-dcp.md` §6.2). Returns the
+    /// registration id and the token the connection must watch.
+    pub fn register_dcp_name(&self, bucket: &str, name: &str) -> (u64, CancellationToken) {
+        let token = CancellationToken::new();
+        let id = self.next_dcp_id.fetch_add(1, Ordering::Relaxed);
+        let mut names = self
+            .dcp_names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, old)) =
+            names.insert((bucket.to_string(), name.to_string()), (id, token.clone()))
+        {
+            info!(
+                bucket,
+                name, "DCP connection name reused: disconnecting the old connection"
+            );
+            old.cancel();
+        }
+        (id, token)
+    }
+
+    /// Forgets a DCP connection name if registration `id` still owns it.
+    pub fn unregister_dcp_name(&self, bucket: &str, name: &str, id: u64) {
+        let mut names = self
+            .dcp_names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (bucket.to_string(), name.to_string());
+        if names.get(&key).is_some_and(|(owner, _)| *owner == id) {
+            names.remove(&key);
+        }
+    }
+
+    /// Whether a DCP connection of this name is registered on the bucket.
+    #[must_use]
+    pub fn has_dcp_name(&self, bucket: &str, name: &str) -> bool {
+        self.dcp_names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(&(bucket.to_string(), name.to_string()))
+    }
+}
+
+/// A node failed to start or stop.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Binding or file I/O failed.
+    #[error("{what}")]
+    Io {
+        /// What we were doing.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The engine failed.
+    #[error("storage engine")]
+    Engine(#[source] EngineError),
+    /// A bucket of that name exists.
+    #[error("bucket {0:?} already exists")]
+    BucketExists(String),
+    /// No bucket of that name.
+    #[error("no bucket {0:?}")]
+    NoSuchBucket(String),
+    /// `buckets.json` is unreadable.
+    #[error("buckets.json is corrupt")]
+    Meta(#[source] serde_json::Error),
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    state: Arc<NodeState>,
+    kv_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Node {
+    /// Binds both listeners as configured and starts the node.
+    ///
+    /// # Errors
+    /// Binding, the data directory, or reopening buckets failed.
+    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        let kv = TcpListener::bind(config.kv_listen)
+            .await
+            .map_err(|source| NodeError::Io {
+                what: "binding the KV port",
+                source,
+            })?;
+        let admin = TcpListener::bind(config.admin_listen)
+            .await
+            .map_err(|source| NodeError::Io {
+                what: "binding the admin port",
+                source,
+            })?;
+        Node::start_with_listeners(config, kv, admin).await
+    }
+
+    /// Starts a node on listeners the caller bound (tests bind `127.0.0.1:0`).
+    ///
+    /// # Errors
+    /// The data directory or reopening buckets failed.
+    pub async fn start_with_listeners(
+        config: NodeConfig,
+        kv: TcpListener,
+        admin: TcpListener,
+    ) -> Result<Node, NodeError> {
+        let io = |what| move |source| NodeError::Io { what, source };
+        std::fs::create_dir_all(config.data_dir.join("buckets"))
+            .map_err(io("creating the data directory"))?;
+        if let Some(b) = &config.anonymous_bucket {
+            warn!(bucket = %b, "anonymous access enabled: unauthenticated connections may read and write this bucket");
+        }
+        let kv_addr = kv.local_addr().map_err(io("reading the KV address"))?;
+        let admin_addr = admin
+            .local_addr()
+            .map_err(io("reading the admin address"))?;
+        let state = Arc::new(NodeState::new(config));
+        *state
+            .kv_addr
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(kv_addr);
+        *state
+            .admin_addr
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(admin_addr);
+        let state2 = state.clone();
+        // Reopening buckets reads every item: blocking work.
+        tokio::task::spawn_blocking(move || load_buckets(&state2))
+            .await
+            .map_err(|e| NodeError::Io {
+                what: "loading buckets",
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(crate::session::accept_loop(
+            state.clone(),
+            kv,
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+        tasks.spawn(crate::admin::serve(state.clone(), admin, shutdown.clone()));
+        tasks.spawn(flusher(state.clone(), shutdown.clone()));
+        tasks.spawn(pager(state.clone(), shutdown.clone()));
+        let ports = serde_json::json!({"kv": kv_addr.port(), "admin": admin_addr.port()});
+        std::fs::write(state.config.data_dir.join("ports.json"), ports.to_string())
+            .map_err(io("writing ports.json"))?;
+        info!(kv = %kv_addr, admin = %admin_addr, data_dir = %state.config.data_dir.display(), "node listening");
+        Ok(Node {
+            state,
+            kv_addr,
+            admin_addr,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// The bound KV address.
+    #[must_use]
+    pub fn kv_addr(&self) -> SocketAddr {
+        self.kv_addr
+    }
+
+    /// The bound admin address.
+    #[must_use]
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The shared state (tests inspect buckets through it).
+    #[must_use]
+    pub fn state(&self) -> &Arc<NodeState> {
+        &self.state
+    }
+
+    /// A token cancelled when the node shuts down.
+    #[must_use]
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Graceful shutdown: stop accepting, let sessions finish the request in hand
+    /// (bounded), flush and close every bucket cleanly.
+    pub async fn shutdown(self) {
+        info!("node shutting down");
+        self.shutdown.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(10), self.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!("some connections did not finish within 10 s; closing anyway");
+        }
+        let state = self.state;
+        let _ = tokio::task::spawn_blocking(move || {
+            let entries: Vec<Arc<BucketEntry>> = state
+                .buckets
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .drain()
+                .map(|(_, e)| e)
+                .collect();
+            for e in entries {
+                let name = e.meta.name.clone();
+                match Arc::try_unwrap(e) {
+                    Ok(entry) => {
+                        if let Err(err) = entry.bucket.close() {
+                            error!(bucket = %name, error = %err, "clean close failed");
+                        }
+                    }
+                    Err(e) => {
+                        // Still referenced (a task outlived the bound): flush at least.
+                        if let Err(err) = e.bucket.flush() {
+                            error!(bucket = %name, error = %err, "final flush failed");
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+        info!("node stopped");
+    }
+
+    /// Stops without flushing or closing buckets: what a crash leaves behind, for
+    /// restart tests. Data already flushed stays; the rest is lost.
+    pub async fn kill(self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.tasks.wait()).await;
+        self.state
+            .buckets
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+}
+
+fn load_buckets(state: &NodeState) -> Result<(), NodeError> {
+    let path = state.meta_path();
+    let metas: Vec<BucketMeta> = match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text).map_err(NodeError::Meta)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(source) => {
+            return Err(NodeError::Io {
+                what: "reading buckets.json",
+                source,
+            })
+        }
+    };
+    let mut map = state
+        .buckets
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for meta in metas {
+        let entry = state.open_bucket(&meta).map_err(NodeError::Engine)?;
+        info!(bucket = %meta.name, clean = entry.bucket.opened_after_clean_shutdown(), "bucket reopened");
+        map.insert(meta.name.clone(), entry);
+    }
+    Ok(())
+}
+
+/// Group commit on an interval.
+async fn flusher(state: Arc<NodeState>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(state.config.flush_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for entry in state.buckets() {
+            let e = entry.clone();
+            let res = tokio::task::spawn_blocking(move || e.bucket.flush()).await;
+            match res {
+                Ok(Ok(stats)) => {
+                    if stats.vbuckets > 0 {
+                        entry.persisted.notify_waiters();
+                    }
+                }
+                Ok(Err(err)) => {
+                    error!(bucket = %entry.meta.name, error = %err, "flush failed; will retry")
+                }
+                Err(err) => error!(bucket = %entry.meta.name, error = %err, "flush task failed"),
+            }
+        }
+    }
+}
+
+/// Expiry pager and tombstone purger.
+async fn pager(state: Arc<NodeState>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(state.config.expiry_pager_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let purge_age = u32::try_from(state.config.tombstone_purge_age.as_secs()).unwrap_or(u32::MAX);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for entry in state.buckets() {
+            let t = now();
+            let expired = entry.bucket.expire_items(t);
+            if !expired.is_empty() {
+                debug!(bucket = %entry.meta.name, count = expired.len(), "expiry pager removed items");
+                entry.notify_change();
+            }
+            let purged = entry.bucket.purge_tombstones(purge_age, t);
+            if purged > 0 {
+                debug!(bucket = %entry.meta.name, purged, "tombstones purged");
+            }
+        }
+    }
+}
