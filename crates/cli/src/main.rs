@@ -9,6 +9,7 @@ use bytes::BytesMut;
 use clap::{Parser, Subcommand};
 
 mod decode;
+mod node_cmd;
 
 /// Conduit: Couchbase-style data nodes and DCP replication.
 #[derive(Debug, Parser)]
@@ -20,6 +21,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run one data node (buckets, vbuckets, KV, DCP, admin API) until SIGINT/SIGTERM.
+    Node(node_cmd::NodeArgs),
     /// Decode MCBP/DCP frames given as hex (arguments, or stdin when none) and print
     /// one JSON object per frame.
     Decode {
@@ -33,6 +36,16 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("conduit: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -42,6 +55,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Decode { hex, max_body } => run_decode(hex, max_body),
+        Command::Node(args) => rt.block_on(node_cmd::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
