@@ -8,6 +8,7 @@ use anyhow::Context;
 use bytes::BytesMut;
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod decode;
 mod node_cmd;
 
@@ -21,6 +22,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Measure throughput and latency; prints one JSON line.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Run one data node (buckets, vbuckets, KV, DCP, admin API) until SIGINT/SIGTERM.
     Node(node_cmd::NodeArgs),
     /// Decode MCBP/DCP frames given as hex (arguments, or stdin when none) and print
@@ -32,6 +36,12 @@ enum Command {
         #[arg(long, default_value_t = mcbp::DEFAULT_MAX_BODY_LEN)]
         max_body: usize,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Pipelined SET then GET load against an MCBP server (Conduit node or memcached).
+    Kv(bench::kv::BenchKvArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +66,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Decode { hex, max_body } => run_decode(hex, max_body),
         Command::Node(args) => rt.block_on(node_cmd::run(args)),
+        Command::Bench(BenchCommand::Kv(args)) => rt.block_on(async {
+            let v = bench::kv::run(args).await?;
+            println!("{v}");
+            Ok(())
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -104,22 +104,23 @@ fn default_quota() -> u64 {
     256
 }
 
+/// Parses a JSON body whatever its Content-Type (curl -d sends form encoding).
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Response> {
+    serde_json::from_slice(body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid {what}: {e}")))
+}
+
 async fn create_bucket(
     State(state): State<Shared>,
     headers: HeaderMap,
-    body: Result<Json<CreateBucket>, axum::extract::rejection::JsonRejection>,
+    body: axum::body::Bytes,
 ) -> Response {
     if let Err(r) = check_auth(&state, &headers) {
         return r;
     }
-    let Json(req) = match body {
+    let req: CreateBucket = match json_body(&body, "bucket definition") {
         Ok(b) => b,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("invalid bucket definition: {}", e.body_text()),
-            )
-        }
+        Err(r) => return r,
     };
     if req.vbuckets == 0 {
         return error(StatusCode::BAD_REQUEST, "vbuckets must be at least 1");
@@ -239,16 +240,17 @@ async fn set_vbucket(
     State(state): State<Shared>,
     headers: HeaderMap,
     Path((name, vb)): Path<(String, u16)>,
-    body: Result<Json<SetState>, axum::extract::rejection::JsonRejection>,
+    body: axum::body::Bytes,
 ) -> Response {
     if let Err(r) = check_auth(&state, &headers) {
         return r;
     }
-    let Ok(Json(req)) = body else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "body must be {\"state\": \"active|replica|pending|dead\"}",
-        );
+    let req: SetState = match json_body(
+        &body,
+        "vbucket state (want {\"state\": \"active|replica|pending|dead\"})",
+    ) {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     let Some(vb_state) = VbState::parse(&req.state) else {
         return error(
@@ -322,21 +324,18 @@ async fn list_faults(State(state): State<Shared>, headers: HeaderMap) -> Respons
 async fn add_fault(
     State(state): State<Shared>,
     headers: HeaderMap,
-    body: Result<Json<Fault>, axum::extract::rejection::JsonRejection>,
+    body: axum::body::Bytes,
 ) -> Response {
     if let Err(r) = faults_guard(&state, &headers) {
         return r;
     }
-    match body {
-        Ok(Json(f)) => {
+    match json_body::<Fault>(&body, "fault") {
+        Ok(f) => {
             warn!(fault = ?f, "fault injected");
             state.faults.add(f.clone());
             (StatusCode::CREATED, Json(json!(f))).into_response()
         }
-        Err(e) => error(
-            StatusCode::BAD_REQUEST,
-            format!("invalid fault: {}", e.body_text()),
-        ),
+        Err(r) => r,
     }
 }
 

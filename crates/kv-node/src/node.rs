@@ -52,6 +52,11 @@ pub struct BucketEntry {
     pub persisted: Notify,
     /// Revision of the node-made cluster config; bumped on vbucket state changes.
     pub config_rev: AtomicU64,
+    /// DCP bookkeeping: live connections and streams (stats), per-vbucket state
+    /// epochs (a change ends producer streams), initial-disk-snapshot flags.
+    pub(crate) dcp: crate::dcp::DcpRegistry,
+    /// Set when the bucket is deleted; sessions holding it deselect it.
+    pub deleted: std::sync::atomic::AtomicBool,
 }
 
 impl BucketEntry {
@@ -251,6 +256,8 @@ impl NodeState {
             changed: Notify::new(),
             persisted: Notify::new(),
             config_rev: AtomicU64::new(1),
+            dcp: crate::dcp::DcpRegistry::new(meta.vbuckets),
+            deleted: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -299,6 +306,7 @@ impl NodeState {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(name)
             .ok_or_else(|| NodeError::NoSuchBucket(name.to_string()))?;
+        entry.deleted.store(true, Ordering::Relaxed);
         self.save_meta()?;
         // Sessions may still hold the entry; unlinking the file is safe on Unix and
         // the memory goes with the last reference.
@@ -320,6 +328,9 @@ impl NodeState {
     ) -> Result<(), EngineError> {
         let old = entry.bucket.vbucket_state(vb)?;
         entry.bucket.set_state(vb, state)?;
+        // Every SET_VBUCKET ends the producer streams out of the vbucket (§7.8), even
+        // one that leaves the state as it was.
+        entry.dcp.bump_epoch(vb);
         if old != state {
             entry.config_rev.fetch_add(1, Ordering::Relaxed);
             info!(bucket = %entry.meta.name, vb = %vb, from = %old, to = %state, "vbucket state changed");

@@ -132,6 +132,9 @@ pub(crate) struct Session {
     pub(crate) features: HashSet<Feature>,
     scram: Option<ScramServer>,
     pub(crate) agent: String,
+    /// Whether the client sent HELLO: a Couchbase-era client rather than a plain
+    /// memcached one (see `mutation_ok`).
+    hello_seen: bool,
 }
 
 fn has(features: &HashSet<Feature>, f: Feature) -> bool {
@@ -161,6 +164,7 @@ impl Session {
             features: HashSet::new(),
             scram: None,
             agent: String::new(),
+            hello_seen: false,
         }
     }
 
@@ -273,10 +277,12 @@ impl Session {
             }
         }
         // A deleted bucket is gone for every session.
-        if let Some(b) = &self.bucket {
-            if self.state.bucket(&b.meta.name).is_none() {
-                self.bucket = None;
-            }
+        if self
+            .bucket
+            .as_ref()
+            .is_some_and(|b| b.deleted.load(Ordering::Relaxed))
+        {
+            self.bucket = None;
         }
         self.bucket.clone()
     }
@@ -619,6 +625,7 @@ impl Session {
             }
             _ => match b.bucket.delete_vbucket(req.vbucket()) {
                 Ok(()) => {
+                    b.dcp.bump_epoch(req.vbucket());
                     b.notify_change();
                     Self::reply(out, req, Status::Success);
                 }
@@ -797,11 +804,18 @@ impl Session {
         if req.opcode().is_quiet() {
             return;
         }
+        // Classic memcached answers DELETE with CAS 0 and its clients check that;
+        // Couchbase clients (which always send HELLO) get the tombstone's CAS.
+        let cas = if matches!(req.opcode(), Opcode::Delete) && !self.hello_seen {
+            Cas(0)
+        } else {
+            info.cas
+        };
         MutationResponse {
             opcode: req.opcode(),
             opaque: req.opaque(),
             status: Status::Success,
-            cas: info.cas,
+            cas,
             token: self.token(info),
         }
         .encode(out);

@@ -1,5 +1,174 @@
-//! Test-only helpers shared by Conduit's crates.
-//!
-//! Placeholder: this crate is built out by issue #2; it holds no code yet.
+//! Test-only helpers shared by Conduit's crates: a minimal HTTP client for the admin
+//! API, a `conduit node` child process on ephemeral ports, and tool discovery for
+//! interoperability tests. Never a dependency of non-test code.
 
 #![warn(missing_docs)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Bound on every wait in tests: only to catch hangs.
+pub const BOUND: Duration = Duration::from_secs(30);
+
+/// One HTTP/1.1 request with `Connection: close`; returns (status, body). Chunked
+/// bodies are reduced to their JSON part.
+///
+/// # Errors
+/// Connection failures, timeouts, or an unparsable status line.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Option<(&str, &str)>,
+    body: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
+    let mut s = tokio::time::timeout(BOUND, TcpStream::connect(addr)).await??;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some((u, p)) = auth {
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+        req.push_str(&format!("Authorization: Basic {token}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).await?;
+    let mut resp = Vec::new();
+    tokio::time::timeout(BOUND, s.read_to_end(&mut resp)).await??;
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .ok_or_else(|| anyhow::anyhow!("no HTTP status line in {text:?}"))?
+        .parse()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    let body = match (body.find(['{', '[']), body.rfind(['}', ']'])) {
+        (Some(a), Some(b)) if b >= a => body[a..=b].to_string(),
+        _ => body,
+    };
+    Ok((status, body))
+}
+
+/// A `conduit node` child process on ephemeral ports; killed on drop.
+#[derive(Debug)]
+pub struct NodeProcess {
+    child: Child,
+    /// Its data directory.
+    pub dir: tempfile::TempDir,
+    /// KV address.
+    pub kv: SocketAddr,
+    /// Admin address.
+    pub admin: SocketAddr,
+}
+
+impl NodeProcess {
+    /// Starts `binary node --data-dir <tmp> --kv-port 0 --admin-port 0 --bind 127.0.0.1
+    /// --admin-user admin --admin-password <pw> <extra…>` and waits for `ports.json`.
+    ///
+    /// # Errors
+    /// The process cannot start or never writes its ports.
+    pub fn start(
+        binary: &Path,
+        admin_password: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<NodeProcess> {
+        let dir = tempfile::tempdir()?;
+        let log = std::fs::File::create(dir.path().join("node.log"))?;
+        let child = Command::new(binary)
+            .args([
+                "node",
+                "--kv-port",
+                "0",
+                "--admin-port",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--admin-user",
+                "admin",
+                "--admin-password",
+                admin_password,
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        let ports = dir.path().join("ports.json");
+        let started = Instant::now();
+        let text = loop {
+            if let Ok(t) = std::fs::read_to_string(&ports) {
+                if !t.is_empty() {
+                    break t;
+                }
+            }
+            if started.elapsed() > BOUND {
+                anyhow::bail!("node did not write ports.json within {BOUND:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        let port = |k: &str| -> anyhow::Result<u16> {
+            let p = v[k]
+                .as_u64()
+                .ok_or_else(|| anyhow::anyhow!("ports.json lacks {k}"))?;
+            Ok(u16::try_from(p)?)
+        };
+        let kv = SocketAddr::from(([127, 0, 0, 1], port("kv")?));
+        let admin = SocketAddr::from(([127, 0, 0, 1], port("admin")?));
+        Ok(NodeProcess {
+            child,
+            dir,
+            kv,
+            admin,
+        })
+    }
+
+    /// The node's log so far (for failure messages).
+    #[must_use]
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether a command is on PATH.
+#[must_use]
+pub fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Skips (returns true after printing why) unless `require_var` is `1`, in which
+/// case the missing prerequisite fails the test.
+#[must_use]
+pub fn skip(require_var: &str, why: &str) -> bool {
+    if std::env::var(require_var).is_ok_and(|v| v == "1") {
+        panic!("{require_var}=1 but the test cannot run: {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+    true
+}
+
+/// The repository root (two levels above a crate's manifest directory).
+#[must_use]
+pub fn repo_root(manifest_dir: &str) -> PathBuf {
+    Path::new(manifest_dir).join("../..")
+}

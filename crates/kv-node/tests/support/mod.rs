@@ -1,14 +1,13 @@
 //! Shared helpers for the node's integration tests: start a node on ephemeral
 //! loopback ports, connect authenticated clients, speak minimal HTTP.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::time::Duration;
 
 use kv_client::{Client, ClientConfig, Credentials};
 use kv_node::{BucketMeta, Node, NodeConfig};
 use mcbp::VbState;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 pub const ADMIN: &str = "admin";
 pub const PASSWORD: &str = "s3cret";
@@ -87,43 +86,4 @@ pub fn creds(user: &str, password: &str) -> Credentials {
     }
 }
 
-/// Minimal HTTP/1.1 request; returns (status, body).
-pub async fn http(
-    addr: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    auth: Option<(&str, &str)>,
-    body: Option<&str>,
-) -> anyhow::Result<(u16, String)> {
-    use base64::Engine as _;
-    let mut s = tokio::time::timeout(BOUND, TcpStream::connect(addr)).await??;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some((u, p)) = auth {
-        let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
-        req.push_str(&format!("Authorization: Basic {token}\r\n"));
-    }
-    let body = body.unwrap_or("");
-    if !body.is_empty() {
-        req.push_str("Content-Type: application/json\r\n");
-    }
-    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    s.write_all(req.as_bytes()).await?;
-    let mut resp = Vec::new();
-    tokio::time::timeout(BOUND, s.read_to_end(&mut resp)).await??;
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let status: u16 = text
-        .split_whitespace()
-        .nth(1)
-        .ok_or_else(|| anyhow::anyhow!("no status line"))?
-        .parse()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    // Chunked bodies: keep only the JSON part.
-    let body = match (body.find(['{', '[']), body.rfind(['}', ']'])) {
-        (Some(a), Some(b)) if b >= a => body[a..=b].to_string(),
-        _ => body,
-    };
-    Ok((status, body))
-}
+pub use testkit::http;
