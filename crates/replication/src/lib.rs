@@ -10,9 +10,28 @@
 //!   [`core::producer_conn`] holds the producer half's per-frame decisions (§6);
 //!   [`core::naming`] builds DCP connection and HELLO agent names (§4.3). No
 //!   sockets, no clock reads (the caller passes `now`), no tasks, no channels.
-//! * The tokio shell (replicator actor, socket reader/writer tasks) builds on
-//!   `core` and `kv-client`; it is not part of this crate yet.
+//! * [`io`]: the tokio shell's socket side: connection set-up of a half (§4.2) and
+//!   the proxy pair's reader/writer tasks (§2.4, §3).
+//! * [`replicator`]: [`Replicator`], the actor owning one proxy pair and its
+//!   [`core::ConsumerConn`], plus [`replicator::wait_for_data_move`] (§7).
+//! * [`manager`]: [`ReplicationManager`], desired incoming map -> replicators (§8).
+//! * [`mover`]: [`mover::move_vbucket`], one vbucket move built on the above (§9.2).
+//! * [`error`]: [`ReplError`], the one error type of the public API, with
+//!   [`ReplError::to_json`] for the CLI.
 
 #![warn(missing_docs)]
 
 pub mod core;
+pub mod error;
+pub mod io;
+pub mod manager;
+pub mod mover;
+pub mod replicator;
+
+pub use error::{ConnectCause, ConnectError, MoveStep, ReplError, Stage, WaitFor};
+
+pub use manager::{ManagerConfig, ReplicationManager, ReplicationMap};
+pub use mover::{move_vbucket, MoveConfig, MoveReport};
+pub use replicator::{
+    wait_for_data_move, DataMoveWait, Replicator, ReplicatorConfig, ReplicatorState,
+};
