@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod decode;
 mod node_cmd;
+mod replicate_cmd;
 
 /// Conduit: Couchbase-style data nodes and DCP replication.
 #[derive(Debug, Parser)]
@@ -25,6 +26,10 @@ enum Command {
     /// Measure throughput and latency; prints one JSON line.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Replicate vbuckets from a producer node to a consumer node through the proxy.
+    Replicate(replicate_cmd::ReplicateArgs),
+    /// Move one vbucket: build a replica, wait for it to catch up, take over.
+    MoveVbucket(replicate_cmd::MoveArgs),
     /// Run one data node (buckets, vbuckets, KV, DCP, admin API) until SIGINT/SIGTERM.
     Node(node_cmd::NodeArgs),
     /// Decode MCBP/DCP frames given as hex (arguments, or stdin when none) and print
@@ -66,6 +71,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Decode { hex, max_body } => run_decode(hex, max_body),
         Command::Node(args) => rt.block_on(node_cmd::run(args)),
+        Command::Replicate(args) => return ExitCode::from(rt.block_on(replicate_cmd::run(args))),
+        Command::MoveVbucket(args) => {
+            return ExitCode::from(rt.block_on(replicate_cmd::run_move(args)))
+        }
         Command::Bench(BenchCommand::Kv(args)) => rt.block_on(async {
             let v = bench::kv::run(args).await?;
             println!("{v}");

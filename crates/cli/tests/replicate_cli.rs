@@ -1,0 +1,390 @@
+//! Black-box tests of `conduit replicate` and `conduit move-vbucket` against two
+//! `conduit node` processes: JSON lines, exit codes, the seed's race, timeouts,
+//! takeover, signals and lost connections.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kv_client::{Client, ClientConfig, Credentials};
+use mcbp::{Cas, Datatype, Opcode, VbState, Vbid};
+use serde_json::Value;
+use testkit::{http, NodeProcess, BOUND};
+
+const PW: &str = "adminpw";
+
+fn conduit() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_conduit"))
+}
+
+async fn bucket(n: &NodeProcess, state: &str) -> anyhow::Result<()> {
+    let body =
+        format!(r#"{{"name":"default","vbuckets":8,"ram_quota_mb":32,"initial_state":"{state}"}}"#);
+    let (s, t) = http(
+        n.admin,
+        "POST",
+        "/buckets",
+        Some(("admin", PW)),
+        Some(&body),
+    )
+    .await?;
+    anyhow::ensure!(s == 201, "{s} {t}");
+    Ok(())
+}
+
+async fn fault(n: &NodeProcess, f: &str) -> anyhow::Result<()> {
+    let (s, t) = http(n.admin, "POST", "/faults", Some(("admin", PW)), Some(f)).await?;
+    anyhow::ensure!(s == 201, "{s} {t}");
+    Ok(())
+}
+
+async fn client(n: &NodeProcess) -> anyhow::Result<Client> {
+    let mut c = Client::connect(
+        &n.kv.to_string(),
+        ClientConfig {
+            timeout: BOUND,
+            ..ClientConfig::default()
+        },
+    )
+    .await?;
+    c.auth_plain(&Credentials {
+        user: "admin".into(),
+        password: PW.into(),
+    })
+    .await?;
+    c.select_bucket("default").await?;
+    Ok(c)
+}
+
+async fn pair() -> anyhow::Result<(NodeProcess, NodeProcess)> {
+    let a = NodeProcess::start(&conduit(), PW, &["--enable-fault-injection"])?;
+    let b = NodeProcess::start(&conduit(), PW, &["--enable-fault-injection"])?;
+    bucket(&a, "active").await?;
+    bucket(&b, "replica").await?;
+    let mut c = client(&a).await?;
+    for i in 0..400u32 {
+        let vb = Vbid((i % 8) as u16);
+        c.store(
+            Opcode::Set,
+            vb,
+            format!("k{i}").as_bytes(),
+            format!("v{i}").as_bytes(),
+            i,
+            0,
+            Cas(0),
+            Datatype::RAW,
+        )
+        .await?;
+    }
+    Ok((a, b))
+}
+
+fn replicate(a: &NodeProcess, b: &NodeProcess, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(conduit());
+    cmd.args([
+        "replicate",
+        "--producer",
+        &a.kv.to_string(),
+        "--consumer",
+        &b.kv.to_string(),
+        "--bucket",
+        "default",
+        "--user",
+        "admin",
+        "--password",
+        PW,
+    ])
+    .args(extra)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs to completion (bounded); returns (exit code, JSON lines).
+fn finish(mut cmd: Command) -> anyhow::Result<(i32, Vec<Value>)> {
+    let child = cmd.spawn()?;
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(BOUND * 2) {
+        Ok(o) => o?,
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            anyhow::bail!("conduit replicate did not finish within {:?}", BOUND * 2);
+        }
+    };
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l)
+                .map_err(|e| anyhow::anyhow!("stdout line {l:?} is not JSON: {e}"))
+        })
+        .collect::<Result<Vec<Value>, _>>()?;
+    Ok((out.status.code().unwrap_or(-1), lines))
+}
+
+async fn vb_state(n: &NodeProcess, vb: u16) -> anyhow::Result<String> {
+    let (_, t) = http(
+        n.admin,
+        "GET",
+        "/buckets/default",
+        Some(("admin", PW)),
+        None,
+    )
+    .await?;
+    let v: Value = serde_json::from_str(&t)?;
+    Ok(v["vbuckets"][usize::from(vb)]["state"]
+        .as_str()
+        .unwrap_or("?")
+        .to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicate_until_caught_up_prints_two_ok_lines_and_the_replica_has_the_data(
+) -> anyhow::Result<()> {
+    let (a, b) = pair().await?;
+    let (code, lines) = finish(replicate(
+        &a,
+        &b,
+        &[
+            "--vbuckets",
+            "0-7",
+            "--until-caught-up",
+            "--done-limit",
+            "1",
+            "--timeout",
+            "20",
+        ],
+    ))?;
+    assert_eq!(code, 0, "{lines:?}\n{}", b.log());
+    assert_eq!(
+        lines[0],
+        serde_json::json!({"ok": true, "vbuckets": [0, 1, 2, 3, 4, 5, 6, 7]})
+    );
+    assert_eq!(lines[1], serde_json::json!({"ok": true, "caught_up": true}));
+    let mut rb = client(&b).await?;
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let stats = rb.stats("vbucket-seqno").await?;
+        let total: u64 = stats
+            .iter()
+            .filter(|(k, _)| k.ends_with(":high_seqno"))
+            .filter_map(|(_, v)| v.parse::<u64>().ok())
+            .sum();
+        if total == 400 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replica stuck at {total} of 400");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_race_fails_with_unexpected_stream_end_and_a_rerun_succeeds() -> anyhow::Result<()>
+{
+    let (a, b) = pair().await?;
+    fault(&b, r#"{"kind":"drop_add_stream_response","vbucket":3}"#).await?;
+    fault(
+        &a,
+        r#"{"kind":"end_stream_after_stream_req","vbucket":3,"reason":2}"#,
+    )
+    .await?;
+    let t0 = Instant::now();
+    let (code, lines) = finish(replicate(&a, &b, &["--vbuckets", "2,3", "--timeout", "20"]))?;
+    assert_eq!(code, 1, "{lines:?}");
+    assert_eq!(lines.len(), 1, "exactly one JSON line: {lines:?}");
+    let e = &lines[0]["error"];
+    assert_eq!(lines[0]["ok"], false);
+    assert_eq!(e["kind"], "unexpected_stream_end", "{e}");
+    assert_eq!(e["vbucket"], 3);
+    assert_eq!(e["reason"], 2);
+    assert!(e["stream_opaque"].is_u64(), "{e}");
+    assert!(e["message"].is_string());
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "failed fast, not by the 20 s timeout"
+    );
+    for n in [&a, &b] {
+        http(n.admin, "DELETE", "/faults", Some(("admin", PW)), None).await?;
+    }
+    let (code, lines) = finish(replicate(
+        &a,
+        &b,
+        &["--vbuckets", "2,3", "--until-caught-up", "--timeout", "20"],
+    ))?;
+    assert_eq!(code, 0, "retry starts clean: {lines:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_consumer_times_out_naming_the_vbucket() -> anyhow::Result<()> {
+    let (a, b) = pair().await?;
+    fault(&b, r#"{"kind":"drop_add_stream_response","vbucket":5}"#).await?;
+    let (code, lines) = finish(replicate(&a, &b, &["--vbuckets", "4,5", "--timeout", "2"]))?;
+    assert_eq!(code, 1);
+    let e = &lines[0]["error"];
+    assert_eq!(e["kind"], "timeout", "{e}");
+    assert_eq!(e["waiting_for"], "add_stream");
+    assert_eq!(e["vbuckets"], serde_json::json!([5]));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_prints_a_second_line_and_moves_the_vbucket() -> anyhow::Result<()> {
+    let (a, b) = pair().await?;
+    let (code, lines) = finish(replicate(
+        &a,
+        &b,
+        &["--vbuckets", "0-7", "--takeover", "6", "--timeout", "20"],
+    ))?;
+    assert_eq!(code, 0, "{lines:?}\n{}", a.log());
+    assert_eq!(lines[1], serde_json::json!({"ok": true, "takeover": 6}));
+    assert_eq!(vb_state(&b, 6).await?, "active");
+    assert_eq!(vb_state(&a, 6).await?, "dead");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_errors_exit_2_and_print_nothing_on_stdout() -> anyhow::Result<()> {
+    let out = Command::new(conduit())
+        .args([
+            "replicate",
+            "--producer",
+            "x",
+            "--consumer",
+            "y",
+            "--bucket",
+            "b",
+            "--user",
+            "u",
+            "--password",
+            "p",
+            "--vbuckets",
+            "9-1",
+        ])
+        .output()?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("backwards"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_after_setup_exits_0_and_a_lost_producer_exits_1() -> anyhow::Result<()> {
+    let (a, b) = pair().await?;
+    let spawn = |a: &NodeProcess,
+                 b: &NodeProcess|
+     -> anyhow::Result<(Child, std::sync::mpsc::Receiver<String>)> {
+        let mut child = replicate(
+            a,
+            b,
+            &[
+                "--vbuckets",
+                "0-3",
+                "--timeout",
+                "20",
+                "--shut-timeout",
+                "2",
+            ],
+        )
+        .spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        Ok((child, rx))
+    };
+    let wait = |child: &mut Child| -> anyhow::Result<i32> {
+        let deadline = Instant::now() + BOUND;
+        loop {
+            if let Some(s) = child.try_wait()? {
+                return Ok(s.code().unwrap_or(-1));
+            }
+            anyhow::ensure!(Instant::now() < deadline, "replicate did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let (mut child, rx) = spawn(&a, &b)?;
+    let first: Value = serde_json::from_str(&rx.recv_timeout(BOUND)?)?;
+    assert_eq!(first["ok"], true);
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()?;
+    assert_eq!(wait(&mut child)?, 0);
+
+    let (mut child, rx) = spawn(&a, &b)?;
+    let first: Value = serde_json::from_str(&rx.recv_timeout(BOUND)?)?;
+    assert_eq!(first["ok"], true);
+    drop(a); // kills the producer node
+    let second: Value = serde_json::from_str(&rx.recv_timeout(BOUND)?)?;
+    assert_eq!(wait(&mut child)?, 1);
+    assert_eq!(second["error"]["kind"], "connection_closed", "{second}");
+    assert_eq!(second["error"]["side"], "producer");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_vbucket_leaves_it_active_on_the_destination_with_every_document() -> anyhow::Result<()>
+{
+    let (a, b) = pair().await?;
+    let out = Command::new(conduit())
+        .args([
+            "move-vbucket",
+            "--bucket",
+            "default",
+            "--vbucket",
+            "1",
+            "--from",
+            &a.kv.to_string(),
+            "--to",
+            &b.kv.to_string(),
+            "--user",
+            "admin",
+            "--password",
+            PW,
+            "--timeout",
+            "20",
+        ])
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(stdout.trim())?;
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["vbucket"], 1);
+    assert_eq!(vb_state(&b, 1).await?, "active");
+    assert_eq!(vb_state(&a, 1).await?, "dead");
+    let mut cb = client(&b).await?;
+    for i in (1..400u32).step_by(8) {
+        let g = cb
+            .get(Vbid(1), format!("k{i}").as_bytes())
+            .await?
+            .expect("moved document");
+        assert_eq!(g.value, format!("v{i}").as_bytes());
+        assert_eq!(g.flags, i);
+    }
+    assert_eq!(
+        cb.get(Vbid(0), b"k0")
+            .await
+            .expect_err("vb 0 not here")
+            .status(),
+        Some(mcbp::Status::NotMyVbucket)
+    );
+    let _ = VbState::Active;
+    Ok(())
+}
