@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod decode;
+mod demo;
 mod node_cmd;
 mod replicate_cmd;
 
@@ -30,6 +31,9 @@ enum Command {
     Replicate(replicate_cmd::ReplicateArgs),
     /// Move one vbucket: build a replica, wait for it to catch up, take over.
     MoveVbucket(replicate_cmd::MoveArgs),
+    /// The main job: two in-process nodes, load, replicate through the proxy, move
+    /// vbuckets, verify every document.
+    Demo(demo::DemoArgs),
     /// Run one data node (buckets, vbuckets, KV, DCP, admin API) until SIGINT/SIGTERM.
     Node(node_cmd::NodeArgs),
     /// Decode MCBP/DCP frames given as hex (arguments, or stdin when none) and print
@@ -71,6 +75,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Decode { hex, max_body } => run_decode(hex, max_body),
         Command::Node(args) => rt.block_on(node_cmd::run(args)),
+        Command::Demo(args) => rt.block_on(demo::run(args)),
         Command::Replicate(args) => return ExitCode::from(rt.block_on(replicate_cmd::run(args))),
         Command::MoveVbucket(args) => {
             return ExitCode::from(rt.block_on(replicate_cmd::run_move(args)))
