@@ -512,3 +512,30 @@ async fn cluster_config_lists_active_vbuckets_and_honours_known_revision() -> an
     assert!(f.value().is_empty(), "not newer than what the client knows");
     Ok(())
 }
+
+#[tokio::test]
+async fn seqno_persistence_answers_etmpfail_when_the_bound_passes() -> anyhow::Result<()> {
+    let n = start_with(|c| {
+        c.flush_interval = std::time::Duration::from_secs(3600);
+        c.seqno_persistence_timeout = std::time::Duration::from_millis(200);
+    })
+    .await?;
+    n.create_bucket("default", 4, Some(VbState::Active))?;
+    let mut c = n.admin_client("default").await?;
+    c.store(
+        Opcode::Set,
+        Vbid(0),
+        b"k",
+        b"v",
+        0,
+        0,
+        Cas(0),
+        Datatype::RAW,
+    )
+    .await?;
+    assert!(
+        !c.seqno_persistence(Vbid(0), Seqno(1)).await?,
+        "not persisted within the bound"
+    );
+    Ok(())
+}
