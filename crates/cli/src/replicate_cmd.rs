@@ -257,6 +257,7 @@ pub(crate) async fn run_move(a: MoveArgs) -> u8 {
                     "from": a.from,
                     "to": a.to,
                     "persisted_seqno": report.persisted_seqno.0,
+                    "already_done": report.already_done,
                     "elapsed_ms": u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
                 }));
                 0

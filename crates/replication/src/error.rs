@@ -13,7 +13,7 @@ use std::sync::Arc;
 use kv_client::ClientError;
 use mcbp::dcp::EndReason;
 use mcbp::kv::Feature;
-use mcbp::{Opaque, Status, Vbid};
+use mcbp::{Opaque, Status, VbState, Vbid};
 use serde_json::{json, Map, Value};
 
 use crate::core::{
@@ -163,6 +163,8 @@ impl From<WaitingFor> for WaitFor {
 /// A step of [`crate::mover::move_vbucket`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum MoveStep {
+    /// Read both nodes' vbucket states before touching anything.
+    Preflight,
     /// Set the vbucket to replica on the destination.
     SetReplica,
     /// Start the replicator and add the stream.
@@ -182,6 +184,7 @@ impl MoveStep {
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
+            MoveStep::Preflight => "preflight",
             MoveStep::SetReplica => "set_replica",
             MoveStep::Replicate => "replicate",
             MoveStep::DataMove => "data_move",
@@ -313,6 +316,19 @@ pub enum ReplError {
         peer: String,
         /// The DCP connection name queried.
         connection: String,
+    },
+    /// A vbucket is not in the state an operation needs (e.g. a move whose source
+    /// is not active).
+    #[error("{peer}: {vb} is {state}, expected {expected}")]
+    VbucketState {
+        /// The vbucket.
+        vb: Vbid,
+        /// The node's address.
+        peer: String,
+        /// Its state there.
+        state: VbState,
+        /// What was needed.
+        expected: &'static str,
     },
     /// Another operation is in flight on this replicator.
     #[error("replicator busy with {in_progress}")]
@@ -529,6 +545,7 @@ impl ReplError {
                 _ => "protocol_error",
             },
             ReplError::UnexpectedStatus { .. } => "unexpected_status",
+            ReplError::VbucketState { .. } => "vbucket_state",
             ReplError::Busy { .. } => "busy",
             ReplError::Shut => "shut",
             ReplError::Interrupted => "interrupted",
@@ -720,6 +737,17 @@ impl ReplError {
                 m.insert("status".into(), json!(status));
                 m.insert("peer".into(), json!(peer));
                 m.insert("connection".into(), json!(connection));
+            }
+            ReplError::VbucketState {
+                vb,
+                peer,
+                state,
+                expected,
+            } => {
+                m.insert("vbucket".into(), json!(vb.0));
+                m.insert("peer".into(), json!(peer));
+                m.insert("state".into(), json!(state.as_str()));
+                m.insert("expected".into(), json!(expected));
             }
             ReplError::Busy { in_progress } => {
                 m.insert("in_progress".into(), json!(in_progress.to_string()));

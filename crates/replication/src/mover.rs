@@ -1,6 +1,12 @@
 //! One vbucket move from a source node to a destination node (issue #5 item 5,
 //! `replication-layer.md` §9.2 reduced to a single copy):
 //!
+//! 0. `preflight`: read the vbucket's state on both nodes (`vbucket <vb>` stat). If
+//!    the source is dead and the destination active, the move already happened (a
+//!    rerun after a success, or after a failure past the takeover): nothing is
+//!    touched and the move reports `already_done`. If the source is not active, the
+//!    move fails here without touching the destination. Nodes that do not answer the
+//!    stat are moved by the steps below;
 //! 1. `set_replica`: SET_VBUCKET(replica) on the destination;
 //! 2. `replicate`: a [`Replicator`] (consumer = destination, producer = source)
 //!    adds the stream;
@@ -89,6 +95,9 @@ pub struct MoveReport {
     pub connection_name: String,
     /// How long the move took.
     pub elapsed: Duration,
+    /// The vbucket was already active on the destination and dead on the source;
+    /// nothing was done.
+    pub already_done: bool,
 }
 
 /// Moves one vbucket; see the module docs for the steps.
@@ -106,6 +115,34 @@ pub async fn move_vbucket(cfg: &MoveConfig) -> Result<MoveReport, ReplError> {
         }
     };
     info!(vb = %vb, source = %cfg.source, destination = %cfg.destination, "moving vbucket");
+
+    let source_state = vb_state(cfg, Side::Producer)
+        .await
+        .map_err(step_err(MoveStep::Preflight))?;
+    let destination_state = vb_state(cfg, Side::Consumer)
+        .await
+        .map_err(step_err(MoveStep::Preflight))?;
+    match (source_state, destination_state) {
+        (Some(VbState::Dead), Some(VbState::Active)) => {
+            info!(vb = %vb, "already active on the destination and dead on the source");
+            return Ok(MoveReport {
+                vb,
+                persisted_seqno: Seqno(0),
+                connection_name: String::new(),
+                elapsed: t0.elapsed(),
+                already_done: true,
+            });
+        }
+        (Some(s), _) if s != VbState::Active => {
+            return Err(step_err(MoveStep::Preflight)(ReplError::VbucketState {
+                vb,
+                peer: cfg.source.clone(),
+                state: s,
+                expected: "active",
+            }));
+        }
+        _ => {}
+    }
 
     set_state(cfg, Side::Consumer, VbState::Replica)
         .await
@@ -149,7 +186,26 @@ pub async fn move_vbucket(cfg: &MoveConfig) -> Result<MoveReport, ReplError> {
         persisted_seqno,
         connection_name: r.connection_name().to_string(),
         elapsed: t0.elapsed(),
+        already_done: false,
     })
+}
+
+/// The vbucket's state on one node from its `vbucket <vb>` stat; `None` when the node
+/// does not answer that stat.
+async fn vb_state(cfg: &MoveConfig, side: Side) -> Result<Option<VbState>, ReplError> {
+    let mut c = connect(cfg, side, cfg.timeout).await?;
+    let key = format!("vb_{}", cfg.vb.0);
+    match c.stats(&format!("vbucket {}", cfg.vb.0)).await {
+        Ok(pairs) => Ok(pairs
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, v)| VbState::parse(v))),
+        Err(e) if e.status().is_some() => {
+            debug!(vb = %cfg.vb, %side, error = %e, "no vbucket stat; moving without preflight");
+            Ok(None)
+        }
+        Err(e) => Err(ReplError::node(side, "stats", Some(cfg.vb), e)),
+    }
 }
 
 async fn run_with(cfg: &MoveConfig, r: &Replicator) -> Result<Seqno, ReplError> {
