@@ -51,6 +51,12 @@ enum Command {
 enum BenchCommand {
     /// Pipelined SET then GET load against an MCBP server (Conduit node or memcached).
     Kv(bench::kv::BenchKvArgs),
+    /// DCP throughput between two `conduit node` processes, from memory or disk backfill.
+    Dcp(bench::dcp::BenchDcpArgs),
+    /// DCP mutation throughput sent directly and through the replication proxy pair.
+    Proxy(bench::proxy::BenchProxyArgs),
+    /// End-to-end replication through the proxy: mutations/s and lag.
+    Replication(bench::replication::BenchReplicationArgs),
 }
 
 fn main() -> ExitCode {
@@ -80,8 +86,13 @@ fn main() -> ExitCode {
         Command::MoveVbucket(args) => {
             return ExitCode::from(rt.block_on(replicate_cmd::run_move(args)))
         }
-        Command::Bench(BenchCommand::Kv(args)) => rt.block_on(async {
-            let v = bench::kv::run(args).await?;
+        Command::Bench(cmd) => rt.block_on(async {
+            let v = match cmd {
+                BenchCommand::Kv(args) => bench::kv::run(args).await?,
+                BenchCommand::Dcp(args) => bench::dcp::run(args).await?,
+                BenchCommand::Proxy(args) => bench::proxy::run(args).await?,
+                BenchCommand::Replication(args) => bench::replication::run(args).await?,
+            };
             println!("{v}");
             Ok(())
         }),

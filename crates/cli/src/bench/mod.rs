@@ -1,7 +1,12 @@
 //! `conduit bench …`: throughput and latency measurements. Results are printed as one
 //! JSON line; `docs/BENCHMARKS.md` records them with the commands that produced them.
 
+pub(crate) mod dcp;
+mod fake;
 pub(crate) mod kv;
+mod nodes;
+pub(crate) mod proxy;
+pub(crate) mod replication;
 
 /// Percentile of sorted samples (nearest rank).
 pub(crate) fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -10,6 +15,11 @@ pub(crate) fn percentile(sorted: &[u64], p: f64) -> u64 {
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Rounded to three decimals, for JSON output.
+pub(crate) fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
 }
 
 /// The vbucket a key maps to: `((crc32(key) >> 16) & 0x7fff) % n` (the SDK's rule).

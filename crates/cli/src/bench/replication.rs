@@ -1,0 +1,173 @@
+//! `conduit bench replication`: end-to-end replication through the proxy pair
+//! (`Replicator`, consumer = node B) between two `conduit node` processes, loading
+//! node A while replicating. Throughput is docs over the time from the first write
+//! to B holding every mutation; lag is measured per writer-side sample.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use mcbp::Vbid;
+use replication::{Replicator, ReplicatorConfig};
+use serde_json::json;
+use tokio::time::{sleep, timeout, Instant};
+
+use super::nodes::{high_seqnos, load, loaders, LoadArgs, NodeChild, BUCKET};
+use super::{percentile, round3};
+
+/// Flags of `conduit bench replication`.
+#[derive(Debug, Args)]
+pub(crate) struct BenchReplicationArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+}
+
+/// Writer-side sampling period.
+const SAMPLE_EVERY: Duration = Duration::from_millis(5);
+/// Consumer-side polling period (adds up to this much to each lag).
+const POLL_EVERY: Duration = Duration::from_millis(1);
+
+/// (microseconds since the first write, mutations).
+type Point = (u64, u64);
+
+pub(crate) async fn run(args: BenchReplicationArgs) -> anyhow::Result<serde_json::Value> {
+    let a = &args.load;
+    let bound = a.bound();
+    let producer = NodeChild::start("producer", bound).await?;
+    let consumer = NodeChild::start("consumer", bound).await?;
+    producer.create_bucket(a, "active").await?;
+    consumer.create_bucket(a, "replica").await?;
+    let mut cfg = ReplicatorConfig::new(
+        consumer.kv.to_string(),
+        producer.kv.to_string(),
+        BUCKET,
+        producer.credentials(),
+    );
+    cfg.consumer_node = "bench-consumer".into();
+    cfg.producer_node = "bench-producer".into();
+    cfg.connect_timeout = bound;
+    let repl = start_replicator(cfg, a.vbuckets, bound).await?;
+
+    let acked = Arc::new(AtomicU64::new(0));
+    let mut cc = consumer.client(bound).await?;
+    let writers = loaders(&producer, a).await?;
+    let t0 = Instant::now();
+    let since = move || t0.elapsed().as_micros() as u64;
+    let sampler = tokio::spawn(sample(Arc::clone(&acked), a.docs, since));
+    let docs = a.docs;
+    let poller = tokio::spawn(async move {
+        let mut seen: Vec<Point> = Vec::new();
+        loop {
+            let sum: u64 = high_seqnos(&mut cc).await?.values().sum();
+            seen.push((since(), sum));
+            if sum >= docs {
+                return anyhow::Ok(seen);
+            }
+            sleep(POLL_EVERY).await;
+        }
+    });
+    load(writers, a, &acked).await.context("loading")?;
+    let seen = match timeout(bound, poller).await {
+        Ok(r) => r.context("consumer poller")??,
+        Err(_) => bail!(
+            "consumer did not catch up within {bound:?} (replicator: {:?})",
+            repl.termination()
+        ),
+    };
+    let samples = sampler.await.context("sampler")?;
+    let caught_up_us = seen.last().map_or(0, |p| p.0);
+    let mut lags =
+        lags_us(&samples, &seen).context("a sample was never reached by the consumer")?;
+    lags.sort_unstable();
+    let out = json!({
+        "bench": "replication",
+        "docs": a.docs,
+        "value_size": a.value_size,
+        "vbuckets": a.vbuckets,
+        "mutations_per_sec": (a.docs as f64 / (caught_up_us.max(1) as f64 / 1e6)).round() as u64,
+        "elapsed_ms": caught_up_us / 1000,
+        "lag_samples": lags.len(),
+        "lag_p50_ms": round3(percentile(&lags, 50.0) as f64 / 1000.0),
+        "lag_p99_ms": round3(percentile(&lags, 99.0) as f64 / 1000.0),
+        "producer_peak_rss_bytes": producer.peak_rss_bytes()?,
+        "consumer_peak_rss_bytes": consumer.peak_rss_bytes()?,
+    });
+    repl.abort();
+    Ok(out)
+}
+
+async fn start_replicator(
+    cfg: ReplicatorConfig,
+    vbuckets: u16,
+    bound: Duration,
+) -> anyhow::Result<Replicator> {
+    let repl = timeout(bound, Replicator::start(cfg))
+        .await
+        .context("replicator start timed out")?
+        .context("starting the replicator")?;
+    let all: BTreeSet<Vbid> = (0..vbuckets).map(Vbid).collect();
+    timeout(bound, repl.setup_replication(all))
+        .await
+        .context("stream set-up timed out")?
+        .context("setting up replication streams")?;
+    Ok(repl)
+}
+
+/// Every `SAMPLE_EVERY`, the mutations the writer has seen acknowledged, recorded
+/// when it grew; stops at `docs`.
+async fn sample(acked: Arc<AtomicU64>, docs: u64, since: impl Fn() -> u64) -> Vec<Point> {
+    let mut out: Vec<Point> = Vec::new();
+    let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    loop {
+        tick.tick().await;
+        let v = acked.load(Ordering::Relaxed);
+        if out.last().is_none_or(|p| v > p.1) && v > 0 {
+            out.push((since(), v));
+        }
+        if v >= docs {
+            return out;
+        }
+    }
+}
+
+/// Lag of each writer-side sample `(t, v)`: the time from `t` to the first consumer
+/// observation at or after `t` showing at least `v` mutations. `None` if some sample
+/// was never reached. Observations are in time order; their counts only grow.
+fn lags_us(samples: &[Point], seen: &[Point]) -> Option<Vec<u64>> {
+    samples
+        .iter()
+        .map(|&(t, v)| {
+            let from = seen.partition_point(|p| p.0 < t);
+            let reached = seen.partition_point(|p| p.1 < v);
+            seen.get(from.max(reached)).map(|p| p.0 - t)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_time_to_the_first_later_observation_reaching_the_sample() {
+        let seen = [(0, 0), (10, 100), (20, 150), (30, 300)];
+        // 100 written at t=5 was seen at t=10; 200 at t=12 only at t=30.
+        assert_eq!(lags_us(&[(5, 100), (12, 200)], &seen), Some(vec![5, 18]));
+    }
+
+    #[test]
+    fn an_observation_before_the_sample_does_not_count() {
+        // The consumer showed 100 at t=10, but the writer's view only got there at 15.
+        let seen = [(10, 100), (25, 100)];
+        assert_eq!(lags_us(&[(15, 100)], &seen), Some(vec![10]));
+    }
+
+    #[test]
+    fn a_sample_never_reached_has_no_lag() {
+        assert_eq!(lags_us(&[(5, 500)], &[(10, 100)]), None);
+        assert_eq!(lags_us(&[(50, 100)], &[(10, 100)]), None);
+    }
+}

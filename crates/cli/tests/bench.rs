@@ -1,0 +1,84 @@
+//! Smoke tests of `conduit bench dcp|proxy|replication` at small sizes: each exits 0
+//! and prints one JSON line with its fields present and positive. No speed checks.
+
+use std::process::Command;
+
+fn bench(args: &[&str], positive: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_conduit"))
+        .arg("bench")
+        .args(args)
+        .args(["--timeout", "60"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("conduit bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one JSON line expected: {stdout}");
+    let v: serde_json::Value = serde_json::from_str(lines[0]).expect("JSON");
+    for field in positive {
+        let x = v[field].as_f64();
+        assert!(
+            x.is_some_and(|x| x > 0.0),
+            "{field} missing or not positive: {v}"
+        );
+    }
+    v
+}
+
+#[test]
+fn bench_proxy_reports_direct_and_proxied_rates() {
+    let v = bench(
+        &["proxy", "--frames", "20000", "--value-size", "64"],
+        &[
+            "frames",
+            "direct_frames_per_sec",
+            "direct_mb_per_sec",
+            "proxy_frames_per_sec",
+            "proxy_mb_per_sec",
+            "ratio",
+        ],
+    );
+    assert_eq!(v["frames"], 20000);
+}
+
+const NODE_FIELDS: [&str; 5] = [
+    "docs",
+    "mutations_per_sec",
+    "producer_peak_rss_bytes",
+    "consumer_peak_rss_bytes",
+    "value_size",
+];
+
+#[test]
+fn bench_dcp_from_disk_streams_every_document() {
+    let v = bench(
+        &[
+            "dcp",
+            "--docs",
+            "2000",
+            "--value-size",
+            "64",
+            "--source",
+            "disk",
+        ],
+        &[&NODE_FIELDS[..], &["mb_per_sec", "elapsed_ms"]].concat(),
+    );
+    assert_eq!(v["source"], "disk");
+    assert_eq!(v["mutations"], 2000);
+}
+
+#[test]
+fn bench_replication_reports_throughput_and_lag() {
+    let v = bench(
+        &["replication", "--docs", "2000", "--value-size", "64"],
+        &[&NODE_FIELDS[..], &["lag_samples"]].concat(),
+    );
+    for field in ["lag_p50_ms", "lag_p99_ms"] {
+        assert!(v[field].as_f64().is_some_and(|x| x >= 0.0), "{field}: {v}");
+    }
+}
