@@ -159,7 +159,9 @@ pub(crate) struct VBucket {
     pub(crate) snap_start: Seqno,
     pub(crate) snap_end: Seqno,
     pub(crate) failover: FailoverLog,
-    by_key: HashMap<Bytes, Seqno>,
+    /// Keys come from clients, so the hasher must resist flooding; aHash is
+    /// randomly keyed and several times faster than SipHash on short keys.
+    by_key: HashMap<Bytes, Seqno, ahash::RandomState>,
     /// Exactly one version per key: the current one.
     by_seqno: BTreeMap<Seqno, Stored>,
     live_items: u64,
@@ -189,7 +191,7 @@ impl VBucket {
             snap_start: Seqno(0),
             snap_end: Seqno(0),
             failover: FailoverLog::new(),
-            by_key: HashMap::new(),
+            by_key: HashMap::with_hasher(ahash::RandomState::new()),
             by_seqno: BTreeMap::new(),
             live_items: 0,
             tombstones: 0,

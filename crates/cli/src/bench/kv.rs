@@ -49,6 +49,10 @@ pub(crate) struct BenchKvArgs {
     /// Per-wait bound, seconds.
     #[arg(long, default_value_t = 30)]
     timeout: u64,
+    /// Pause between the SET and GET phases, in milliseconds: lets a persisting
+    /// server finish writing the SETs so the GET phase measures reads alone.
+    #[arg(long, default_value_t = 0)]
+    settle_ms: u64,
 }
 
 struct Phase {
@@ -77,6 +81,7 @@ pub(crate) async fn run(args: BenchKvArgs) -> anyhow::Result<serde_json::Value> 
         "value_size": args.value_size,
         "connections": args.connections,
         "pipeline": args.pipeline,
+        "settle_ms": args.settle_ms,
         "set_ops_per_sec": rate(&set_phase),
         "get_ops_per_sec": rate(&get_phase),
         "set_p50_us": percentile(&set_phase.latencies_us, 50.0),
