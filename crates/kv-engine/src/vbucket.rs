@@ -161,11 +161,9 @@ pub(crate) struct VBucket {
     pub(crate) failover: FailoverLog,
     /// Keys come from clients, so the hasher must resist flooding; aHash is
     /// randomly keyed and several times faster than SipHash on short keys.
-    by_key: HashMap<Bytes, Stored, ahash::RandomState>,
+    by_key: HashMap<Bytes, Seqno, ahash::RandomState>,
     /// Exactly one version per key: the current one.
-    /// Seqno -> key of that version. Reads look a key up once in `by_key`; scans in
-    /// seqno order (backfill, flush, rollback) pay one hash lookup per item.
-    by_seqno: BTreeMap<Seqno, Bytes>,
+    by_seqno: BTreeMap<Seqno, Stored>,
     live_items: u64,
     tombstones: u64,
     mem: u64,
@@ -234,7 +232,7 @@ impl VBucket {
     /// and the older one is scheduled for removal from disk.
     pub(crate) fn load_version(&mut self, sh: &Shared, stored: Stored) {
         let seqno = stored.item.by_seqno;
-        if let Some(existing) = self.by_key.get(&stored.item.key).map(|s| s.item.by_seqno) {
+        if let Some(&existing) = self.by_key.get(&stored.item.key) {
             if existing > seqno {
                 self.disk_deletes.push(seqno);
                 return;
@@ -244,8 +242,8 @@ impl VBucket {
         // Loading never refuses: a bucket over quota only refuses new writes.
         let _ = sh.reserve(self.id, stored.item.mem_size(), false);
         self.account_add(&stored.item);
-        self.by_seqno.insert(seqno, stored.item.key.clone());
-        self.by_key.insert(stored.item.key.clone(), stored);
+        self.by_key.insert(stored.item.key.clone(), seqno);
+        self.by_seqno.insert(seqno, stored);
     }
 
     fn account_add(&mut self, item: &Item) {
@@ -280,19 +278,14 @@ impl VBucket {
     }
 
     fn current(&self, key: &[u8]) -> Option<&Stored> {
-        self.by_key.get(key)
-    }
-
-    /// The versions with seqnos in `range`, in seqno order.
-    fn versions(
-        &self,
-        range: impl std::ops::RangeBounds<Seqno>,
-    ) -> impl Iterator<Item = (Seqno, &Stored)> + '_ {
-        self.by_seqno.range(range).filter_map(|(seqno, key)| {
-            let stored = self.by_key.get(key);
-            debug_assert!(stored.is_some(), "{} seqno index out of sync", self.id);
-            stored.map(|s| (*seqno, s))
-        })
+        let seqno = self.by_key.get(key)?;
+        let stored = self.by_seqno.get(seqno);
+        debug_assert!(
+            stored.is_some(),
+            "{} key index points at a missing seqno",
+            self.id
+        );
+        stored
     }
 
     fn visible(&self, key: &[u8], now: UnixTime) -> Option<&Item> {
@@ -340,13 +333,9 @@ impl VBucket {
 
     /// `remove_version` without touching the bucket's quota (the caller settles it).
     fn detach_version(&mut self, seqno: Seqno, on_disk: bool) -> Option<Stored> {
-        let key = self.by_seqno.remove(&seqno)?;
-        let stored = self.by_key.remove(&key)?;
-        debug_assert_eq!(
-            stored.item.by_seqno, seqno,
-            "{} key index out of sync",
-            self.id
-        );
+        let stored = self.by_seqno.remove(&seqno)?;
+        let removed = self.by_key.remove(&stored.item.key);
+        debug_assert_eq!(removed, Some(seqno), "{} key index out of sync", self.id);
         self.mem = self.mem.saturating_sub(stored.item.mem_size());
         if stored.item.deleted {
             self.tombstones = self.tombstones.saturating_sub(1);
@@ -376,7 +365,7 @@ impl VBucket {
     /// Makes `item` the current version of its key; `reserve_for` was called for it.
     fn install_reserved(&mut self, sh: &Shared, item: Item) {
         let seqno = item.by_seqno;
-        let origin = match self.by_key.get(&item.key).map(|s| s.item.by_seqno) {
+        let origin = match self.by_key.get(&item.key).copied() {
             Some(old_seqno) => {
                 self.detach_version(old_seqno, true)
                     .expect("key index points at a stored version")
@@ -385,9 +374,8 @@ impl VBucket {
             None => seqno,
         };
         self.account_add(&item);
-        self.by_seqno.insert(seqno, item.key.clone());
-        self.by_key
-            .insert(item.key.clone(), Stored { item, origin });
+        self.by_key.insert(item.key.clone(), seqno);
+        self.by_seqno.insert(seqno, Stored { item, origin });
         self.dirty.insert(seqno);
         self.high_seqno = seqno;
         if seqno > self.snap_end {
@@ -622,8 +610,8 @@ impl VBucket {
             return Vec::new();
         }
         let expired: Vec<Bytes> = self
-            .versions(..)
-            .map(|(_, s)| s)
+            .by_seqno
+            .values()
             .filter(|s| s.item.is_expired(now))
             .map(|s| s.item.key.clone())
             .collect();
@@ -656,9 +644,10 @@ impl VBucket {
     ) -> usize {
         let cutoff = now.secs().saturating_sub(u64::from(older_than));
         let doomed: Vec<Seqno> = self
-            .versions(..)
+            .by_seqno
+            .iter()
             .filter(|(_, s)| s.item.deleted && u64::from(s.item.delete_time) <= cutoff)
-            .map(|(seqno, _)| seqno)
+            .map(|(seqno, _)| *seqno)
             .collect();
         for seqno in &doomed {
             self.remove_version(sh, *seqno, true);
@@ -749,7 +738,8 @@ impl VBucket {
         }
         let exact = self.purge_seqno <= to
             && self
-                .versions(next(to)..)
+                .by_seqno
+                .range(next(to)..)
                 .all(|(_, stored)| stored.origin > to);
         let outcome = if exact {
             let doomed: Vec<Seqno> = self.by_seqno.range(next(to)..).map(|(s, _)| *s).collect();
@@ -833,7 +823,8 @@ impl VBucket {
     // ---- reads for DCP and stats ----
 
     pub(crate) fn items_since(&self, start: Seqno, limit: usize) -> Vec<Item> {
-        self.versions(next(start)..)
+        self.by_seqno
+            .range(next(start)..)
             .take(limit)
             .map(|(_, s)| s.item.clone())
             .collect()
@@ -846,7 +837,6 @@ impl VBucket {
             .dirty
             .iter()
             .filter_map(|seqno| self.by_seqno.get(seqno))
-            .filter_map(|key| self.by_key.get(key))
             .filter(|s| s.item.deleted)
             .count() as u64;
         let persisted_tombstones = self.tombstones.saturating_sub(unflushed_tombstones);
@@ -883,7 +873,6 @@ impl VBucket {
             .map(|s| {
                 self.by_seqno
                     .get(s)
-                    .and_then(|key| self.by_key.get(key))
                     .cloned()
                     .expect("dirty seqnos are current versions")
             })
@@ -999,32 +988,10 @@ mod tests {
             .expect("set");
         let seqnos: Vec<u64> = vb.by_seqno.keys().map(|s| s.0).collect();
         assert_eq!(seqnos, vec![2, 3]);
-        assert_eq!(
-            vb.versions(Seqno(3)..=Seqno(3))
-                .next()
-                .expect("seqno 3")
-                .1
-                .origin,
-            Seqno(1)
-        );
-        assert_eq!(
-            vb.versions(Seqno(2)..=Seqno(2))
-                .next()
-                .expect("seqno 2")
-                .1
-                .origin,
-            Seqno(2)
-        );
+        assert_eq!(vb.by_seqno[&Seqno(3)].origin, Seqno(1));
+        assert_eq!(vb.by_seqno[&Seqno(2)].origin, Seqno(2));
         assert_eq!(vb.live_items(), 2);
-        assert_eq!(
-            vb.versions(Seqno(3)..=Seqno(3))
-                .next()
-                .expect("seqno 3")
-                .1
-                .item
-                .rev_seqno,
-            2
-        );
+        assert_eq!(vb.by_seqno[&Seqno(3)].item.rev_seqno, 2);
     }
 
     #[test]
