@@ -388,3 +388,48 @@ async fn move_vbucket_leaves_it_active_on_the_destination_with_every_document() 
     let _ = VbState::Active;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_during_setup_prints_interrupted_and_exits_1() -> anyhow::Result<()> {
+    let (a, b) = pair().await?;
+    // The consumer never answers the ADD_STREAM: the set-up waits (bounded by 60 s).
+    fault(&b, r#"{"kind":"drop_add_stream_response","vbucket":1}"#).await?;
+    let mut child = replicate(&a, &b, &["--vbuckets", "1", "--timeout", "60"]).spawn()?;
+    // Give it time to connect and send the ADD_STREAM; the set-up then hangs on purpose.
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let mut c = client(&b).await?;
+        let dcp = c.stats("dcp").await?;
+        if dcp.iter().any(|(k, _)| k.contains("replication:")) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "replicate never opened its DCP connection"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()?;
+    let t0 = Instant::now();
+    let out = tokio::task::spawn_blocking(move || {
+        let status = child.wait()?;
+        let mut s = String::new();
+        if let Some(mut o) = child.stdout.take() {
+            std::io::Read::read_to_string(&mut o, &mut s)?;
+        }
+        Ok::<_, std::io::Error>((status, s))
+    })
+    .await??;
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "exits promptly, not at the 60 s timeout"
+    );
+    assert_eq!(out.0.code(), Some(1));
+    let v: Value = serde_json::from_str(out.1.trim())?;
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["error"]["kind"], "interrupted", "{v}");
+    Ok(())
+}
