@@ -150,6 +150,7 @@ async fn a_real_replication_session_decodes_cleanly_in_wireshark() -> anyhow::Re
         ])
         .args(["--vbuckets", "0-3", "--takeover", "2", "--timeout", "8"])
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .status()?;
     assert!(status.success(), "replicate with takeover failed");
     assert!(

@@ -69,6 +69,7 @@ pub(crate) async fn run(args: BenchKvArgs) -> anyhow::Result<serde_json::Value> 
     let mut set_phase = run_phase(&args, Opcode::SetQ, &value)
         .await
         .context("SET phase")?;
+    tokio::time::sleep(Duration::from_millis(args.settle_ms)).await;
     let mut get_phase = run_phase(&args, Opcode::Get, &value)
         .await
         .context("GET phase")?;
