@@ -82,3 +82,61 @@ fn bench_replication_reports_throughput_and_lag() {
         assert!(v[field].as_f64().is_some_and(|x| x >= 0.0), "{field}: {v}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_kv_reports_rates_and_latencies_against_a_node() {
+    let n = testkit::NodeProcess::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_conduit")),
+        "pw",
+        &[],
+    )
+    .expect("node starts");
+    let body = r#"{"name":"default","vbuckets":16,"ram_quota_mb":64,"initial_state":"active"}"#;
+    let (status, text) = testkit::http(
+        n.admin,
+        "POST",
+        "/buckets",
+        Some(("admin", "pw")),
+        Some(body),
+    )
+    .await
+    .expect("admin API answers");
+    assert_eq!(status, 201, "{text}");
+    let addr = n.kv.to_string();
+    let v = tokio::task::spawn_blocking(move || {
+        bench(
+            &[
+                "kv",
+                "--addr",
+                &addr,
+                "--user",
+                "admin",
+                "--password",
+                "pw",
+                "--bucket",
+                "default",
+                "--vbuckets",
+                "16",
+                "--ops",
+                "4000",
+                "--connections",
+                "2",
+                "--pipeline",
+                "8",
+                "--settle-ms",
+                "10",
+            ],
+            &[
+                "set_ops_per_sec",
+                "get_ops_per_sec",
+                "set_p50_us",
+                "set_p99_us",
+                "get_p50_us",
+                "get_p99_us",
+            ],
+        )
+    })
+    .await
+    .expect("bench thread");
+    assert_eq!(v["ops"], 4000);
+}
