@@ -60,6 +60,11 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.config {
         cfg.apply_file(path)?;
     }
+    if args.admin_password == "password" {
+        tracing::warn!(
+            "the admin password is the default; set --admin-password or CONDUIT_ADMIN_PASSWORD"
+        );
+    }
     let node = Node::start(cfg).await.context("starting the node")?;
     eprintln!(
         "conduit node: kv {} admin {} (ports also in {})",

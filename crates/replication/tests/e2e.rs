@@ -30,7 +30,7 @@ use tokio::time::{timeout, Instant};
 
 /// Upper bound asserted on failures that must come from an event, not from a
 /// configured timeout (the set-up timeout is 10 s in these tests).
-const FAIL_FAST: Duration = Duration::from_secs(5);
+const FAIL_FAST: Duration = Duration::from_secs(8);
 
 async fn expect_err(
     what: &str,
