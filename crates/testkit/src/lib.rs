@@ -79,8 +79,24 @@ impl NodeProcess {
         admin_password: &str,
         extra: &[&str],
     ) -> anyhow::Result<NodeProcess> {
-        let dir = tempfile::tempdir()?;
-        let log = std::fs::File::create(dir.path().join("node.log"))?;
+        NodeProcess::start_in(tempfile::tempdir()?, binary, admin_password, extra)
+    }
+
+    /// Like [`NodeProcess::start`] on an existing data directory (restart tests).
+    ///
+    /// # Errors
+    /// The process cannot start or never writes its ports.
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        binary: &Path,
+        admin_password: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<NodeProcess> {
+        let _ = std::fs::remove_file(dir.path().join("ports.json"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("node.log"))?;
         let child = Command::new(binary)
             .args([
                 "node",
@@ -129,6 +145,31 @@ impl NodeProcess {
             kv,
             admin,
         })
+    }
+
+    /// Sends SIGTERM and waits (bounded) for a clean exit; returns the data directory
+    /// for a restart.
+    ///
+    /// # Errors
+    /// The process did not exit within the bound or exited with a failure.
+    pub fn terminate(mut self) -> anyhow::Result<tempfile::TempDir> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                anyhow::ensure!(status.success(), "node exited with {status} after SIGTERM");
+                break;
+            }
+            anyhow::ensure!(
+                started.elapsed() < BOUND,
+                "node did not exit within {BOUND:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let dir = tempfile::tempdir()?;
+        let old = std::mem::replace(&mut self.dir, dir);
+        Ok(old)
     }
 
     /// The node's log so far (for failure messages).
