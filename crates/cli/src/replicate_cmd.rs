@@ -196,7 +196,24 @@ pub(crate) async fn run(a: ReplicateArgs) -> u8 {
         return 0;
     }
     let closed = select_all(reps.iter().map(|(_, r)| Box::pin(r.closed())));
+    // Liveness (§3.3): say so on stderr when a node goes quiet; DCP noops keep a
+    // healthy pair talking every second.
+    let watch = async {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            for (node, at) in manager.node_liveness() {
+                let quiet = at.elapsed();
+                if quiet > Duration::from_secs(10) {
+                    tracing::warn!(%node, quiet_secs = quiet.as_secs(), "nothing heard from node");
+                } else {
+                    tracing::debug!(%node, quiet_ms = u64::try_from(quiet.as_millis()).unwrap_or(u64::MAX), "node alive");
+                }
+            }
+        }
+    };
     tokio::select! {
+        () = watch => unreachable!("the liveness watch never ends"),
         (res, _, _) = closed => {
             let e = match res {
                 Err(e) => e,

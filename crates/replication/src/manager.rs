@@ -274,6 +274,35 @@ impl ReplicationManager {
         self.snapshot()
     }
 
+    /// The traffic-monitor view (§3.3): for every node this bucket's replicators
+    /// talk to — each producer node and this consumer node — the last time a whole
+    /// packet was read from it, over all live connections. A node missing from the
+    /// map has sent nothing yet. Served from the replicators' shared timestamps:
+    /// never waits.
+    #[must_use]
+    pub fn node_liveness(&self) -> BTreeMap<String, tokio::time::Instant> {
+        let mut out: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
+        for ((producer, _), r) in self.snapshot() {
+            let heard = [
+                (
+                    producer,
+                    r.liveness().last_heard(crate::core::Side::Producer),
+                ),
+                (
+                    self.config.consumer_node.clone(),
+                    r.liveness().last_heard(crate::core::Side::Consumer),
+                ),
+            ];
+            for (node, at) in heard {
+                if let Some(at) = at {
+                    let e = out.entry(node).or_insert(at);
+                    *e = (*e).max(at);
+                }
+            }
+        }
+        out
+    }
+
     /// Waits until `producer`'s `dcp-vbtakeover` estimate for each vbucket, on the
     /// connection serving it (`vb mod N`), is below `done_limit` (§7.7). Uses a
     /// separate connection to the producer node.

@@ -739,6 +739,20 @@ async fn manager_with_two_connections_maps_vbuckets_by_modulo_and_converges() ->
     wait_converged(&mut ca, &mut cb, &all_vbs()).await?;
     assert_replicated(&mut ca, &mut cb, &expected).await?;
 
+    // Liveness (§3.3): both nodes were heard from, recently.
+    let live = m.node_liveness();
+    assert_eq!(
+        live.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["nodeA", "nodeB"]
+    );
+    for (node, at) in &live {
+        assert!(
+            at.elapsed() < BOUND,
+            "{node} last heard {:?} ago",
+            at.elapsed()
+        );
+    }
+
     // Stop replicating vb 5 only (connection 1).
     timeout(BOUND, m.change_vbucket_replication(Vbid(5), None)).await??;
     let mut without5 = all_vbs();
