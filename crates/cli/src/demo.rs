@@ -203,7 +203,10 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
             .takeover("node-a", *vb)
             .await
             .with_context(|| format!("taking over {vb}"))?;
-        println!("moved {vb} to node B in {} ms", t2.elapsed().as_millis());
+        println!(
+            "moved {vb} to node B in {:.1} ms",
+            t2.elapsed().as_secs_f64() * 1000.0
+        );
     }
 
     // Verify every document.
@@ -248,14 +251,17 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         }
     }
     println!("verified {} documents: {on_b_replica} identical on A (active) and B (replica), {on_b_active} active on B after the move", a.docs);
-    println!(
-        "replication map: {:?}",
-        manager
-            .get_actual_replications()
-            .iter()
-            .map(|(n, v)| (n.clone(), v.len()))
-            .collect::<Vec<_>>()
-    );
+    for (name, c) in [("A", &mut ca), ("B", &mut cb)] {
+        let mut counts = std::collections::BTreeMap::new();
+        for (_, state) in c.stats("vbucket").await? {
+            *counts.entry(state).or_insert(0u32) += 1;
+        }
+        let summary: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+        println!("node {name} vbuckets: {}", summary.join(", "));
+    }
+    for (node, vbs) in manager.get_actual_replications() {
+        println!("replicating {} vbuckets from {node} to node-b", vbs.len());
+    }
     manager.shutdown().await;
     node_a.shutdown().await;
     node_b.shutdown().await;

@@ -71,10 +71,16 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Long-running services log their lifecycle; the demo and benchmarks print their
+    // own report on stdout and keep stderr for warnings. RUST_LOG overrides both.
+    let default_level = match cli.command {
+        Command::Demo(_) | Command::Bench(_) => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
