@@ -606,7 +606,9 @@ fn load_buckets(state: &NodeState) -> Result<(), NodeError> {
 
 /// Group commit on an interval.
 async fn flusher(state: Arc<NodeState>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(state.config.flush_interval);
+    // The first tick comes one period after start (a plain `interval` fires at once).
+    let period = state.config.flush_interval;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -633,7 +635,8 @@ async fn flusher(state: Arc<NodeState>, shutdown: CancellationToken) {
 
 /// Expiry pager and tombstone purger.
 async fn pager(state: Arc<NodeState>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(state.config.expiry_pager_interval);
+    let period = state.config.expiry_pager_interval;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let purge_age = u32::try_from(state.config.tombstone_purge_age.as_secs()).unwrap_or(u32::MAX);
     loop {
