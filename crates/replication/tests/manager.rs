@@ -237,7 +237,10 @@ async fn reads_do_not_wait_behind_a_stuck_setup_and_dead_connections_are_replace
     let t0 = Instant::now();
     assert!(m.get_actual_replications().is_empty());
     assert_eq!(m.get_replicator_for_vb(Vbid(7)), None);
-    assert!(t0.elapsed() < Duration::from_millis(100));
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "reads returned without waiting"
+    );
     // The consumer node drops the connection: the set-up fails, naming the node.
     conn.close().await;
     let err = timeout(WAIT, stuck)
