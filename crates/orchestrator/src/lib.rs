@@ -1,5 +1,8 @@
-//! Vbucket moves and rebalance: a pure plan and an async executor.
+//! Rebalance: a pure plan (current map + target map -> ordered moves) and an async
+//! executor.
 //!
-//! Placeholder: this crate is built out by issue #5; it holds no code yet.
+//! Not built yet: no issue has asked for multi-vbucket rebalance. A single vbucket
+//! move already exists as `replication::mover::move_vbucket` (and
+//! `conduit move-vbucket`); the executor will drive it.
 
 #![warn(missing_docs)]
