@@ -54,6 +54,9 @@ pub struct DcpConfig {
     pub consumer_buffer_size: u32,
     /// Items read per backfill batch.
     pub backfill_batch: usize,
+    /// `dcp_takeover_max_time` (§7.9 step 5): a takeover stream still sending after
+    /// this long makes front-end writes to its vbucket get ETMPFAIL until it is done.
+    pub takeover_max_time: Duration,
 }
 
 impl Default for DcpConfig {
@@ -63,6 +66,7 @@ impl Default for DcpConfig {
             idle_timeout: Duration::from_secs(360),
             consumer_buffer_size: 10 * 1024 * 1024,
             backfill_batch: 1024,
+            takeover_max_time: Duration::from_secs(60),
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod scram;
 mod session;
 mod stats;
 pub mod users;
+mod xattr;
 
 pub use config::{BucketUserConfig, ConfigError, DcpConfig, NodeConfig};
 pub use node::{BucketEntry, BucketMeta, Node, NodeError, NodeState};

@@ -783,7 +783,7 @@ impl Session {
         let mut dt = Datatype(item.datatype);
         let mut value = item.value.clone();
         if dt.contains(Datatype::XATTR) && !has(&self.features, Feature::Xattr) {
-            value = strip_xattrs(&value);
+            value = crate::xattr::strip_xattrs(&value);
             dt = dt.without(Datatype::XATTR);
         }
         if !has(&self.features, Feature::Json) {
@@ -828,6 +828,24 @@ impl Session {
         let t = now();
         let op = req.opcode();
         let counters = &self.state.counters;
+        let is_write = !matches!(
+            op,
+            Opcode::Get
+                | Opcode::GetQ
+                | Opcode::GetK
+                | Opcode::GetKQ
+                | Opcode::GetReplica
+                | Opcode::Flush
+                | Opcode::FlushQ
+        );
+        if is_write && b.dcp.takeover_backoff(req.vbucket()) {
+            return self.reply_error(
+                out,
+                req,
+                Status::Etmpfail,
+                "takeover in progress: writes paused until it catches up",
+            );
+        }
         match op {
             Opcode::Get | Opcode::GetQ | Opcode::GetK | Opcode::GetKQ | Opcode::GetReplica => {
                 let Some(g) = self.parse::<Get>(out, req) else {
@@ -1096,21 +1114,6 @@ fn flush_bucket(b: &BucketEntry, t: kv_engine::UnixTime) -> usize {
         }
     }
     removed
-}
-
-/// Removes the xattr section (§1.6) from a value; a malformed section leaves the
-/// value as it is.
-fn strip_xattrs(value: &Bytes) -> Bytes {
-    let Some(len) = value
-        .get(..4)
-        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
-    else {
-        return value.clone();
-    };
-    match 4usize.checked_add(len) {
-        Some(end) if end <= value.len() => value.slice(end..),
-        _ => value.clone(),
-    }
 }
 
 fn random_nonce() -> String {

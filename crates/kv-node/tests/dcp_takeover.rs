@@ -166,3 +166,152 @@ async fn takeover_moves_the_vbucket_without_losing_writes_made_during_the_move(
     .await??;
     Ok(())
 }
+
+/// §7.9 step 5: a takeover stream that stays in its sending phase longer than
+/// `takeover_max_time` makes front-end writes to the vbucket get ETMPFAIL; once the
+/// stream moves on (marker acknowledged, vbucket pending then dead) the pause is
+/// released and writes get NOT_MY_VBUCKET from the now-dead vbucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_takeover_pauses_front_end_writes_until_it_moves_on() -> anyhow::Result<()> {
+    use bytes::Bytes;
+    use mcbp::dcp::{OpenFlags, StreamReq};
+    use mcbp::{FrameSpec, Opaque, Seqno, VbUuid};
+
+    let a = start_with(|c| c.dcp.takeover_max_time = std::time::Duration::from_millis(300)).await?;
+    a.create_bucket("b", 4, Some(VbState::Active))?;
+    let mut c = a.admin_client("b").await?;
+    for i in 0..20u32 {
+        c.store(
+            Opcode::Set,
+            Vbid(0),
+            format!("k{i}").as_bytes(),
+            b"v",
+            0,
+            0,
+            Cas(0),
+            Datatype::RAW,
+        )
+        .await?;
+    }
+    // A hand-driven consumer: takeover stream request, then never ack the marker.
+    let mut d = a.admin_client("b").await?;
+    d.dcp_open("takeover-test", OpenFlags(OpenFlags::PRODUCER), b"")
+        .await?;
+    let req = StreamReq {
+        vbucket: Vbid(0),
+        opaque: Opaque(77),
+        flags: StreamFlags(StreamFlags::TAKEOVER),
+        start: Seqno(0),
+        end: Seqno(u64::MAX),
+        vb_uuid: VbUuid(0),
+        snap_start: Seqno(0),
+        snap_end: Seqno(0),
+        value: Bytes::new(),
+    };
+    let resp = d.call(&req).await?;
+    assert_eq!(resp.status(), Status::Success);
+    let marker = loop {
+        let f = timeout(BOUND, d.read_frame("marker")).await??;
+        if f.is_client_request(Opcode::DcpSnapshotMarker) {
+            break SnapshotMarker::parse(&f)?;
+        }
+    };
+    assert!(
+        marker.flags.has(MarkerFlags::ACK),
+        "takeover markers ask for an ack"
+    );
+
+    // Past the bound, writes to vb 0 are paused; other vbuckets are not.
+    let deadline = std::time::Instant::now() + BOUND;
+    loop {
+        match c
+            .store(
+                Opcode::Set,
+                Vbid(0),
+                b"late",
+                b"x",
+                0,
+                0,
+                Cas(0),
+                Datatype::RAW,
+            )
+            .await
+        {
+            Err(e) if e.status() == Some(Status::Etmpfail) => break,
+            Ok(_) => {}
+            Err(e) => return Err(e.into()),
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "writes were never paused"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    c.store(
+        Opcode::Set,
+        Vbid(1),
+        b"other",
+        b"x",
+        0,
+        0,
+        Cas(0),
+        Datatype::RAW,
+    )
+    .await?;
+
+    // Ack the marker(s); answer SET_VBUCKET_STATE(pending): the vbucket goes dead.
+    let mut seen_marker = Some(marker);
+    loop {
+        if let Some(m) = seen_marker.take() {
+            let ack = FrameSpec::response(Opcode::DcpSnapshotMarker, Status::Success)
+                .opaque(m.opaque)
+                .to_frame();
+            d.send_bytes(ack.bytes()).await?;
+        }
+        let f = timeout(BOUND, d.read_frame("takeover")).await??;
+        if f.is_client_request(Opcode::DcpSnapshotMarker) {
+            seen_marker = Some(SnapshotMarker::parse(&f)?);
+        } else if f.is_client_request(Opcode::DcpSetVbucketState) {
+            let s = SetVbucketState::parse(&f)?;
+            let ok = FrameSpec::response(Opcode::DcpSetVbucketState, Status::Success)
+                .opaque(s.opaque)
+                .to_frame();
+            d.send_bytes(ok.bytes()).await?;
+            if s.state == VbState::Active {
+                break;
+            }
+        } else if f.is_client_request(Opcode::DcpNoop) {
+            let ok = FrameSpec::response(Opcode::DcpNoop, Status::Success)
+                .opaque(f.opaque())
+                .to_frame();
+            d.send_bytes(ok.bytes()).await?;
+        }
+    }
+    let end = loop {
+        let f = timeout(BOUND, d.read_frame("stream end")).await??;
+        if f.is_client_request(Opcode::DcpStreamEnd) {
+            break StreamEnd::parse(&f)?;
+        }
+    };
+    assert_eq!(end.reason, mcbp::dcp::EndReason::Ok);
+    assert_eq!(vb_state(&a, 0), VbState::Dead);
+    let e = c
+        .store(
+            Opcode::Set,
+            Vbid(0),
+            b"after",
+            b"x",
+            0,
+            0,
+            Cas(0),
+            Datatype::RAW,
+        )
+        .await
+        .expect_err("dead now");
+    assert_eq!(
+        e.status(),
+        Some(Status::NotMyVbucket),
+        "the pause is released once the takeover moved on"
+    );
+    Ok(())
+}

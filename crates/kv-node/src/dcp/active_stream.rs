@@ -138,6 +138,13 @@ impl ActiveStream {
         self.flags.has(StreamFlags::TAKEOVER)
     }
 
+    /// A takeover stream still sending while its vbucket accepts front-end writes
+    /// (before SET_VBUCKET_STATE(pending) went out): the phase that
+    /// `dcp_takeover_max_time` bounds (§7.9 step 5).
+    pub(crate) fn takeover_sending(&self) -> bool {
+        self.takeover() && matches!(self.phase, Phase::Backfilling | Phase::InMemory)
+    }
+
     /// Whether the vbucket changed under the stream (§7.8: any state change or a
     /// rollback ends producer streams with STATE_CHANGED).
     pub(crate) fn vbucket_changed(&self, state: Option<VbState>, epoch: u64) -> bool {

@@ -176,6 +176,8 @@ impl ConnInfo {
 pub(crate) struct DcpRegistry {
     epochs: Vec<AtomicU64>,
     initial_disk: Vec<AtomicBool>,
+    /// Front-end writes paused: a takeover stream overran `takeover_max_time`.
+    takeover_backoff: Vec<AtomicBool>,
     conns: Mutex<HashMap<String, Arc<ConnInfo>>>,
 }
 
@@ -184,7 +186,21 @@ impl DcpRegistry {
         DcpRegistry {
             epochs: (0..vbuckets).map(|_| AtomicU64::new(0)).collect(),
             initial_disk: (0..vbuckets).map(|_| AtomicBool::new(false)).collect(),
+            takeover_backoff: (0..vbuckets).map(|_| AtomicBool::new(false)).collect(),
             conns: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether front-end writes to `vb` are paused for a slow takeover (§7.9 step 5).
+    pub(crate) fn takeover_backoff(&self, vb: Vbid) -> bool {
+        self.takeover_backoff
+            .get(usize::from(vb.0))
+            .is_some_and(|b| b.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn set_takeover_backoff(&self, vb: Vbid, on: bool) {
+        if let Some(b) = self.takeover_backoff.get(usize::from(vb.0)) {
+            b.store(on, Ordering::Release);
         }
     }
 

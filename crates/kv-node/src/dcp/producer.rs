@@ -6,7 +6,7 @@
 //! next stream messages as far as flow control and the output budget allow. It
 //! reads the engine but never the clock; the shell passes `now`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -537,7 +537,7 @@ impl ProducerConn {
         let mut dt = Datatype(item.datatype).without(Datatype::SNAPPY);
         let mut value = item.value.clone();
         if dt.contains(Datatype::XATTR) && !open.has(OpenFlags::INCLUDE_XATTRS) {
-            value = strip_xattrs(&value);
+            value = crate::xattr::strip_xattrs(&value);
             dt = dt.without(Datatype::XATTR);
         }
         if open.has(OpenFlags::NO_VALUE) {
@@ -696,17 +696,75 @@ fn failover_log_response(b: &Bucket, vb: Vbid, f: &Frame, opcode: Opcode, out: &
     }
 }
 
-/// Removes the xattr section (§1.6); a malformed section leaves the value as is.
-fn strip_xattrs(value: &bytes::Bytes) -> bytes::Bytes {
-    let Some(len) = value
-        .get(..4)
-        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
-    else {
-        return value.clone();
-    };
-    match 4usize.checked_add(len) {
-        Some(end) if end <= value.len() => value.slice(end..),
-        _ => value.clone(),
+impl ProducerConn {
+    /// The vbuckets whose takeover stream is still in its sending phase.
+    pub(crate) fn takeovers_sending(&self) -> Vec<Vbid> {
+        self.streams
+            .iter()
+            .filter(|(_, st)| st.takeover_sending())
+            .map(|(vb, _)| *vb)
+            .collect()
+    }
+}
+
+/// Applies `dcp_takeover_max_time` (§7.9 step 5): once a takeover stream has been
+/// sending for longer than the bound, front-end writes to its vbucket get ETMPFAIL so
+/// the stream can catch up. Released when the stream leaves that phase or the
+/// connection ends (the guard's drop).
+struct TakeoverBackoff<'a> {
+    reg: &'a DcpRegistry,
+    max: Duration,
+    started: BTreeMap<Vbid, Instant>,
+    paused: BTreeSet<Vbid>,
+}
+
+impl<'a> TakeoverBackoff<'a> {
+    fn new(reg: &'a DcpRegistry, max: Duration) -> Self {
+        TakeoverBackoff {
+            reg,
+            max,
+            started: BTreeMap::new(),
+            paused: BTreeSet::new(),
+        }
+    }
+
+    fn update(&mut self, now: Instant, sending: &[Vbid]) {
+        self.started.retain(|vb, _| sending.contains(vb));
+        let gone: Vec<Vbid> = self
+            .paused
+            .iter()
+            .filter(|vb| !sending.contains(vb))
+            .copied()
+            .collect();
+        for vb in gone {
+            self.paused.remove(&vb);
+            self.reg.set_takeover_backoff(vb, false);
+            tracing::info!(vb = %vb, "takeover left its sending phase: front-end writes resume");
+        }
+        for vb in sending {
+            let since = *self.started.entry(*vb).or_insert(now);
+            if now.duration_since(since) > self.max && self.paused.insert(*vb) {
+                self.reg.set_takeover_backoff(*vb, true);
+                tracing::warn!(vb = %vb, max_secs = self.max.as_secs_f64(), "takeover is taking too long: front-end writes get ETMPFAIL until it catches up");
+            }
+        }
+    }
+
+    /// When the next check is due, if a takeover is sending.
+    fn next_check(&self) -> Option<Instant> {
+        self.started
+            .iter()
+            .filter(|(vb, _)| !self.paused.contains(vb))
+            .map(|(_, t)| *t + self.max)
+            .min()
+    }
+}
+
+impl Drop for TakeoverBackoff<'_> {
+    fn drop(&mut self) {
+        for vb in &self.paused {
+            self.reg.set_takeover_backoff(*vb, false);
+        }
     }
 }
 
@@ -739,6 +797,7 @@ pub(super) async fn run(
         reg: &entry.dcp,
         faults: &state.faults,
     };
+    let mut backoff = TakeoverBackoff::new(&entry.dcp, cfg.takeover_max_time);
     loop {
         if entry.deleted.load(std::sync::atomic::Ordering::Relaxed) {
             tracing::info!(bucket = %entry.meta.name, "bucket deleted: closing the DCP connection");
@@ -774,7 +833,11 @@ pub(super) async fn run(
             core.window().outstanding(),
             core.window().size(),
         );
+        backoff.update(t, &core.takeovers_sending());
         let mut deadline = core.next_deadline();
+        if let Some(check) = backoff.next_check() {
+            deadline = Some(deadline.map_or(check, |d| d.min(check)));
+        }
         if core.has_streams() {
             let poll = t + POLL;
             deadline = Some(deadline.map_or(poll, |d| d.min(poll)));
