@@ -751,13 +751,34 @@ impl Session {
     }
 
     /// Normalises an incoming value: Snappy is inflated on ingest so the store holds
-    /// plain bytes and every reader gets what its own HELLO allows.
+    /// plain bytes and every reader gets what its own HELLO allows. On a datatype
+    /// the connection did not negotiate, or invalid Snappy, answers EINVAL and
+    /// returns `None`.
     fn ingest_value(
+        &self,
+        out: &mut BytesMut,
+        req: &Frame,
+        dt: Datatype,
+        value: Bytes,
+    ) -> Option<(Datatype, Bytes)> {
+        let r = self.check_ingest(req, dt, value);
+        if r.is_err() {
+            self.reply_error(
+                out,
+                req,
+                Status::Einval,
+                "datatype not negotiated or invalid snappy",
+            );
+        }
+        r.ok()
+    }
+
+    fn check_ingest(
         &self,
         req: &Frame,
         dt: Datatype,
         value: Bytes,
-    ) -> Result<(Datatype, Bytes), Status> {
+    ) -> Result<(Datatype, Bytes), ()> {
         for (bit, feat) in [
             (Datatype::JSON, Feature::Json),
             (Datatype::SNAPPY, Feature::Snappy),
@@ -765,13 +786,13 @@ impl Session {
         ] {
             if dt.contains(bit) && !has(&self.features, feat) {
                 debug!(peer = %self.peer, opcode = %req.opcode(), "datatype bit not negotiated");
-                return Err(Status::Einval);
+                return Err(());
             }
         }
         if dt.contains(Datatype::SNAPPY) {
             let plain = snap::raw::Decoder::new()
                 .decompress_vec(&value)
-                .map_err(|_| Status::Einval)?;
+                .map_err(|_| ())?;
             return Ok((dt.without(Datatype::SNAPPY), Bytes::from(plain)));
         }
         Ok((dt, value))
@@ -828,16 +849,7 @@ impl Session {
         let t = now();
         let op = req.opcode();
         let counters = &self.state.counters;
-        let is_write = !matches!(
-            op,
-            Opcode::Get
-                | Opcode::GetQ
-                | Opcode::GetK
-                | Opcode::GetKQ
-                | Opcode::GetReplica
-                | Opcode::Flush
-                | Opcode::FlushQ
-        );
+        let is_write = !(Get::accepts(op) || Flush::accepts(op));
         if is_write && b.dcp.takeover_backoff(req.vbucket()) {
             return self.reply_error(
                 out,
@@ -885,16 +897,8 @@ impl Session {
                     return;
                 };
                 counters.cmd_set.fetch_add(1, Ordering::Relaxed);
-                let (dt, value) = match self.ingest_value(req, s.datatype, s.value) {
-                    Ok(v) => v,
-                    Err(status) => {
-                        return self.reply_error(
-                            out,
-                            req,
-                            status,
-                            "datatype not negotiated or invalid snappy",
-                        )
-                    }
+                let Some((dt, value)) = self.ingest_value(out, req, s.datatype, s.value) else {
+                    return;
                 };
                 let store_op = match op {
                     Opcode::Set | Opcode::SetQ => StoreOp::Set,
@@ -967,18 +971,10 @@ impl Session {
                 let Some(c) = self.parse::<Concat>(out, req) else {
                     return;
                 };
-                let (dt, value) = match self.ingest_value(req, req.datatype(), c.value) {
-                    Ok(v) => v,
-                    Err(status) => {
-                        return self.reply_error(
-                            out,
-                            req,
-                            status,
-                            "datatype not negotiated or invalid snappy",
-                        )
-                    }
+                // APPEND/PREPEND keep the stored datatype (the engine clears JSON).
+                let Some((_, value)) = self.ingest_value(out, req, req.datatype(), c.value) else {
+                    return;
                 };
-                let _ = dt;
                 let cop = if matches!(op, Opcode::Append | Opcode::AppendQ) {
                     ConcatOp::Append
                 } else {
@@ -1054,40 +1050,20 @@ impl Session {
     }
 }
 
+/// Commands served on a bucket (by an authenticated or anonymous client): the
+/// typed document messages' opcodes, plus the harmless session commands.
 fn is_kv_op(op: Opcode) -> bool {
-    matches!(
-        op,
-        Opcode::Get
-            | Opcode::GetQ
-            | Opcode::GetK
-            | Opcode::GetKQ
-            | Opcode::GetReplica
-            | Opcode::Set
-            | Opcode::Add
-            | Opcode::Replace
-            | Opcode::SetQ
-            | Opcode::AddQ
-            | Opcode::ReplaceQ
-            | Opcode::Delete
-            | Opcode::DeleteQ
-            | Opcode::Increment
-            | Opcode::Decrement
-            | Opcode::IncrementQ
-            | Opcode::DecrementQ
-            | Opcode::Append
-            | Opcode::Prepend
-            | Opcode::AppendQ
-            | Opcode::PrependQ
-            | Opcode::Touch
-            | Opcode::Gat
-            | Opcode::GatQ
-            | Opcode::Flush
-            | Opcode::FlushQ
-            | Opcode::Noop
-            | Opcode::Version
-            | Opcode::Stat
-            | Opcode::Verbosity
-    )
+    Get::accepts(op)
+        || Store::accepts(op)
+        || Delete::accepts(op)
+        || Arithmetic::accepts(op)
+        || Concat::accepts(op)
+        || Touch::accepts(op)
+        || Flush::accepts(op)
+        || matches!(
+            op,
+            Opcode::Noop | Opcode::Version | Opcode::Stat | Opcode::Verbosity
+        )
 }
 
 /// Deletes every live document of the bucket's active vbuckets (FLUSH). Tombstones
