@@ -91,17 +91,11 @@ async fn bench_kv_reports_rates_and_latencies_against_a_node() {
         &[],
     )
     .expect("node starts");
-    let body = r#"{"name":"default","vbuckets":16,"ram_quota_mb":64,"initial_state":"active"}"#;
-    let (status, text) = testkit::http(
-        n.admin,
-        "POST",
-        "/buckets",
-        Some(("admin", "pw")),
-        Some(body),
+    n.create_bucket(
+        r#"{"name":"default","vbuckets":16,"ram_quota_mb":64,"initial_state":"active"}"#,
     )
     .await
-    .expect("admin API answers");
-    assert_eq!(status, 201, "{text}");
+    .expect("bucket created");
     let addr = n.kv.to_string();
     let v = tokio::task::spawn_blocking(move || {
         bench(

@@ -7,18 +7,12 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use testkit::{have, http, skip, NodeProcess};
+use testkit::{have, skip, NodeProcess};
 
 const PW: &str = "adminpw";
 
 fn conduit() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_conduit"))
-}
-
-async fn create_bucket(n: &NodeProcess, body: &str) -> anyhow::Result<()> {
-    let (status, text) = http(n.admin, "POST", "/buckets", Some(("admin", PW)), Some(body)).await?;
-    anyhow::ensure!(status == 201, "bucket creation failed: {status} {text}");
-    Ok(())
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<(bool, String)> {
@@ -49,11 +43,8 @@ async fn libmemcached_tools_store_read_and_remove_documents() -> anyhow::Result<
     )?;
     let cfg_arg = cfg.to_string_lossy().into_owned();
     let n = NodeProcess::start(&conduit(), PW, &["--config", &cfg_arg])?;
-    create_bucket(
-        &n,
-        r#"{"name":"docs","vbuckets":1,"ram_quota_mb":32,"initial_state":"active"}"#,
-    )
-    .await?;
+    n.create_bucket(r#"{"name":"docs","vbuckets":1,"ram_quota_mb":32,"initial_state":"active"}"#)
+        .await?;
     let servers = format!("--servers={}", n.kv);
     let auth = ["--binary", "--username=docs", "--password=docspw"];
     let file = dir.path().join("greeting.txt");
@@ -93,9 +84,7 @@ async fn memccapable_binary_conformance_passes_all_27_tests() -> anyhow::Result<
         return Ok(());
     }
     let n = NodeProcess::start(&conduit(), PW, &["--anonymous-bucket", "cap"])?;
-    create_bucket(
-        &n,
-        r#"{"name":"cap","vbuckets":1,"ram_quota_mb":32,"initial_state":"active","flush_enabled":true}"#,
+    n.create_bucket(r#"{"name":"cap","vbuckets":1,"ram_quota_mb":32,"initial_state":"active","flush_enabled":true}"#,
     )
     .await?;
     let port = n.kv.port().to_string();
@@ -120,8 +109,7 @@ async fn the_official_couchbase_python_sdk_works_against_a_node() -> anyhow::Res
         return Ok(());
     }
     let n = NodeProcess::start(&conduit(), PW, &[])?;
-    create_bucket(
-        &n,
+    n.create_bucket(
         r#"{"name":"default","vbuckets":1024,"ram_quota_mb":64,"initial_state":"active"}"#,
     )
     .await?;

@@ -3,39 +3,21 @@
 
 use std::path::PathBuf;
 
-use kv_client::{Client, ClientConfig, Credentials};
 use mcbp::{Cas, Datatype, Opcode, Vbid};
-use testkit::{http, NodeProcess, BOUND};
+use testkit::NodeProcess;
 
 const PW: &str = "adminpw";
-
-async fn client(n: &NodeProcess) -> anyhow::Result<Client> {
-    let mut c = Client::connect(
-        &n.kv.to_string(),
-        ClientConfig {
-            timeout: BOUND,
-            ..ClientConfig::default()
-        },
-    )
-    .await?;
-    c.auth_plain(&Credentials {
-        user: "admin".into(),
-        password: PW.into(),
-    })
-    .await?;
-    c.select_bucket("default").await?;
-    Ok(c)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_flushes_everything_and_a_restart_serves_it_unchanged() -> anyhow::Result<()> {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_conduit"));
     // No periodic flush: only the shutdown's flush can persist the writes below.
     let n = NodeProcess::start(&bin, PW, &["--flush-interval-ms", "600000"])?;
-    let body = r#"{"name":"default","vbuckets":4,"ram_quota_mb":32,"initial_state":"active"}"#;
-    let (s, t) = http(n.admin, "POST", "/buckets", Some(("admin", PW)), Some(body)).await?;
-    anyhow::ensure!(s == 201, "{s} {t}");
-    let mut c = client(&n).await?;
+    n.create_bucket(
+        r#"{"name":"default","vbuckets":4,"ram_quota_mb":32,"initial_state":"active"}"#,
+    )
+    .await?;
+    let mut c = n.client("default").await?;
     // Acknowledged in memory, not yet persisted when the signal arrives.
     for i in 0..100u32 {
         c.store(
@@ -55,7 +37,7 @@ async fn sigterm_flushes_everything_and_a_restart_serves_it_unchanged() -> anyho
     let dir = n.terminate()?;
 
     let n = NodeProcess::start_in(dir, &bin, PW, &[])?;
-    let mut c = client(&n).await?;
+    let mut c = n.client("default").await?;
     for i in 0..100u32 {
         let g = c
             .get(Vbid((i % 4) as u16), format!("k{i}").as_bytes())

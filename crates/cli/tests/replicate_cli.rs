@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kv_client::{Client, ClientConfig, Credentials};
+use kv_client::Client;
 use mcbp::{Cas, Datatype, Opcode, VbState, Vbid};
 use serde_json::Value;
-use testkit::{http, NodeProcess, BOUND};
+use testkit::{NodeProcess, BOUND};
 
 const PW: &str = "adminpw";
 
@@ -19,42 +19,20 @@ fn conduit() -> PathBuf {
 }
 
 async fn bucket(n: &NodeProcess, state: &str) -> anyhow::Result<()> {
-    let body =
-        format!(r#"{{"name":"default","vbuckets":8,"ram_quota_mb":32,"initial_state":"{state}"}}"#);
-    let (s, t) = http(
-        n.admin,
-        "POST",
-        "/buckets",
-        Some(("admin", PW)),
-        Some(&body),
-    )
-    .await?;
-    anyhow::ensure!(s == 201, "{s} {t}");
-    Ok(())
+    n.create_bucket(&format!(
+        r#"{{"name":"default","vbuckets":8,"ram_quota_mb":32,"initial_state":"{state}"}}"#
+    ))
+    .await
 }
 
 async fn fault(n: &NodeProcess, f: &str) -> anyhow::Result<()> {
-    let (s, t) = http(n.admin, "POST", "/faults", Some(("admin", PW)), Some(f)).await?;
-    anyhow::ensure!(s == 201, "{s} {t}");
-    Ok(())
+    n.admin_call("POST", "/faults", Some(f), 201)
+        .await
+        .map(drop)
 }
 
 async fn client(n: &NodeProcess) -> anyhow::Result<Client> {
-    let mut c = Client::connect(
-        &n.kv.to_string(),
-        ClientConfig {
-            timeout: BOUND,
-            ..ClientConfig::default()
-        },
-    )
-    .await?;
-    c.auth_plain(&Credentials {
-        user: "admin".into(),
-        password: PW.into(),
-    })
-    .await?;
-    c.select_bucket("default").await?;
-    Ok(c)
+    n.client("default").await
 }
 
 async fn pair() -> anyhow::Result<(NodeProcess, NodeProcess)> {
@@ -128,14 +106,7 @@ fn finish(mut cmd: Command) -> anyhow::Result<(i32, Vec<Value>)> {
 }
 
 async fn vb_state(n: &NodeProcess, vb: u16) -> anyhow::Result<String> {
-    let (_, t) = http(
-        n.admin,
-        "GET",
-        "/buckets/default",
-        Some(("admin", PW)),
-        None,
-    )
-    .await?;
+    let t = n.admin_call("GET", "/buckets/default", None, 200).await?;
     let v: Value = serde_json::from_str(&t)?;
     Ok(v["vbuckets"][usize::from(vb)]["state"]
         .as_str()
@@ -210,7 +181,7 @@ async fn the_seed_race_fails_with_unexpected_stream_end_and_a_rerun_succeeds() -
         "failed fast, not by the 20 s timeout"
     );
     for n in [&a, &b] {
-        http(n.admin, "DELETE", "/faults", Some(("admin", PW)), None).await?;
+        n.admin_call("DELETE", "/faults", None, 200).await?;
     }
     let (code, lines) = finish(replicate(
         &a,

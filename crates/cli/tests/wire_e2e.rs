@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use kv_client::{Client, ClientConfig, Credentials};
 use mcbp::{Cas, Datatype, Opcode, Vbid};
-use testkit::{have, http, skip, NodeProcess, BOUND};
+use testkit::{have, skip, NodeProcess, BOUND};
 
 const PW: &str = "adminpw";
 
@@ -44,18 +44,10 @@ async fn a_real_replication_session_decodes_cleanly_in_wireshark() -> anyhow::Re
     let a = NodeProcess::start(&conduit, PW, &[])?;
     let b = NodeProcess::start(&conduit, PW, &[])?;
     for (n, state) in [(&a, "active"), (&b, "replica")] {
-        let body = format!(
+        n.create_bucket(&format!(
             r#"{{"name":"default","vbuckets":4,"ram_quota_mb":32,"initial_state":"{state}"}}"#
-        );
-        let (s, t) = http(
-            n.admin,
-            "POST",
-            "/buckets",
-            Some(("admin", PW)),
-            Some(&body),
-        )
+        ))
         .await?;
-        anyhow::ensure!(s == 201, "{s} {t}");
     }
     let out = tempfile::tempdir()?;
     let pcap = out.path().join("session.pcapng");

@@ -66,6 +66,8 @@ pub struct NodeProcess {
     pub kv: SocketAddr,
     /// Admin address.
     pub admin: SocketAddr,
+    /// The `admin` user's password.
+    pub password: String,
 }
 
 impl NodeProcess {
@@ -144,6 +146,7 @@ impl NodeProcess {
             dir,
             kv,
             admin,
+            password: admin_password.to_string(),
         })
     }
 
@@ -170,6 +173,58 @@ impl NodeProcess {
         let dir = tempfile::tempdir()?;
         let old = std::mem::replace(&mut self.dir, dir);
         Ok(old)
+    }
+
+    /// An admin-API call as the `admin` user that must answer `want`; returns the body.
+    ///
+    /// # Errors
+    /// Transport failures, or another status (with the body in the message).
+    pub async fn admin_call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        want: u16,
+    ) -> anyhow::Result<String> {
+        let (status, text) = http(
+            self.admin,
+            method,
+            path,
+            Some(("admin", &self.password)),
+            body,
+        )
+        .await?;
+        anyhow::ensure!(status == want, "{method} {path}: {status} {text}");
+        Ok(text)
+    }
+
+    /// `POST /buckets` with this JSON definition.
+    ///
+    /// # Errors
+    /// See [`NodeProcess::admin_call`].
+    pub async fn create_bucket(&self, definition: &str) -> anyhow::Result<()> {
+        self.admin_call("POST", "/buckets", Some(definition), 201)
+            .await
+            .map(drop)
+    }
+
+    /// An admin client (SASL PLAIN) with `bucket` selected.
+    ///
+    /// # Errors
+    /// Connection or authentication failures.
+    pub async fn client(&self, bucket: &str) -> anyhow::Result<kv_client::Client> {
+        let cfg = kv_client::ClientConfig {
+            timeout: BOUND,
+            ..kv_client::ClientConfig::default()
+        };
+        let mut c = kv_client::Client::connect(&self.kv.to_string(), cfg).await?;
+        c.auth_plain(&kv_client::Credentials {
+            user: "admin".into(),
+            password: self.password.clone(),
+        })
+        .await?;
+        c.select_bucket(bucket).await?;
+        Ok(c)
     }
 
     /// The node's log so far (for failure messages).
