@@ -221,11 +221,11 @@ impl Client {
     pub async fn call<M: Message>(&mut self, req: &M) -> Result<Frame, ClientError> {
         let mut out = BytesMut::new();
         req.encode(&mut out);
-        let f = mcbp::FrameDecoder::new(usize::MAX)
-            .decode(&mut out.clone())
-            .ok()
-            .flatten();
-        let (opcode, opaque) = f.map_or((Opcode::Noop, Opaque(0)), |f| (f.opcode(), f.opaque()));
+        // The answer is matched on the request's own header (every encoding has one).
+        let mut hdr = [0u8; mcbp::HEADER_LEN];
+        hdr.copy_from_slice(&out[..mcbp::HEADER_LEN]);
+        let hdr = mcbp::Header::parse(&hdr);
+        let (opcode, opaque) = (hdr.opcode(), hdr.opaque);
         self.send_bytes(&out).await?;
         let answer = self.read_frame(opcode.name()).await?;
         if answer.is_client_response(opcode) && answer.opaque() == opaque {
