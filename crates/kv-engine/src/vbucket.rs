@@ -149,6 +149,19 @@ struct NewVersion {
     tombstone: Option<(DeleteSource, u32)>,
 }
 
+impl NewVersion {
+    /// A tombstone keeping the document's flags, deleted at `now`.
+    fn tombstone(source: DeleteSource, flags: u32, now: UnixTime) -> NewVersion {
+        NewVersion {
+            value: Bytes::new(),
+            flags,
+            expiry: 0,
+            datatype: 0,
+            tombstone: Some((source, now.secs_u32())),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct VBucket {
     pub(crate) id: Vbid,
@@ -490,13 +503,7 @@ impl VBucket {
             .ok_or(EngineError::KeyNotFound { vb: self.id })?;
         self.check_cas(item, cas)?;
         let (key, flags) = (item.key.clone(), item.flags);
-        let nv = NewVersion {
-            value: Bytes::new(),
-            flags,
-            expiry: 0,
-            datatype: 0,
-            tombstone: Some((DeleteSource::Explicit, now.secs_u32())),
-        };
+        let nv = NewVersion::tombstone(DeleteSource::Explicit, flags, now);
         self.mutate(sh, key, nv, now)
     }
 
@@ -620,13 +627,7 @@ impl VBucket {
             let Some(flags) = self.current(&key).map(|s| s.item.flags) else {
                 continue;
             };
-            let nv = NewVersion {
-                value: Bytes::new(),
-                flags,
-                expiry: 0,
-                datatype: 0,
-                tombstone: Some((DeleteSource::Expired, now.secs_u32())),
-            };
+            let nv = NewVersion::tombstone(DeleteSource::Expired, flags, now);
             match self.mutate(sh, key.clone(), nv, now) {
                 Ok(info) => out.push((key, info.seqno)),
                 Err(e) => debug_assert!(false, "{}: tombstones bypass the quota: {e}", self.id),
