@@ -330,6 +330,26 @@ impl Abandoned {
     }
 }
 
+/// Where the wire stream opaque of an established stream came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum StreamOpaque {
+    /// The header opaque of the consumer's STREAM_REQ, seen on its way to the
+    /// producer: the same encoding as the producer's STREAM_END header. Exact match.
+    Recorded(Opaque),
+    /// Only the ADD_STREAM answer's extras named it (the STREAM_REQ was not seen):
+    /// nodes write those extras in either byte order, so both match.
+    Answered(Opaque),
+}
+
+impl StreamOpaque {
+    fn matches(self, opaque: Opaque) -> bool {
+        match self {
+            StreamOpaque::Recorded(o) => o == opaque,
+            StreamOpaque::Answered(o) => o == opaque || o.byte_reversed() == opaque,
+        }
+    }
+}
+
 /// The consumer half's state machine (§5). See the module docs for the diagram
 /// and the Conduit rules.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -339,7 +359,7 @@ pub struct ConsumerConn {
     /// §5.1: vbuckets with an established replication stream on this connection.
     partitions: BTreeSet<Vbid>,
     /// Wire stream opaque of established streams, where known.
-    stream_opaques: BTreeMap<Vbid, Opaque>,
+    stream_opaques: BTreeMap<Vbid, StreamOpaque>,
     next_opaque: u32,
     abandoned: Abandoned,
 }
@@ -711,15 +731,23 @@ impl ConsumerConn {
                 let answered = AddStreamResponse::parse(&frame)
                     .ok()
                     .and_then(|r| r.stream_opaque);
+                // The recorded STREAM_REQ opaque is authoritative (same header
+                // encoding as the STREAM_END); the answer's extras are only a
+                // cross-check, in either byte order (both are seen in the wild).
                 if let (Some(a), Some(r)) = (answered, add.stream_opaque) {
-                    if a != r {
+                    if a != r && a.byte_reversed() != r {
                         debug!(vb = %add.vb, answered = %a, recorded = %r,
                             "add-stream answer names another stream opaque than the recorded stream request");
                     }
                 }
                 debug!(vb = %add.vb, opaque = %opaque, "stream established");
                 self.partitions.insert(add.vb);
-                match answered.or(add.stream_opaque) {
+                let known = match (add.stream_opaque, answered) {
+                    (Some(r), _) => Some(StreamOpaque::Recorded(r)),
+                    (None, Some(a)) => Some(StreamOpaque::Answered(a)),
+                    (None, None) => None,
+                };
+                match known {
                     Some(w) => self.stream_opaques.insert(add.vb, w),
                     None => self.stream_opaques.remove(&add.vb),
                 };
@@ -948,7 +976,7 @@ impl ConsumerConn {
                     }
                 }
             }
-            State::Takeover(t) => {
+            State::Takeover(mut t) => {
                 if self.partitions.contains(&vb) {
                     self.end_established(vb, opaque, reason);
                     return State::Takeover(t);
@@ -962,6 +990,15 @@ impl ConsumerConn {
                             ConnError::UnexpectedStreamEnd { vb, opaque, reason },
                             out,
                         );
+                    }
+                    if reason == EndReason::Ok && !t.open_ack {
+                        // The consumer is active and the producer finished the stream:
+                        // the takeover happened whether or not the ADD_STREAM answer
+                        // ever comes (it is dropped if it does).
+                        debug!(vb = %vb, opaque = %opaque, "takeover stream finished before its add-stream answer");
+                        self.abandon(t.add_opaque, StreamOp::AddStream, t.vb, Side::Consumer);
+                        t.open_ack = true;
+                        return maybe_finish_takeover(t, out);
                     }
                     debug!(vb = %vb, opaque = %opaque, %reason, "takeover stream ended after the state change");
                 } else {
@@ -1030,8 +1067,8 @@ impl ConsumerConn {
             return;
         }
         match self.stream_opaques.get(&vb) {
-            Some(known) if *known != opaque => {
-                debug!(vb = %vb, opaque = %opaque, current = %known, %reason,
+            Some(known) if !known.matches(opaque) => {
+                debug!(vb = %vb, opaque = %opaque, current = ?known, %reason,
                     "stream end of an older stream: ignored (the consumer ignores it too)");
             }
             _ => {
@@ -1253,7 +1290,8 @@ mod tests {
         let mut c = conn();
         for &v in open {
             c.partitions.insert(vb(v));
-            c.stream_opaques.insert(vb(v), w_old(v));
+            c.stream_opaques
+                .insert(vb(v), StreamOpaque::Recorded(w_old(v)));
         }
         c
     }
@@ -2277,13 +2315,85 @@ mod tests {
             ))]
         );
         assert_eq!(c.takeover_phase(), Some(TakeoverPhase::Active));
-        // The producer's STREAM_END(OK) after the active ack is ignored.
-        assert!(c.handle(t, end(4, w(4), EndReason::Ok)).is_empty());
         assert_eq!(
             c.handle(t, add_ok(op(0), w(4))),
             reply_ok(Outcome::TakeoverComplete { vb: vb(4) })
         );
         assert_eq!(c.phase(), Phase::Idle);
+    }
+
+    /// Issue #8 item 8: STREAM_END(OK) on the takeover stream after the active state
+    /// was acknowledged completes the takeover although the consumer never answered
+    /// the ADD_STREAM; the late answer is then dropped, not a protocol error.
+    #[test]
+    fn takeover_stream_end_ok_after_active_completes_without_the_add_stream_answer() {
+        let t = t0();
+        let mut c = conn();
+        let _ = run_takeover(&mut c, false);
+        assert_eq!(c.takeover_phase(), Some(TakeoverPhase::Active));
+        assert_eq!(
+            c.handle(t, end(4, w(4), EndReason::Ok)),
+            reply_ok(Outcome::TakeoverComplete { vb: vb(4) })
+        );
+        assert_eq!(c.phase(), Phase::Idle);
+        assert!(c.handle(t, add_ok(op(0), w(4))).is_empty());
+        assert_eq!(c.phase(), Phase::Idle);
+        assert!(c.partitions().is_empty());
+    }
+
+    /// A STREAM_END other than OK after the active ack does not claim completion:
+    /// the ADD_STREAM answer still decides.
+    #[test]
+    fn takeover_stream_end_not_ok_after_active_still_waits_for_the_add_stream_answer() {
+        let t = t0();
+        let mut c = conn();
+        let _ = run_takeover(&mut c, false);
+        assert!(c
+            .handle(t, end(4, w(4), EndReason::StateChanged))
+            .is_empty());
+        assert_eq!(c.takeover_phase(), Some(TakeoverPhase::Active));
+        assert_eq!(
+            c.handle(t, add_ok(op(0), w(4))),
+            reply_ok(Outcome::TakeoverComplete { vb: vb(4) })
+        );
+    }
+
+    /// Issue #8 item 6: the STREAM_REQ opaque recorded on its way to the producer is
+    /// authoritative. An ADD_STREAM answer whose extras carry the opaque in the other
+    /// byte order must not make the producer's STREAM_END for the established stream
+    /// look like an older stream's.
+    #[test]
+    fn stream_end_matches_the_recorded_stream_request_opaque_whatever_the_answer_extras_say() {
+        let t = t0();
+        for answered in [w(3), w(3).byte_reversed(), Opaque(0xdead_beef)] {
+            let mut c = conn();
+            let _ = c.handle(t, setup(&[3]));
+            let req = stream_req_frame(3, w(3), false);
+            let _ = c.handle(t, Event::FromConsumer(req));
+            assert_eq!(
+                c.handle(t, add_ok(op(0), answered)),
+                reply_ok(Outcome::StreamsSetUp)
+            );
+            assert_eq!(c.partitions(), &vbs(&[3]));
+            assert!(c
+                .handle(t, end(3, w(3), EndReason::StateChanged))
+                .is_empty());
+            assert!(c.partitions().is_empty(), "answer extras {answered}");
+        }
+    }
+
+    /// Without a recorded STREAM_REQ, the answer's extras match in either byte order.
+    #[test]
+    fn stream_end_matches_an_answered_opaque_in_either_byte_order() {
+        for stream_end_opaque in [w(3), w(3).byte_reversed()] {
+            let t = t0();
+            let mut c = conn();
+            let _ = c.handle(t, setup(&[3]));
+            let _ = c.handle(t, add_ok(op(0), w(3)));
+            assert_eq!(c.partitions(), &vbs(&[3]));
+            let _ = c.handle(t, end(3, stream_end_opaque, EndReason::Closed));
+            assert!(c.partitions().is_empty());
+        }
     }
 
     /// §5.6: takeover on an open stream -> error, nothing sent.
