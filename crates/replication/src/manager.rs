@@ -5,6 +5,14 @@
 //!
 //! * "Set" operations are serialized (an async mutex, like the original's server);
 //!   set-ups on different replicators run concurrently (§11.12).
+//! * Stopping never waits behind the serializer (issue #8 item 2): `stop_nodes`,
+//!   `shutdown` and a `set_incoming_replication_map` that drops a node stop that
+//!   node's replicators at once — including one still connecting, whose slot (and
+//!   stop token) is registered before the remote connect. The call they supersede
+//!   gets [`ReplError::Interrupted`] for that node at once; a per-node epoch keeps it
+//!   from starting the node again.
+//! * Each replicator orders its own operations (a set-up queued behind a takeover
+//!   and vice versa); replicators whose wanted set is unchanged are not called.
 //! * Reads ([`ReplicationManager::get_actual_replications`],
 //!   [`ReplicationManager::get_replicator_for_vb`]) never wait behind in-flight
 //!   work: they read each replicator's watched state (§8.1 IMPROVE MUST, MB-67329).
@@ -20,6 +28,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use kv_client::Credentials;
 use mcbp::Vbid;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::core::CoreConfig;
@@ -86,16 +95,56 @@ impl ManagerConfig {
 
 type Key = (String, u32);
 
+/// How long a stop path lets a replicator shut gracefully before aborting it.
+pub const STOP_GRACE: Duration = Duration::from_millis(400);
+
+/// A replicator's place in the manager, registered before it connects.
+#[derive(Debug)]
+enum Slot {
+    /// `Replicator::start` is running; cancelling the token abandons it.
+    Starting(CancellationToken),
+    Running(Replicator),
+}
+
+#[derive(Debug, Default)]
+struct Slots {
+    slots: BTreeMap<Key, Slot>,
+    /// Bumped whenever a stop path removes a node: an operation that began before
+    /// must not start that node again.
+    epochs: BTreeMap<String, u64>,
+}
+
+impl Slots {
+    fn epoch(&self, node: &str) -> u64 {
+        self.epochs.get(node).copied().unwrap_or(0)
+    }
+
+    /// Removes every slot of `nodes` and bumps their epochs.
+    fn evict(&mut self, nodes: &BTreeSet<String>) -> Vec<Slot> {
+        for n in nodes {
+            *self.epochs.entry(n.clone()).or_insert(0) += 1;
+        }
+        let keys: Vec<Key> = self
+            .slots
+            .keys()
+            .filter(|(n, _)| nodes.contains(n))
+            .cloned()
+            .collect();
+        keys.iter().filter_map(|k| self.slots.remove(k)).collect()
+    }
+}
+
 /// One bucket's replication manager. Share it with `Arc`; every method takes `&self`.
 #[derive(Debug)]
 pub struct ReplicationManager {
     config: ManagerConfig,
     nodes: Mutex<HashMap<String, String>>,
     connection_count: AtomicU32,
-    /// Serializes set operations; holds the last desired map.
-    serial: tokio::sync::Mutex<ReplicationMap>,
-    /// Live replicators by (producer node, connection index). Short sections only.
-    replicators: Mutex<BTreeMap<Key, Replicator>>,
+    /// Serializes set operations.
+    serial: tokio::sync::Mutex<()>,
+    /// Replicators (and ones starting) by (producer node, connection index), with
+    /// the per-node epochs. Short sections only, never across an await.
+    slots: Mutex<Slots>,
 }
 
 impl ReplicationManager {
@@ -105,8 +154,8 @@ impl ReplicationManager {
         ReplicationManager {
             nodes: Mutex::new(config.nodes.clone()),
             connection_count: AtomicU32::new(config.connection_count.max(1)),
-            serial: tokio::sync::Mutex::new(ReplicationMap::new()),
-            replicators: Mutex::new(BTreeMap::new()),
+            serial: tokio::sync::Mutex::new(()),
+            slots: Mutex::new(Slots::default()),
             config,
         }
     }
@@ -125,7 +174,8 @@ impl ReplicationManager {
     }
 
     /// `set_incoming_replication_map` (§8.2): replicate exactly `desired`; nodes
-    /// absent (or with no vbuckets) lose their replicators (MB-10934).
+    /// absent (or with no vbuckets) lose their replicators (MB-10934) at once, even
+    /// while an earlier call is still connecting to them.
     ///
     /// # Errors
     /// [`ReplError::Replications`] with one entry per failed (node) operation; the
@@ -134,8 +184,17 @@ impl ReplicationManager {
         &self,
         desired: ReplicationMap,
     ) -> Result<(), ReplError> {
-        let mut last = self.serial.lock().await;
-        self.apply(&mut last, desired).await
+        let desired: ReplicationMap = desired.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+        let gone: BTreeSet<String> = self
+            .known_nodes()
+            .into_iter()
+            .filter(|n| !desired.contains_key(n))
+            .collect();
+        if !gone.is_empty() {
+            self.stop_slots(&gone, STOP_GRACE).await;
+        }
+        let _serial = self.serial.lock().await;
+        self.apply(desired).await
     }
 
     /// `change_vbucket_replication(v, src | none)` (§8.2): the actual replications
@@ -148,7 +207,7 @@ impl ReplicationManager {
         vb: Vbid,
         src: Option<&str>,
     ) -> Result<(), ReplError> {
-        let mut last = self.serial.lock().await;
+        let _serial = self.serial.lock().await;
         let mut map = self.get_actual_replications();
         for vbs in map.values_mut() {
             vbs.remove(&vb);
@@ -156,7 +215,7 @@ impl ReplicationManager {
         if let Some(src) = src {
             map.entry(src.to_string()).or_default().insert(vb);
         }
-        self.apply(&mut last, map).await
+        self.apply(map).await
     }
 
     /// `remove_undesired_replications(future)` (§8.2): keep only actual replications
@@ -168,7 +227,7 @@ impl ReplicationManager {
         &self,
         future: &ReplicationMap,
     ) -> Result<(), ReplError> {
-        let mut last = self.serial.lock().await;
+        let _serial = self.serial.lock().await;
         let actual = self.get_actual_replications();
         let keep: ReplicationMap = actual
             .into_iter()
@@ -177,19 +236,21 @@ impl ReplicationManager {
                 (node, vbs.intersection(&wanted).copied().collect())
             })
             .collect();
-        self.apply(&mut last, keep).await
+        self.apply(keep).await
     }
 
     /// `stop_nodes(nodes)` (§8.2, failover path): drop every replication from these
-    /// producer nodes.
+    /// producer nodes at once — aborted, never waiting for them (they are presumed
+    /// dead) nor for any operation in flight. An operation in flight for these nodes
+    /// gets [`ReplError::Interrupted`].
     ///
     /// # Errors
-    /// As [`Self::set_incoming_replication_map`].
+    /// None today; kept fallible for the failover path's callers.
     pub async fn stop_nodes(&self, nodes: &[&str]) -> Result<(), ReplError> {
-        let mut last = self.serial.lock().await;
-        let mut map = self.get_actual_replications();
-        map.retain(|n, _| !nodes.contains(&n.as_str()));
-        self.apply(&mut last, map).await
+        let nodes: BTreeSet<String> = nodes.iter().map(ToString::to_string).collect();
+        info!(bucket = %self.config.bucket, ?nodes, "stopping replications from nodes");
+        self.stop_slots(&nodes, Duration::ZERO).await;
+        Ok(())
     }
 
     /// Changes the connection count N (§8.2 `update_replication_count`): if it
@@ -200,36 +261,49 @@ impl ReplicationManager {
     /// As [`Self::set_incoming_replication_map`].
     pub async fn set_connection_count(&self, n: u32) -> Result<(), ReplError> {
         let n = n.max(1);
-        let mut last = self.serial.lock().await;
+        let _serial = self.serial.lock().await;
         if n == self.connection_count() {
             return Ok(());
         }
         let actual = self.get_actual_replications();
         info!(bucket = %self.config.bucket, from = self.connection_count(), to = n, "changing connection count");
         let all: Vec<Replicator> = self
-            .replicators
+            .slots
             .lock()
-            .map(|mut m| std::mem::take(&mut *m).into_values().collect())
+            .map(|mut m| {
+                std::mem::take(&mut m.slots)
+                    .into_values()
+                    .filter_map(|s| match s {
+                        Slot::Running(r) => Some(r),
+                        Slot::Starting(t) => {
+                            t.cancel();
+                            None
+                        }
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
-        shut_all(all).await;
+        shut_all(all, None).await;
         self.connection_count.store(n, Ordering::Release);
-        self.apply(&mut last, actual).await
+        self.apply(actual).await
     }
 
-    /// Takes `vb` over from `producer` on connection `vb mod N` (§7.6, §7.3). Runs
-    /// outside the serializer; other operations are not held up.
+    /// Takes `vb` over from `producer` on connection `vb mod N` (§7.6, §7.3),
+    /// starting that connection if it does not exist yet. Runs outside the
+    /// serializer; the replicator orders it with its other operations.
     ///
     /// # Errors
-    /// [`ReplError::NoReplicator`] if that connection does not exist, else the
-    /// replicator's takeover error.
+    /// [`ReplError::UnknownNode`], a start error, else the replicator's takeover
+    /// error.
     pub async fn takeover(&self, producer: &str, vb: Vbid) -> Result<(), ReplError> {
         let index = u32::from(vb.0) % self.connection_count();
-        let r = self
-            .replicator(producer, index)
-            .ok_or_else(|| ReplError::NoReplicator {
-                node: producer.to_string(),
-                index,
-            })?;
+        let r = match self.replicator(producer, index) {
+            Some(r) if r.is_running() => r,
+            _ => {
+                let epoch = self.slots.lock().map(|s| s.epoch(producer)).unwrap_or(0);
+                self.start_replicator(producer, index, epoch).await?
+            }
+        };
         r.takeover(vb).await
     }
 
@@ -262,10 +336,13 @@ impl ReplicationManager {
     /// The replicator for (producer node, connection index), if it exists.
     #[must_use]
     pub fn replicator(&self, node: &str, index: u32) -> Option<Replicator> {
-        self.replicators
+        self.slots
             .lock()
             .ok()
-            .and_then(|m| m.get(&(node.to_string(), index)).cloned())
+            .and_then(|m| match m.slots.get(&(node.to_string(), index)) {
+                Some(Slot::Running(r)) => Some(r.clone()),
+                _ => None,
+            })
     }
 
     /// Every replicator, by (producer node, connection index).
@@ -283,6 +360,10 @@ impl ReplicationManager {
     pub fn node_liveness(&self) -> BTreeMap<String, tokio::time::Instant> {
         let mut out: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
         for ((producer, _), r) in self.snapshot() {
+            if !r.is_running() {
+                // A dead connection says nothing about its nodes (issue #8 item 10).
+                continue;
+            }
             let heard = [
                 (
                     producer,
@@ -345,23 +426,147 @@ impl ReplicationManager {
         .await
     }
 
-    /// Stops every replicator gracefully (bucket shutdown, §2.3).
+    /// Stops every replicator (bucket shutdown, §2.3): each gets [`STOP_GRACE`] to
+    /// shut gracefully, then is aborted; connects in flight are abandoned. Never
+    /// waits behind an operation in flight, which gets [`ReplError::Interrupted`].
     pub async fn shutdown(&self) {
-        let mut last = self.serial.lock().await;
-        last.clear();
-        let all: Vec<Replicator> = self
-            .replicators
+        let all: BTreeSet<String> = self.known_nodes();
+        self.stop_slots(&all, STOP_GRACE).await;
+    }
+
+    /// Every node with a slot.
+    fn known_nodes(&self) -> BTreeSet<String> {
+        self.slots
             .lock()
-            .map(|mut m| std::mem::take(&mut *m).into_values().collect())
+            .map(|m| m.slots.keys().map(|(n, _)| n.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Evicts `nodes` (bumping their epochs), abandons their starts and stops their
+    /// replicators: gracefully for at most `grace`, then aborted.
+    async fn stop_slots(&self, nodes: &BTreeSet<String>, grace: Duration) {
+        let evicted = self
+            .slots
+            .lock()
+            .map(|mut m| m.evict(nodes))
             .unwrap_or_default();
-        shut_all(all).await;
+        let mut running = Vec::new();
+        for slot in evicted {
+            match slot {
+                Slot::Starting(t) => t.cancel(),
+                Slot::Running(r) => running.push(r),
+            }
+        }
+        shut_all(running, Some(grace)).await;
     }
 
     fn snapshot(&self) -> Vec<(Key, Replicator)> {
-        self.replicators
+        self.slots
             .lock()
-            .map(|m| m.iter().map(|(k, r)| (k.clone(), r.clone())).collect())
+            .map(|m| {
+                m.slots
+                    .iter()
+                    .filter_map(|(k, s)| match s {
+                        Slot::Running(r) => Some((k.clone(), r.clone())),
+                        Slot::Starting(_) => None,
+                    })
+                    .collect()
+            })
             .unwrap_or_default()
+    }
+
+    /// Registers a slot for (node, index) — unless a stop path evicted the node
+    /// since `epoch` — then connects. The slot's token abandons the connect.
+    async fn start_replicator(
+        &self,
+        node: &str,
+        index: u32,
+        epoch: u64,
+    ) -> Result<Replicator, ReplError> {
+        let addr = self.resolve(node).ok_or_else(|| ReplError::UnknownNode {
+            node: node.to_string(),
+        })?;
+        let key = (node.to_string(), index);
+        let token = CancellationToken::new();
+        enum Next {
+            Have(Replicator),
+            WaitForOther,
+            Start,
+        }
+        let next = {
+            let Ok(mut m) = self.slots.lock() else {
+                return Err(ReplError::Interrupted);
+            };
+            if m.epoch(node) != epoch {
+                debug!(%node, index, "node stopped meanwhile: not starting");
+                return Err(ReplError::Interrupted);
+            }
+            match m.slots.get(&key) {
+                Some(Slot::Running(r)) if r.is_running() => Next::Have(r.clone()),
+                Some(Slot::Starting(_)) => Next::WaitForOther,
+                _ => {
+                    m.slots.insert(key.clone(), Slot::Starting(token.clone()));
+                    Next::Start
+                }
+            }
+        };
+        match next {
+            Next::Have(r) => return Ok(r),
+            // Another call is connecting it: wait for that (bounded).
+            Next::WaitForOther => return self.wait_started(&key).await,
+            Next::Start => {}
+        }
+        let cfg = self.replicator_config(node, addr, index);
+        let started = tokio::select! {
+            () = token.cancelled() => Err(ReplError::Interrupted),
+            r = Replicator::start(cfg) => r,
+        };
+        let Ok(mut m) = self.slots.lock() else {
+            if let Ok(r) = started {
+                r.abort();
+            }
+            return Err(ReplError::Interrupted);
+        };
+        let ours = matches!(m.slots.get(&key), Some(Slot::Starting(t)) if !t.is_cancelled() && !token.is_cancelled());
+        match started {
+            Ok(r) if ours => {
+                m.slots.insert(key, Slot::Running(r.clone()));
+                Ok(r)
+            }
+            Ok(r) => {
+                r.abort();
+                Err(ReplError::Interrupted)
+            }
+            Err(e) => {
+                if ours {
+                    m.slots.remove(&key);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn wait_started(&self, key: &Key) -> Result<Replicator, ReplError> {
+        let deadline = tokio::time::Instant::now() + self.config.connect_timeout * 2;
+        loop {
+            match self.slots.lock().ok().and_then(|m| match m.slots.get(key) {
+                Some(Slot::Running(r)) => Some(Some(r.clone())),
+                Some(Slot::Starting(_)) => None,
+                None => Some(None),
+            }) {
+                Some(Some(r)) => return Ok(r),
+                Some(None) => return Err(ReplError::Interrupted),
+                None => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ReplError::Timeout {
+                    waiting_for: crate::error::WaitFor::Connect,
+                    vbuckets: Vec::new(),
+                    peer: self.resolve(&key.0),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn resolve(&self, node: &str) -> Option<String> {
@@ -387,76 +592,76 @@ impl ReplicationManager {
     }
 
     /// §8.1 `set_desired_replications` + §8.3 `manage_replicators`, per connection.
-    async fn apply(
-        &self,
-        last: &mut ReplicationMap,
-        desired: ReplicationMap,
-    ) -> Result<(), ReplError> {
+    async fn apply(&self, desired: ReplicationMap) -> Result<(), ReplError> {
         let desired: ReplicationMap = desired.into_iter().filter(|(_, v)| !v.is_empty()).collect();
         let k = self.connection_count();
         let mut errors: Vec<(String, ReplError)> = Vec::new();
 
-        // Reap dead connections and stop the ones no longer needed.
+        // Reap dead connections and stop the ones no longer needed; note the epochs
+        // this operation works under.
         let mut to_stop = Vec::new();
-        if let Ok(mut m) = self.replicators.lock() {
-            let keys: Vec<Key> = m.keys().cloned().collect();
-            for key in keys {
-                let dead = m.get(&key).is_some_and(|r| !r.is_running());
-                let unneeded = !desired.contains_key(&key.0) || key.1 >= k;
-                if dead || unneeded {
-                    if let Some(r) = m.remove(&key) {
-                        if dead {
-                            debug!(node = %key.0, index = key.1, "reaping a dead replicator");
-                        } else {
-                            to_stop.push(r);
+        let epochs: BTreeMap<String, u64> = match self.slots.lock() {
+            Ok(mut m) => {
+                let keys: Vec<Key> = m.slots.keys().cloned().collect();
+                for key in keys {
+                    let unneeded = !desired.contains_key(&key.0) || key.1 >= k;
+                    let dead =
+                        matches!(m.slots.get(&key), Some(Slot::Running(r)) if !r.is_running());
+                    if dead || unneeded {
+                        match m.slots.remove(&key) {
+                            Some(Slot::Running(r)) if !dead => to_stop.push(r),
+                            Some(Slot::Starting(t)) => t.cancel(),
+                            _ => debug!(node = %key.0, index = key.1, "reaping a dead replicator"),
                         }
                     }
                 }
+                desired.keys().map(|n| (n.clone(), m.epoch(n))).collect()
             }
-        }
-        shut_all(to_stop).await;
+            Err(_) => BTreeMap::new(),
+        };
+        shut_all(to_stop, None).await;
 
         // Start missing connections, concurrently across nodes and indexes.
         let mut starts = Vec::new();
         for node in desired.keys() {
-            let Some(addr) = self.resolve(node) else {
-                errors.push((node.clone(), ReplError::UnknownNode { node: node.clone() }));
-                continue;
-            };
+            let epoch = epochs.get(node).copied().unwrap_or(0);
             for index in 0..k {
                 if self.replicator(node, index).is_none() {
-                    let cfg = self.replicator_config(node, addr.clone(), index);
                     let node = node.clone();
-                    starts.push(async move { (node, index, Replicator::start(cfg).await) });
+                    starts.push(async move {
+                        let r = self.start_replicator(&node, index, epoch).await;
+                        (node, index, r)
+                    });
                 }
             }
         }
+        let mut failed_nodes = BTreeSet::new();
         for (node, index, started) in join_all(starts).await {
-            match started {
-                Ok(r) => {
-                    if let Ok(mut m) = self.replicators.lock() {
-                        m.insert((node, index), r);
-                    }
-                }
-                Err(e) => {
-                    warn!(%node, index, error = %e, "replicator failed to start");
+            if let Err(e) = started {
+                warn!(%node, index, error = %e, "replicator failed to start");
+                if failed_nodes.insert(node.clone()) {
                     errors.push((node, e));
                 }
             }
         }
 
-        // Set up every connection of every node, concurrently (§11.12).
+        // Set up every connection whose wanted set changed, concurrently (§11.12).
         let mut setups = Vec::new();
         for (node, vbs) in &desired {
             for index in 0..k {
                 let Some(r) = self.replicator(node, index) else {
                     continue;
                 };
-                let want: Vec<Vbid> = vbs
+                let want: BTreeSet<Vbid> = vbs
                     .iter()
                     .copied()
                     .filter(|v| u32::from(v.0) % k == index)
                     .collect();
+                // A takeover in flight does not matter (its vbucket is not in the set);
+                // a set-up in flight might still change the partitions.
+                if r.get_partitions() == want && r.state().phase != crate::core::Phase::Setup {
+                    continue;
+                }
                 let node = node.clone();
                 setups.push(async move { (node, r.setup_replication(want).await) });
             }
@@ -467,7 +672,6 @@ impl ReplicationManager {
                 errors.push((node, e));
             }
         }
-        *last = desired;
         if errors.is_empty() {
             Ok(())
         } else {
@@ -476,11 +680,34 @@ impl ReplicationManager {
     }
 }
 
-async fn shut_all(rs: Vec<Replicator>) {
-    let results = join_all(rs.iter().map(Replicator::shut)).await;
-    for (r, res) in rs.iter().zip(results) {
-        if let Err(e) = res {
-            debug!(name = %r.connection_name(), error = %e, "graceful shut failed");
+/// Shuts replicators concurrently; with `grace`, one still running after it is
+/// aborted (its shut call then ends too).
+async fn shut_all(rs: Vec<Replicator>, grace: Option<Duration>) {
+    let shut_one = |r: &Replicator| {
+        let r = r.clone();
+        async move {
+            let res = match grace {
+                Some(g) if g.is_zero() => {
+                    r.abort();
+                    Ok(())
+                }
+                Some(g) => match tokio::time::timeout(g, r.shut()).await {
+                    Ok(res) => res,
+                    Err(_) => {
+                        debug!(name = %r.connection_name(), "graceful shut overran the stop grace: aborting");
+                        r.abort();
+                        Ok(())
+                    }
+                },
+                None => r.shut().await,
+            };
+            if let Err(e) = res {
+                debug!(name = %r.connection_name(), error = %e, "graceful shut failed");
+            }
+            // Both sockets closed before we report the node stopped (bounded by the
+            // replicator's teardown flush).
+            let _ = tokio::time::timeout(Duration::from_secs(1), r.closed()).await;
         }
-    }
+    };
+    join_all(rs.iter().map(shut_one)).await;
 }

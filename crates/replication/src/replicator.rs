@@ -32,7 +32,9 @@ use crate::core::{
 };
 use crate::error::{Peers, ReplError, WaitFor};
 use crate::io::connect::{connect_half, HalfConfig};
-use crate::io::proxy::{spawn_pair, IoFailure, Liveness, PairShared, ProxyConfig, ReaderEvent};
+use crate::io::proxy::{
+    spawn_pair, IoFailure, Liveness, PairShared, ProxyConfig, ReaderEvent, TEARDOWN_FLUSH,
+};
 
 /// Default bound on a half's connection set-up (§11.1: much lower than 180 s).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -216,8 +218,11 @@ impl Replicator {
             commands: cmd_rx,
             stop: stop.clone(),
             shared: Arc::clone(&shared),
-            to_consumer: tasks.to_consumer,
-            to_producer: tasks.to_producer,
+            to_consumer: Some(tasks.to_consumer),
+            to_producer: Some(tasks.to_producer),
+            outbound: [VecDeque::new(), VecDeque::new()],
+            held_acks: Vec::new(),
+            deferred: VecDeque::new(),
             tasks: tasks.handles,
             pending: HashMap::new(),
             next_reply: 1,
@@ -262,8 +267,14 @@ impl Replicator {
         &self,
         vbuckets: impl IntoIterator<Item = Vbid>,
     ) -> Result<(), ReplError> {
-        let want = vbuckets.into_iter().collect();
-        self.call(|reply| Command::Setup { want, reply }).await
+        let want: BTreeSet<Vbid> = vbuckets.into_iter().collect();
+        let waiting_for = if want.is_subset(&self.get_partitions()) {
+            WaitFor::CloseStream
+        } else {
+            WaitFor::AddStream
+        };
+        self.call(waiting_for, |reply| Command::Setup { want, reply })
+            .await
     }
 
     /// Takes `vb` over (§7.3): closes its replication stream on both sides
@@ -275,7 +286,8 @@ impl Replicator {
     /// As [`Self::setup_replication`], plus [`ReplError::TakeoverFailed`] and
     /// [`ReplError::TakeoverOnOpenStream`].
     pub async fn takeover(&self, vb: Vbid) -> Result<(), ReplError> {
-        self.call(|reply| Command::Takeover { vb, reply }).await
+        self.call(WaitFor::Takeover, |reply| Command::Takeover { vb, reply })
+            .await
     }
 
     /// Graceful stop (§7.4 `shutdown`): closes every stream on the consumer node only
@@ -290,7 +302,8 @@ impl Replicator {
     /// replicator is stopped either way.
     pub async fn shut(&self) -> Result<(), ReplError> {
         let bound = self.inner.config.shut_timeout + Duration::from_secs(1);
-        match tokio::time::timeout(bound, self.call(|reply| Command::Shut { reply })).await {
+        let shut = self.call_unbounded(|reply| Command::Shut { reply });
+        match tokio::time::timeout(bound, shut).await {
             Ok(r) => r,
             Err(_) => {
                 warn!(name = %self.inner.name, "shut overran its bound; stopping abruptly");
@@ -353,7 +366,7 @@ impl Replicator {
     /// Whether the replicator is still running.
     #[must_use]
     pub fn is_running(&self) -> bool {
-        self.inner.done.borrow().is_none()
+        self.inner.done.borrow().is_none() && self.inner.state.borrow().phase != Phase::Closed
     }
 
     /// When each half last read a frame from its node (§3.3).
@@ -408,7 +421,37 @@ impl Replicator {
         .await
     }
 
-    async fn call(&self, make: impl FnOnce(Reply) -> Command) -> Result<(), ReplError> {
+    /// Sends a command and waits for its answer, within an outer bound that only a
+    /// stuck actor could exceed (the core bounds every wait on a node): twice the
+    /// longest operation bound (one may be queued behind another) plus 5 s. On
+    /// expiry the replicator is stopped and the caller gets a typed timeout.
+    async fn call(
+        &self,
+        waiting_for: WaitFor,
+        make: impl FnOnce(Reply) -> Command,
+    ) -> Result<(), ReplError> {
+        let c = &self.inner.config.core;
+        let longest = c
+            .setup_timeout
+            .max(c.close_timeout)
+            .max(c.takeover_timeout)
+            .max(c.shut_timeout);
+        let bound = longest.saturating_mul(2) + Duration::from_secs(5);
+        match tokio::time::timeout(bound, self.call_unbounded(make)).await {
+            Ok(r) => r,
+            Err(_) => {
+                warn!(name = %self.inner.name, %waiting_for, ?bound, "call overran its outer bound; stopping the replicator");
+                self.abort();
+                Err(ReplError::Timeout {
+                    waiting_for,
+                    vbuckets: self.get_partitions().into_iter().collect(),
+                    peer: Some(self.inner.peers.consumer.clone()),
+                })
+            }
+        }
+    }
+
+    async fn call_unbounded(&self, make: impl FnOnce(Reply) -> Command) -> Result<(), ReplError> {
         let (tx, rx) = oneshot::channel();
         if self.inner.commands.send(make(tx)).await.is_err() {
             return Err(self.stopped_error().await);
@@ -462,14 +505,26 @@ enum Exit {
     Fail(ReplError),
 }
 
+/// Commands waiting for the operation in flight to finish (issue #8 item 5).
+const DEFERRED_CAP: usize = 32;
+
 struct Actor {
     core: ConsumerConn,
     events: mpsc::Receiver<ReaderEvent>,
     commands: mpsc::Receiver<Command>,
+    /// Set-ups and takeovers that arrived while another one ran: ordered, not refused.
+    deferred: VecDeque<Command>,
     stop: CancellationToken,
     shared: Arc<PairShared>,
-    to_consumer: mpsc::Sender<Bytes>,
-    to_producer: mpsc::Sender<Bytes>,
+    /// `None` once teardown began (dropping them lets the writers finish early).
+    to_consumer: Option<mpsc::Sender<Bytes>>,
+    to_producer: Option<mpsc::Sender<Bytes>>,
+    /// Frames for each writer not yet in its queue (consumer, producer). The actor
+    /// never blocks on a full queue, so its deadlines keep firing (issue #8 item 3).
+    outbound: [VecDeque<Bytes>; 2],
+    /// Consumer-reader acknowledgements held until `outbound` is empty: the reader
+    /// forwards nothing after a frame the core saw before the core's own frames.
+    held_acks: Vec<oneshot::Sender<()>>,
     tasks: Vec<JoinHandle<()>>,
     pending: HashMap<u64, Pending>,
     next_reply: u64,
@@ -501,14 +556,11 @@ impl Actor {
             Exit::Fail(e) => Err(e),
         };
         let end = if self.shutting { Ok(()) } else { end };
-        // Close both sockets (cancels blocked writes), then wait for the tasks.
+        // Stop the socket tasks: they flush what was already read for at most
+        // TEARDOWN_FLUSH, then close the sockets. The failure is reported first.
         self.shared.teardown.cancel();
-        for h in &self.tasks {
-            h.abort();
-        }
-        for h in self.tasks.drain(..) {
-            let _ = h.await;
-        }
+        self.to_consumer = None;
+        self.to_producer = None;
         let for_pending = match &end {
             Ok(()) => ReplError::Interrupted,
             Err(e) => e.clone(),
@@ -516,13 +568,28 @@ impl Actor {
         for (_, p) in self.pending.drain() {
             let _ = p.into_reply().send(Err(for_pending.clone()));
         }
+        for cmd in self.deferred.drain(..) {
+            cmd.fail(for_pending.clone());
+        }
         self.commands.close();
         while let Ok(cmd) = self.commands.try_recv() {
             cmd.fail(for_pending.clone());
         }
+        // A dead replicator keeps no streams (issue #8 item 10).
+        self.state.send_modify(|s| {
+            s.partitions.clear();
+            s.phase = Phase::Closed;
+        });
         match &end {
             Ok(()) => info!("replicator stopped"),
             Err(e) => warn!(error = %e, "replicator torn down"),
+        }
+        let bound = Instant::now() + TEARDOWN_FLUSH * 3;
+        for h in self.tasks.drain(..) {
+            let abort = h.abort_handle();
+            if tokio::time::timeout_at(bound, h).await.is_err() {
+                abort.abort();
+            }
         }
         end
     }
@@ -530,19 +597,43 @@ impl Actor {
     async fn main_loop(&mut self) -> Exit {
         loop {
             let deadline = self.core.next_deadline();
+            let quiet = self.outbound.iter().all(VecDeque::is_empty);
+            let (Some(to_consumer), Some(to_producer)) = (&self.to_consumer, &self.to_producer)
+            else {
+                return Exit::Io;
+            };
+            let (to_consumer, to_producer) = (to_consumer.clone(), to_producer.clone());
             let r = tokio::select! {
                 biased;
                 () = self.stop.cancelled() => return Exit::Stop,
                 () = self.shared.teardown.cancelled() => return Exit::Io,
+                () = sleep_until_opt(deadline) => self.feed(Event::Timeout, None),
+                permit = to_consumer.reserve(), if !self.outbound[0].is_empty() => match permit {
+                    Ok(permit) => {
+                        if let Some(b) = self.outbound[0].pop_front() {
+                            permit.send(b);
+                        }
+                        Ok(())
+                    }
+                    Err(_) => return Exit::Io,
+                },
+                permit = to_producer.reserve(), if !self.outbound[1].is_empty() => match permit {
+                    Ok(permit) => {
+                        if let Some(b) = self.outbound[1].pop_front() {
+                            permit.send(b);
+                        }
+                        Ok(())
+                    }
+                    Err(_) => return Exit::Io,
+                },
                 ev = self.events.recv() => match ev {
-                    Some(ev) => self.feed(ev.event, ev.ack).await,
+                    Some(ev) => self.feed(ev.event, ev.ack),
                     None => return Exit::Io,
                 },
-                cmd = self.commands.recv() => match cmd {
-                    Some(cmd) => self.on_command(cmd).await,
+                cmd = self.commands.recv(), if quiet && self.deferred.len() < DEFERRED_CAP => match cmd {
+                    Some(cmd) => self.on_command(cmd),
                     None => return Exit::Stop,
                 },
-                () = sleep_until_opt(deadline) => self.feed(Event::Timeout, None).await,
             };
             if let Err(exit) = r {
                 return exit;
@@ -550,10 +641,37 @@ impl Actor {
             if self.finished.is_some() {
                 return Exit::Stop;
             }
+            if self.outbound.iter().all(VecDeque::is_empty) {
+                for ack in self.held_acks.drain(..) {
+                    let _ = ack.send(());
+                }
+                if self.core.phase() == Phase::Idle {
+                    if let Some(cmd) = self.deferred.pop_front() {
+                        if let Err(exit) = self.start_command(cmd) {
+                            return exit;
+                        }
+                    }
+                }
+            }
         }
     }
 
-    async fn on_command(&mut self, cmd: Command) -> Result<(), Exit> {
+    /// A set-up or takeover waits for the one in flight; a shut goes straight in
+    /// (it supersedes a set-up, §5.6).
+    fn on_command(&mut self, cmd: Command) -> Result<(), Exit> {
+        let busy = matches!(self.core.phase(), Phase::Setup | Phase::Takeover)
+            || !self.deferred.is_empty();
+        match cmd {
+            Command::Setup { .. } | Command::Takeover { .. } if busy => {
+                debug!(phase = ?self.core.phase(), queued = self.deferred.len() + 1, "operation queued behind the one in flight");
+                self.deferred.push_back(cmd);
+                Ok(())
+            }
+            cmd => self.start_command(cmd),
+        }
+    }
+
+    fn start_command(&mut self, cmd: Command) -> Result<(), Exit> {
         let id = self.next_reply;
         self.next_reply += 1;
         let event = match cmd {
@@ -578,22 +696,22 @@ impl Actor {
                 Event::Shut { reply: ReplyTo(id) }
             }
         };
-        self.feed(event, None).await
+        self.feed(event, None)
     }
 
     /// Hands one event to the core and performs its actions in order, then any
     /// follow-up events (a takeover after its close).
-    async fn feed(&mut self, event: Event, ack: Option<oneshot::Sender<()>>) -> Result<(), Exit> {
+    fn feed(&mut self, event: Event, ack: Option<oneshot::Sender<()>>) -> Result<(), Exit> {
         let actions = self.core.handle(now(), event);
         self.publish();
-        self.perform(actions).await?;
+        self.perform(actions)?;
         if let Some(ack) = ack {
-            let _ = ack.send(());
+            self.held_acks.push(ack);
         }
         while let Some(ev) = self.followups.pop_front() {
             let actions = self.core.handle(now(), ev);
             self.publish();
-            self.perform(actions).await?;
+            self.perform(actions)?;
         }
         Ok(())
     }
@@ -615,14 +733,16 @@ impl Actor {
         });
     }
 
-    async fn perform(&mut self, actions: Vec<Action>) -> Result<(), Exit> {
+    /// Queues the core's frames for the writers (sent from the main loop as room
+    /// appears) and delivers replies, in order.
+    fn perform(&mut self, actions: Vec<Action>) -> Result<(), Exit> {
         let mut close = None;
         for action in actions {
             match action {
                 Action::ForwardToProducer(f) | Action::SendToProducer(f) => {
-                    self.send(Side::Producer, f.into_bytes()).await?;
+                    self.outbound[1].push_back(f.into_bytes());
                 }
-                Action::SendToConsumer(f) => self.send(Side::Consumer, f.into_bytes()).await?,
+                Action::SendToConsumer(f) => self.outbound[0].push_back(f.into_bytes()),
                 Action::Reply(to, result) => self.reply(to, result, None),
                 Action::Close(e) => {
                     debug!(error = %e, "core tears the pair down");
@@ -633,19 +753,6 @@ impl Actor {
         match close {
             Some(e) => Err(Exit::Fail(e)),
             None => Ok(()),
-        }
-    }
-
-    async fn send(&mut self, side: Side, bytes: Bytes) -> Result<(), Exit> {
-        let tx = match side {
-            Side::Consumer => &self.to_consumer,
-            Side::Producer => &self.to_producer,
-        };
-        tokio::select! {
-            biased;
-            () = self.stop.cancelled() => Err(Exit::Stop),
-            () = self.shared.teardown.cancelled() => Err(Exit::Io),
-            r = tx.send(bytes) => r.map_err(|_| Exit::Io),
         }
     }
 

@@ -17,14 +17,21 @@
 //!     frames itself, so per-direction order is kept);
 //!   - producer side: the reader queues the event, then appends the frame to its
 //!     batch (or drops it: CLOSE_STREAM answers are ours).
-//! * Any task failing (EOF, I/O error, decode error) records the first failure and
-//!   cancels the pair's teardown token: every task stops at once (a blocked write is
-//!   cancelled with it), the sockets are dropped, and the actor fails what is pending.
+//! * Any task failing (EOF, I/O error, decode error, a write stalled for
+//!   `write_stall_timeout`) records the first failure and cancels the pair's teardown
+//!   token. Teardown flushes what was already read (issue #8 item 7): readers stop
+//!   reading and hand the frames they hold to their partner's writer, writers write
+//!   what is queued, both for at most [`TEARDOWN_FLUSH`]; then every task ends and
+//!   the sockets close. Nobody waits for that to report the failure.
+//! * Back-pressure never blinds a reader (issue #8 item 3): while it waits for room
+//!   in its partner's queue it still polls its socket's pending error every
+//!   [`STALL_PROBE`], so a peer that resets the connection is noticed at once.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Buf;
 use bytes::{Bytes, BytesMut};
 use mcbp::{DecodeError, FrameDecoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,6 +48,11 @@ use crate::core::{
 use crate::error::{Peers, ReplError};
 use crate::io::connect::Connected;
 
+/// How long teardown keeps writing what was already read (issue #8 item 7).
+pub const TEARDOWN_FLUSH: Duration = Duration::from_millis(100);
+/// How often a reader blocked by back-pressure checks its socket for an error.
+pub const STALL_PROBE: Duration = Duration::from_millis(100);
+
 /// Tuning of the socket tasks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProxyConfig {
@@ -50,15 +62,20 @@ pub struct ProxyConfig {
     pub read_chunk: usize,
     /// Largest frame body accepted (§3.1 IMPROVE: a cap, failing the pair beyond it).
     pub max_body_len: usize,
+    /// A write that makes no progress for this long fails the pair (a node that
+    /// stopped reading).
+    pub write_stall_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
-    /// 16 batches, 64 KiB reads (§12 socket buffers), mcbp's default body cap.
+    /// 16 batches, 64 KiB reads (§12 socket buffers), mcbp's default body cap, 60 s
+    /// write stall bound.
     fn default() -> Self {
         ProxyConfig {
             channel_batches: 16,
             read_chunk: 64 * 1024,
             max_body_len: mcbp::DEFAULT_MAX_BODY_LEN,
+            write_stall_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -113,6 +130,8 @@ pub(crate) enum IoFailure {
     Decode(Side, String),
     /// The actor went away (only during teardown).
     ActorGone(Side),
+    /// A write to this side's node made no progress for the stall bound.
+    WriteStalled(Side, Duration),
 }
 
 impl IoFailure {
@@ -121,7 +140,8 @@ impl IoFailure {
             IoFailure::Eof(s)
             | IoFailure::Io(s, _)
             | IoFailure::Decode(s, _)
-            | IoFailure::ActorGone(s) => *s,
+            | IoFailure::ActorGone(s)
+            | IoFailure::WriteStalled(s, _) => *s,
         }
     }
 
@@ -147,6 +167,13 @@ impl IoFailure {
                 detail: format!("corrupt stream: {e}"),
             },
             IoFailure::ActorGone(_) => ReplError::Interrupted,
+            IoFailure::WriteStalled(_, after) => ReplError::ConnectionClosed {
+                side,
+                peer,
+                detail: Some(format!(
+                    "no write progress for {after:?}: the node stopped reading"
+                )),
+            },
         }
     }
 }
@@ -219,47 +246,50 @@ pub(crate) fn spawn_pair(
     let (p_read, p_write) = producer.stream.into_split();
     let mut handles = Vec::with_capacity(4);
     let span = |side: Side, dir: &'static str, peer: &str| tracing::debug_span!("proxy", %side, %peer, %name, dir);
-    handles.push(spawn_guarded(
+    let reader =
+        |side: Side, rd: OwnedReadHalf, leftover: BytesMut, partner: &mpsc::Sender<Bytes>| Reader {
+            side,
+            rd,
+            buf: leftover,
+            batch: BytesMut::new(),
+            partner: partner.clone(),
+            events: events.clone(),
+            shared: Arc::clone(shared),
+            cfg,
+        };
+    handles.push(spawn_task(
         shared,
-        run_reader(
+        reader(Side::Consumer, c_read, consumer.leftover, &to_producer)
+            .run()
+            .instrument(span(Side::Consumer, "consumer->producer", &consumer.peer)),
+    ));
+    handles.push(spawn_task(
+        shared,
+        reader(Side::Producer, p_read, producer.leftover, &to_consumer)
+            .run()
+            .instrument(span(Side::Producer, "producer->consumer", &producer.peer)),
+    ));
+    handles.push(spawn_task(
+        shared,
+        run_writer(
             Side::Consumer,
-            c_read,
-            consumer.leftover,
-            to_producer.clone(),
-            events.clone(),
+            c_write,
+            consumer_rx,
             Arc::clone(shared),
             cfg,
         )
-        .instrument(span(Side::Consumer, "consumer->producer", &consumer.peer)),
+        .instrument(span(Side::Consumer, "write", &consumer.peer)),
     ));
-    handles.push(spawn_guarded(
+    handles.push(spawn_task(
         shared,
-        run_reader(
+        run_writer(
             Side::Producer,
-            p_read,
-            producer.leftover,
-            to_consumer.clone(),
-            events.clone(),
+            p_write,
+            producer_rx,
             Arc::clone(shared),
             cfg,
         )
-        .instrument(span(Side::Producer, "producer->consumer", &producer.peer)),
-    ));
-    handles.push(spawn_guarded(
-        shared,
-        run_writer(Side::Consumer, c_write, consumer_rx).instrument(span(
-            Side::Consumer,
-            "write",
-            &consumer.peer,
-        )),
-    ));
-    handles.push(spawn_guarded(
-        shared,
-        run_writer(Side::Producer, p_write, producer_rx).instrument(span(
-            Side::Producer,
-            "write",
-            &producer.peer,
-        )),
+        .instrument(span(Side::Producer, "write", &producer.peer)),
     ));
     PairTasks {
         handles,
@@ -268,114 +298,175 @@ pub(crate) fn spawn_pair(
     }
 }
 
-/// Runs a socket task until it fails or the pair is torn down; dropping the future
-/// drops (and so closes) its socket half, cancelling any blocked write.
-fn spawn_guarded<F>(shared: &Arc<PairShared>, fut: F) -> JoinHandle<()>
+/// Runs a socket task; its failure tears the pair down. The task itself watches
+/// the teardown token and ends within [`TEARDOWN_FLUSH`] of it; dropping its future
+/// drops (and so closes) its socket half.
+fn spawn_task<F>(shared: &Arc<PairShared>, fut: F) -> JoinHandle<()>
 where
     F: std::future::Future<Output = Result<(), IoFailure>> + Send + 'static,
 {
     let shared = Arc::clone(shared);
     tokio::spawn(async move {
-        tokio::select! {
-            biased;
-            () = shared.teardown.cancelled() => {}
-            r = fut => {
-                if let Err(f) = r {
-                    shared.fail(f);
-                }
-            }
+        if let Err(f) = fut.await {
+            shared.fail(f);
         }
     })
 }
 
-async fn flush(
-    side: Side,
-    batch: &mut BytesMut,
-    partner: &mpsc::Sender<Bytes>,
-) -> Result<(), IoFailure> {
-    if batch.is_empty() {
-        return Ok(());
-    }
-    partner
-        .send(batch.split().freeze())
-        .await
-        .map_err(|_| IoFailure::ActorGone(side))
+/// Why a reader's loop ended.
+enum Stop {
+    /// The pair is being torn down by someone else.
+    Teardown,
+    /// This task failed.
+    Fail(IoFailure),
 }
 
-async fn run_reader(
+impl From<IoFailure> for Stop {
+    fn from(f: IoFailure) -> Self {
+        Stop::Fail(f)
+    }
+}
+
+struct Reader {
     side: Side,
-    mut rd: OwnedReadHalf,
-    mut buf: BytesMut,
+    rd: OwnedReadHalf,
+    buf: BytesMut,
+    /// Whole frames read and not yet handed to the partner's writer.
+    batch: BytesMut,
     partner: mpsc::Sender<Bytes>,
     events: mpsc::Sender<ReaderEvent>,
     shared: Arc<PairShared>,
     cfg: ProxyConfig,
-) -> Result<(), IoFailure> {
-    let decoder = FrameDecoder::new(cfg.max_body_len);
-    let mut batch = BytesMut::new();
-    loop {
-        let mut frames = 0usize;
-        loop {
-            let frame = match decoder.decode(&mut buf) {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => return Err(decode_failure(side, &e)),
-            };
-            frames += 1;
-            match side {
-                Side::Consumer => match route_from_consumer(frame.magic(), frame.opcode()) {
-                    Route::Forward => {
-                        if shared.consumer_forwarding.load(Ordering::Acquire) {
-                            batch.extend_from_slice(frame.bytes());
-                        } else {
-                            trace!(opcode = %frame.opcode(), "shut: dropping consumer frame");
-                        }
-                    }
-                    Route::Core => {
-                        flush(side, &mut batch, &partner).await?;
-                        let (ack, acked) = oneshot::channel();
-                        events
-                            .send(ReaderEvent {
-                                event: Event::FromConsumer(frame),
-                                ack: Some(ack),
-                            })
-                            .await
-                            .map_err(|_| IoFailure::ActorGone(side))?;
-                        acked.await.map_err(|_| IoFailure::ActorGone(side))?;
-                    }
-                },
-                Side::Producer => match classify_from_producer(&frame) {
-                    ProducerDecision::Forward => batch.extend_from_slice(frame.bytes()),
-                    ProducerDecision::NotifyThenForward(event) => {
-                        events
-                            .send(ReaderEvent { event, ack: None })
-                            .await
-                            .map_err(|_| IoFailure::ActorGone(side))?;
-                        batch.extend_from_slice(frame.bytes());
-                    }
-                    ProducerDecision::NotifyAndDrop(event) => {
-                        events
-                            .send(ReaderEvent { event, ack: None })
-                            .await
-                            .map_err(|_| IoFailure::ActorGone(side))?;
-                    }
-                },
+}
+
+impl Reader {
+    async fn run(mut self) -> Result<(), IoFailure> {
+        let stop = self.read_loop().await;
+        // Frames already read still reach the other node (bounded), also when this
+        // socket failed: e.g. the STREAM_END read just before the producer's EOF.
+        if !self.batch.is_empty() {
+            let last = self.batch.split().freeze();
+            if tokio::time::timeout(TEARDOWN_FLUSH, self.partner.send(last))
+                .await
+                .is_err()
+            {
+                debug!(side = %self.side, "teardown: partner queue full, frames dropped");
             }
         }
-        if frames > 0 {
-            shared.liveness.touch(side);
+        match stop {
+            Stop::Teardown => Ok(()),
+            Stop::Fail(f) => Err(f),
         }
-        // One write per read (MB-38984); awaiting capacity here is the back-pressure.
-        flush(side, &mut batch, &partner).await?;
-        if buf.capacity() - buf.len() < cfg.read_chunk / 2 {
-            buf.reserve(cfg.read_chunk);
+    }
+
+    async fn read_loop(&mut self) -> Stop {
+        let decoder = FrameDecoder::new(self.cfg.max_body_len);
+        loop {
+            let mut frames = 0usize;
+            loop {
+                let frame = match decoder.decode(&mut self.buf) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => return Stop::Fail(decode_failure(self.side, &e)),
+                };
+                frames += 1;
+                if let Err(stop) = self.route(frame).await {
+                    return stop;
+                }
+            }
+            if frames > 0 {
+                self.shared.liveness.touch(self.side);
+            }
+            // One write per read (MB-38984); awaiting capacity here is the back-pressure.
+            if let Err(stop) = self.flush().await {
+                return stop;
+            }
+            if self.buf.capacity() - self.buf.len() < self.cfg.read_chunk / 2 {
+                self.buf.reserve(self.cfg.read_chunk);
+            }
+            let n = tokio::select! {
+                biased;
+                () = self.shared.teardown.cancelled() => return Stop::Teardown,
+                r = self.rd.read_buf(&mut self.buf) => match r {
+                    Ok(n) => n,
+                    Err(e) => return Stop::Fail(IoFailure::Io(self.side, e.to_string())),
+                },
+            };
+            if n == 0 {
+                return Stop::Fail(IoFailure::Eof(self.side));
+            }
         }
-        let n = rd
-            .read_buf(&mut buf)
-            .await
-            .map_err(|e| IoFailure::Io(side, e.to_string()))?;
-        if n == 0 {
-            return Err(IoFailure::Eof(side));
+    }
+
+    async fn route(&mut self, frame: mcbp::Frame) -> Result<(), Stop> {
+        let side = self.side;
+        match side {
+            Side::Consumer => match route_from_consumer(frame.magic(), frame.opcode()) {
+                Route::Forward => {
+                    if self.shared.consumer_forwarding.load(Ordering::Acquire) {
+                        self.batch.extend_from_slice(frame.bytes());
+                    } else {
+                        trace!(opcode = %frame.opcode(), "shut: dropping consumer frame");
+                    }
+                }
+                Route::Core => {
+                    self.flush().await?;
+                    let (ack, acked) = oneshot::channel();
+                    self.notify(Event::FromConsumer(frame), Some(ack)).await?;
+                    tokio::select! {
+                        biased;
+                        () = self.shared.teardown.cancelled() => return Err(Stop::Teardown),
+                        r = acked => r.map_err(|_| IoFailure::ActorGone(side))?,
+                    }
+                }
+            },
+            Side::Producer => match classify_from_producer(&frame) {
+                ProducerDecision::Forward => self.batch.extend_from_slice(frame.bytes()),
+                ProducerDecision::NotifyThenForward(event) => {
+                    self.notify(event, None).await?;
+                    self.batch.extend_from_slice(frame.bytes());
+                }
+                ProducerDecision::NotifyAndDrop(event) => self.notify(event, None).await?,
+            },
+        }
+        Ok(())
+    }
+
+    async fn notify(&self, event: Event, ack: Option<oneshot::Sender<()>>) -> Result<(), Stop> {
+        tokio::select! {
+            biased;
+            () = self.shared.teardown.cancelled() => Err(Stop::Teardown),
+            r = self.events.send(ReaderEvent { event, ack }) => {
+                r.map_err(|_| Stop::Fail(IoFailure::ActorGone(self.side)))
+            }
+        }
+    }
+
+    /// Hands the batch to the partner's writer, waiting for room (back-pressure);
+    /// meanwhile the socket's pending error is polled, so a reset is not missed.
+    async fn flush(&mut self) -> Result<(), Stop> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let mut probe = tokio::time::interval_at(Instant::now() + STALL_PROBE, STALL_PROBE);
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shared.teardown.cancelled() => return Err(Stop::Teardown),
+                permit = self.partner.reserve() => {
+                    let permit = permit.map_err(|_| IoFailure::ActorGone(self.side))?;
+                    permit.send(self.batch.split().freeze());
+                    return Ok(());
+                }
+                _ = probe.tick() => {
+                    match self.rd.as_ref().take_error() {
+                        Ok(None) => {}
+                        Ok(Some(e)) | Err(e) => {
+                            return Err(Stop::Fail(IoFailure::Io(self.side, e.to_string())));
+                        }
+                    }
+                }
+            }
         }
     }
 }
@@ -384,15 +475,60 @@ fn decode_failure(side: Side, e: &DecodeError) -> IoFailure {
     IoFailure::Decode(side, e.to_string())
 }
 
+/// Writes queued batches; a write without progress for the stall bound fails the
+/// pair. On teardown, writes what is still queued for at most [`TEARDOWN_FLUSH`].
 async fn run_writer(
     side: Side,
     mut wr: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Bytes>,
+    shared: Arc<PairShared>,
+    cfg: ProxyConfig,
 ) -> Result<(), IoFailure> {
-    while let Some(b) = rx.recv().await {
-        wr.write_all(&b)
-            .await
-            .map_err(|e| IoFailure::Io(side, e.to_string()))?;
+    let mut current: Option<Bytes> = None;
+    loop {
+        let mut b = match current.take() {
+            Some(b) => b,
+            None => tokio::select! {
+                biased;
+                () = shared.teardown.cancelled() => break,
+                b = rx.recv() => match b {
+                    Some(b) => b,
+                    None => return Ok(()),
+                },
+            },
+        };
+        tokio::select! {
+            biased;
+            () = shared.teardown.cancelled() => {
+                current = Some(b);
+                break;
+            }
+            r = tokio::time::timeout(cfg.write_stall_timeout, wr.write(&b)) => match r {
+                Err(_) => return Err(IoFailure::WriteStalled(side, cfg.write_stall_timeout)),
+                Ok(Err(e)) => return Err(IoFailure::Io(side, e.to_string())),
+                Ok(Ok(0)) => return Err(IoFailure::Io(side, "write returned 0".into())),
+                Ok(Ok(n)) => {
+                    b.advance(n);
+                    if !b.is_empty() {
+                        current = Some(b);
+                    }
+                }
+            },
+        }
+    }
+    let drain = async {
+        if let Some(b) = current.take() {
+            wr.write_all(&b).await?;
+        }
+        while let Some(b) = rx.recv().await {
+            wr.write_all(&b).await?;
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    match tokio::time::timeout(TEARDOWN_FLUSH, drain).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(%side, error = %e, "teardown flush failed"),
+        Err(_) => debug!(%side, "teardown flush cut at its bound"),
     }
     Ok(())
 }

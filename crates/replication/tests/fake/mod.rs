@@ -47,6 +47,8 @@ pub struct FakeConfig {
     /// Serve DCP connections automatically in this role instead of handing them to
     /// the test (manager and mover tests).
     pub auto: Option<AutoRole>,
+    /// Accept TCP, then never answer SASL (a node that hangs mid-handshake).
+    pub mute_sasl: bool,
 }
 
 /// The DCP behaviour of an automatic fake node.
@@ -85,6 +87,7 @@ impl Default for FakeConfig {
             auth_status: Status::Success,
             select_status: Status::Success,
             auto: None,
+            mute_sasl: false,
         }
     }
 }
@@ -135,6 +138,7 @@ pub struct FakeNode {
     pub script: Arc<Mutex<Script>>,
     /// What automatic DCP connections saw.
     pub events: Arc<Mutex<Vec<AutoEvent>>>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl FakeNode {
@@ -149,8 +153,11 @@ impl FakeNode {
         let s2 = Arc::clone(&script);
         let events = Arc::new(Mutex::new(Vec::new()));
         let e2 = Arc::clone(&events);
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let a2 = Arc::clone(&accepted);
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                a2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let cfg = cfg.clone();
                 let tx = tx.clone();
                 let script = Arc::clone(&s2);
@@ -184,6 +191,7 @@ impl FakeNode {
             conns: rx,
             script,
             events,
+            accepted,
         }
     }
 
@@ -224,6 +232,17 @@ impl FakeNode {
         );
     }
 
+    /// Waits (bounded) until at least `n` TCP connections were accepted.
+    pub async fn wait_accepted(&self, n: usize) {
+        let ok = timeout(WAIT, async {
+            while self.accepted.load(std::sync::atomic::Ordering::SeqCst) < n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(ok.is_ok(), "fake node: fewer than {n} connections accepted");
+    }
+
     /// `127.0.0.1:port`.
     pub fn addr(&self) -> String {
         self.addr.clone()
@@ -262,6 +281,11 @@ impl FakeConn {
     async fn serve_setup(&mut self, cfg: &FakeConfig, script: &Arc<Mutex<Script>>) {
         while let Some(f) = self.read_frame().await {
             match f.opcode() {
+                Opcode::SaslAuth if cfg.mute_sasl => {
+                    // Hold the connection, answer nothing, until the peer goes away.
+                    while self.read_frame().await.is_some() {}
+                    return;
+                }
                 Opcode::SaslAuth => {
                     // PLAIN: value = \0user\0password
                     let parts: Vec<&[u8]> = f.value().split(|b| *b == 0).collect();
@@ -509,6 +533,46 @@ impl FakeConn {
             "fake node: the proxy did not close the socket; frames seen: {seen:?}"
         );
         seen
+    }
+
+    /// Writes DCP mutations for `vb` until a write makes no progress for 300 ms
+    /// (every buffer between here and a peer that does not read is full). Returns
+    /// the bytes written.
+    pub async fn flood(&mut self, vb: u16, w: u32) -> usize {
+        let mut batch = Vec::new();
+        for i in 0..64u32 {
+            let key = format!("flood-{i}");
+            let f = mcbp::FrameSpec::request(Opcode::DcpMutation)
+                .vbucket(Vbid(vb))
+                .opaque(Opaque(w))
+                .extras(&[0u8; 31])
+                .key(key.as_bytes())
+                .value(&[b'x'; 4000])
+                .to_frame();
+            batch.extend_from_slice(f.bytes());
+        }
+        let mut written = 0usize;
+        let bound = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            assert!(
+                tokio::time::Instant::now() < bound,
+                "fake node: flood never blocked"
+            );
+            // Whole frames only: continue where the last (partial) write stopped.
+            let at = written % batch.len();
+            match timeout(Duration::from_millis(300), self.stream.write(&batch[at..])).await {
+                Err(_) => return written,
+                Ok(Ok(n)) if n > 0 => written += n,
+                Ok(_) => return written,
+            }
+        }
+    }
+
+    /// Closes the socket with a reset (SO_LINGER 0): the peer sees ECONNRESET.
+    pub fn reset(self) {
+        #[allow(deprecated)]
+        let _ = self.stream.set_linger(Some(Duration::ZERO));
+        drop(self);
     }
 
     /// Closes the socket.
