@@ -81,6 +81,9 @@ pub struct ConnectError {
     pub stage: Stage,
     /// The node's status, when it answered with one.
     pub status: Option<Status>,
+    /// The vbuckets whose replication waited for this connection (filled in by the
+    /// manager; empty for a bare connect).
+    pub vbuckets: Vec<Vbid>,
     /// The cause.
     #[source]
     pub source: ConnectCause,
@@ -412,10 +415,11 @@ impl ReplError {
             SetupError::Timeout {
                 waiting_for,
                 vbuckets,
+                side,
             } => ReplError::Timeout {
                 waiting_for: waiting_for.into(),
                 vbuckets,
-                peer: Some(peers.consumer.clone()),
+                peer: Some(peers.of(side).to_string()),
             },
             SetupError::ConnectionClosed { side } => ReplError::ConnectionClosed {
                 side,
@@ -479,10 +483,11 @@ impl ReplError {
             ConnError::Timeout {
                 waiting_for,
                 vbuckets,
+                side,
             } => ReplError::Timeout {
                 waiting_for: (*waiting_for).into(),
                 vbuckets: vbuckets.clone(),
-                peer: Some(peers.consumer.clone()),
+                peer: Some(peers.of(*side).to_string()),
             },
             ConnError::PeerClosed { side } => ReplError::ConnectionClosed {
                 side: *side,
@@ -695,7 +700,7 @@ impl ReplError {
                 }
                 if c.is_timeout() {
                     m.insert("waiting_for".into(), json!(WaitFor::Connect.as_str()));
-                    m.insert("vbuckets".into(), json!([]));
+                    m.insert("vbuckets".into(), vbs_json(&c.vbuckets));
                 }
                 if let ConnectCause::FeaturesRefused { missing } = &c.source {
                     let names: Vec<&str> = missing.iter().map(|f| f.name()).collect();
@@ -939,6 +944,7 @@ mod tests {
             SetupError::Timeout {
                 waiting_for: WaitingFor::AddStream,
                 vbuckets: vec![Vbid(1), Vbid(2)],
+                side: Side::Consumer,
             },
             &peers(),
         );
@@ -946,6 +952,19 @@ mod tests {
         assert_common(&v, "timeout");
         assert_eq!(v["waiting_for"], "add_stream");
         assert_eq!(v["vbuckets"], json!([1, 2]));
+        assert_eq!(v["peer"], json!(peers().consumer));
+        // Issue #8 item 9: a producer CLOSE_STREAM that is late names the producer.
+        let v = ReplError::from_conn(
+            &ConnError::Timeout {
+                waiting_for: WaitingFor::CloseStream,
+                vbuckets: vec![Vbid(3)],
+                side: Side::Producer,
+            },
+            &peers(),
+        )
+        .to_json();
+        assert_eq!(v["waiting_for"], "close_stream");
+        assert_eq!(v["peer"], json!(peers().producer));
         for (w, s) in [
             (WaitFor::Connect, "connect"),
             (WaitFor::CloseStream, "close_stream"),
@@ -1000,13 +1019,15 @@ mod tests {
             side: Side::Producer,
             peer: "p".into(),
             stage: Stage::Hello,
-            status: None,
+            status: Some(Status::Success),
+            vbuckets: Vec::new(),
             source: ConnectCause::FeaturesRefused {
                 missing: vec![Feature::Xattr],
             },
         })
         .to_json();
         assert_common(&hello, "protocol_error");
+        assert_eq!(hello["status"], 0);
         assert_eq!(hello["side"], "producer");
         assert_eq!(hello["stage"], "hello");
         assert_eq!(hello["missing_features"], json!(["XATTR"]));
@@ -1015,6 +1036,7 @@ mod tests {
             peer: "c".into(),
             stage: Stage::DcpOpen,
             status: Some(Status::Eaccess),
+            vbuckets: Vec::new(),
             source: ConnectCause::Client(Arc::new(ClientError::Status {
                 peer: "c".into(),
                 opcode: mcbp::Opcode::DcpOpen,
@@ -1036,6 +1058,7 @@ mod tests {
             peer: "p".into(),
             stage: Stage::Connect,
             status: None,
+            vbuckets: vec![Vbid(3), Vbid(7)],
             source: ConnectCause::Client(Arc::new(ClientError::Timeout {
                 peer: "p".into(),
                 op: "connect",
@@ -1045,6 +1068,7 @@ mod tests {
         .to_json();
         assert_common(&v, "timeout");
         assert_eq!(v["waiting_for"], "connect");
+        assert_eq!(v["vbuckets"], json!([3, 7]));
         assert_eq!(v["stage"], "connect");
     }
 
@@ -1055,6 +1079,7 @@ mod tests {
             peer: "c".into(),
             stage: Stage::Sasl,
             status: Some(Status::AuthError),
+            vbuckets: Vec::new(),
             source: ConnectCause::Client(Arc::new(ClientError::Auth {
                 peer: "c".into(),
                 user: "u".into(),

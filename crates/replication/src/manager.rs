@@ -637,7 +637,17 @@ impl ReplicationManager {
         }
         let mut failed_nodes = BTreeSet::new();
         for (node, index, started) in join_all(starts).await {
-            if let Err(e) = started {
+            if let Err(mut e) = started {
+                if let ReplError::Connect(c) = &mut e {
+                    // Name what waited on this connection (issue #8 item 9).
+                    c.vbuckets = desired
+                        .get(&node)
+                        .into_iter()
+                        .flatten()
+                        .copied()
+                        .filter(|v| u32::from(v.0) % k == index)
+                        .collect();
+                }
                 warn!(%node, index, error = %e, "replicator failed to start");
                 if failed_nodes.insert(node.clone()) {
                     errors.push((node, e));

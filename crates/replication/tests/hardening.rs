@@ -553,3 +553,53 @@ async fn a_dead_replicator_keeps_no_partitions_and_leaves_the_liveness_view() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+// ---- item 9: error contract --------------------------------------------------------
+
+/// A connect that times out says `waiting_for: connect` and names the vbuckets
+/// that waited for it.
+#[tokio::test]
+async fn a_connect_timeout_names_connect_and_the_pending_vbuckets() {
+    let c = FakeNode::auto(AutoRole::Consumer).await;
+    let p = FakeNode::start(FakeConfig {
+        mute_sasl: true,
+        ..FakeConfig::default()
+    })
+    .await;
+    let mut cfg = ManagerConfig::new("default", "nodeC", c.addr(), creds());
+    cfg.nodes.insert("nodeA".into(), p.addr());
+    cfg.connect_timeout = Duration::from_millis(300);
+    cfg.core = core(Duration::from_secs(5));
+    let m = ReplicationManager::new(cfg);
+    let err = timeout(
+        WAIT,
+        m.set_incoming_replication_map(map(&[("nodeA", &[3, 4])])),
+    )
+    .await
+    .expect("hangs")
+    .expect_err("times out");
+    let v = err.to_json();
+    assert_eq!(v["kind"], "timeout", "{v}");
+    assert_eq!(v["waiting_for"], "connect", "{v}");
+    assert_eq!(v["stage"], "sasl", "{v}");
+    assert_eq!(v["side"], "producer", "{v}");
+    assert_eq!(v["vbuckets"], serde_json::json!([3, 4]), "{v}");
+}
+
+/// A producer that never answers our CLOSE_STREAM: the timeout names the producer.
+#[tokio::test]
+async fn a_late_producer_close_stream_answer_names_the_producer() {
+    let mut c_node = FakeNode::default_node().await;
+    let mut p_node = FakeNode::default_node().await;
+    let (r, mut c, mut p) = start(&mut c_node, &mut p_node, Duration::from_millis(500)).await;
+    establish(&r, &mut c, &mut p, &[(4, 0x44)]).await;
+    let rr = r.clone();
+    let h = tokio::spawn(async move { rr.setup_replication([]).await });
+    let close_c = c.expect(Opcode::DcpCloseStream).await;
+    let _close_p = p.expect(Opcode::DcpCloseStream).await;
+    c.answer_status(&close_c, Status::Success).await;
+    let err = join(h).await.expect_err("times out");
+    let v = err.to_json();
+    assert_eq!(v["waiting_for"], "close_stream", "{v}");
+    assert_eq!(v["peer"], serde_json::json!(p_node.addr()), "{v}");
+}

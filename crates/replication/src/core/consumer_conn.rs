@@ -644,6 +644,12 @@ impl ConsumerConn {
                     .filter(|c| expired(c.deadline))
                     .map(|c| c.vb)
                     .collect();
+                // The consumer owes the answer unless only producer closes are late.
+                let side = if adds.is_empty() && closes.is_empty() {
+                    Side::Producer
+                } else {
+                    Side::Consumer
+                };
                 if let ProducerCloses::Pending(m) = &s.to_close_on_producer {
                     closes.extend(m.values().filter(|c| expired(c.deadline)).map(|c| c.vb));
                 }
@@ -673,6 +679,7 @@ impl ConsumerConn {
                     ConnError::Timeout {
                         waiting_for,
                         vbuckets,
+                        side,
                     },
                     out,
                 )
@@ -682,11 +689,20 @@ impl ConsumerConn {
                 if !t.open_ack {
                     self.abandon(t.add_opaque, StreamOp::AddStream, t.vb, Side::Consumer);
                 }
+                // The producer owes the next step only once the stream exists and
+                // no state change is waiting for the consumer's answer.
+                let side = if t.sub == TakeoverPhase::OpaqueKnown && t.requested_vb_state.is_none()
+                {
+                    Side::Producer
+                } else {
+                    Side::Consumer
+                };
                 teardown(
                     Some(t.owner),
                     ConnError::Timeout {
                         waiting_for: WaitingFor::Takeover,
                         vbuckets: vec![t.vb],
+                        side,
                     },
                     out,
                 )
@@ -2142,6 +2158,7 @@ mod tests {
         let e = ConnError::Timeout {
             waiting_for: WaitingFor::AddStream,
             vbuckets: vec![vb(2)],
+            side: Side::Consumer,
         };
         assert_eq!(
             c.handle(t + cfg().setup_timeout, Event::Timeout),
@@ -2150,7 +2167,8 @@ mod tests {
                     R,
                     Err(SetupError::Timeout {
                         waiting_for: WaitingFor::AddStream,
-                        vbuckets: vec![vb(2)]
+                        vbuckets: vec![vb(2)],
+                        side: Side::Consumer,
                     })
                 ),
                 Action::Close(e)
@@ -2176,12 +2194,14 @@ mod tests {
                     R,
                     Err(SetupError::Timeout {
                         waiting_for: WaitingFor::CloseStream,
-                        vbuckets: vec![vb(3)]
+                        vbuckets: vec![vb(3)],
+                        side: Side::Producer,
                     })
                 ),
                 Action::Close(ConnError::Timeout {
                     waiting_for: WaitingFor::CloseStream,
-                    vbuckets: vec![vb(3)]
+                    vbuckets: vec![vb(3)],
+                    side: Side::Producer,
                 })
             ]
         );
@@ -2209,12 +2229,14 @@ mod tests {
                     R,
                     Err(SetupError::Timeout {
                         waiting_for: WaitingFor::Takeover,
-                        vbuckets: vec![vb(4)]
+                        vbuckets: vec![vb(4)],
+                        side: Side::Producer,
                     })
                 ),
                 Action::Close(ConnError::Timeout {
                     waiting_for: WaitingFor::Takeover,
-                    vbuckets: vec![vb(4)]
+                    vbuckets: vec![vb(4)],
+                    side: Side::Producer,
                 })
             ]
         );
@@ -2237,12 +2259,14 @@ mod tests {
                     R,
                     Err(SetupError::Timeout {
                         waiting_for: WaitingFor::Shut,
-                        vbuckets: vec![vb(2)]
+                        vbuckets: vec![vb(2)],
+                        side: Side::Consumer,
                     })
                 ),
                 Action::Close(ConnError::Timeout {
                     waiting_for: WaitingFor::Shut,
-                    vbuckets: vec![vb(2)]
+                    vbuckets: vec![vb(2)],
+                    side: Side::Consumer,
                 })
             ]
         );

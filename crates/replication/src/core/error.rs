@@ -153,12 +153,14 @@ pub enum SetupError {
         failures: Vec<StreamFailure>,
     },
     /// The operation did not finish in time. The pair is torn down.
-    #[error("timed out waiting for {waiting_for} ({vbuckets:?})")]
+    #[error("timed out waiting for {waiting_for} from the {side} ({vbuckets:?})")]
     Timeout {
         /// What it was waiting for.
         waiting_for: WaitingFor,
         /// The vbuckets whose answers were overdue.
         vbuckets: Vec<Vbid>,
+        /// The node that owed the answer.
+        side: Side,
     },
     /// A socket of the pair was closed by its peer while the operation ran.
     #[error("{side}: connection closed by peer")]
@@ -230,9 +232,11 @@ impl SetupError {
             ConnError::Timeout {
                 waiting_for,
                 vbuckets,
+                side,
             } => SetupError::Timeout {
                 waiting_for: *waiting_for,
                 vbuckets: vbuckets.clone(),
+                side: *side,
             },
             ConnError::PeerClosed { side } => SetupError::ConnectionClosed { side: *side },
             ConnError::UnknownOpaque { .. } | ConnError::UnexpectedStreamReq { .. } => {
@@ -294,12 +298,14 @@ pub enum ConnError {
     },
     /// An operation ran out of time; the consumer node's state is unknown, so the
     /// pair is restarted clean.
-    #[error("timed out waiting for {waiting_for} ({vbuckets:?})")]
+    #[error("timed out waiting for {waiting_for} from the {side} ({vbuckets:?})")]
     Timeout {
         /// What it was waiting for.
         waiting_for: WaitingFor,
         /// The overdue vbuckets.
         vbuckets: Vec<Vbid>,
+        /// The node that owed the answer.
+        side: Side,
     },
     /// A socket was closed by its peer (`socket_closed`, §3.4).
     #[error("{side}: connection closed by peer")]
@@ -320,7 +326,7 @@ impl ConnError {
                 Some(Side::Consumer)
             }
             ConnError::UnexpectedStreamEnd { .. } => Some(Side::Producer),
-            ConnError::Timeout { .. } => None,
+            ConnError::Timeout { side, .. } => Some(*side),
         }
     }
 }

@@ -10,6 +10,7 @@ use bytes::BytesMut;
 use kv_client::{Client, ClientConfig, ClientError, Credentials};
 use mcbp::dcp::OpenFlags;
 use mcbp::kv::Feature;
+use mcbp::Status;
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
@@ -97,6 +98,7 @@ pub async fn connect_half(cfg: &HalfConfig) -> Result<Connected, ConnectError> {
         peer: peer.to_string(),
         stage,
         status: e.status(),
+        vbuckets: Vec::new(),
         source: ConnectCause::Client(Arc::new(e)),
     };
     let client_cfg = ClientConfig {
@@ -128,8 +130,11 @@ pub async fn connect_half(cfg: &HalfConfig) -> Result<Connected, ConnectError> {
         return Err(ConnectError {
             side,
             peer,
+            // HELLO itself succeeded; its status is carried so that the refusal
+            // reads like every other failed step.
             stage: Stage::Hello,
-            status: None,
+            status: Some(Status::Success),
+            vbuckets: Vec::new(),
             source: ConnectCause::FeaturesRefused { missing },
         });
     }
