@@ -94,6 +94,14 @@ fn error_line(e: &ReplError) {
     line(&json!({"ok": false, "error": e.to_json()}));
 }
 
+/// A signal arrived mid-operation: say so first, then close (bounded by the
+/// manager's stop grace, below `--shut-timeout`); exit code 1.
+async fn interrupted(manager: &ReplicationManager) -> u8 {
+    error_line(&ReplError::Interrupted);
+    manager.shutdown().await;
+    1
+}
+
 /// Runs `replicate`; returns the exit code.
 pub(crate) async fn run(a: ReplicateArgs) -> u8 {
     let t = Duration::from_secs(a.timeout);
@@ -139,9 +147,7 @@ pub(crate) async fn run(a: ReplicateArgs) -> u8 {
             if let Err(e) = s {
                 tracing::warn!(error = %e, "signal handling failed");
             }
-            manager.shutdown().await;
-            error_line(&ReplError::Interrupted);
-            return 1;
+            return interrupted(&manager).await;
         }
     };
     if let Err(e) = result {
@@ -161,10 +167,12 @@ pub(crate) async fn run(a: ReplicateArgs) -> u8 {
     if a.until_caught_up {
         one_shot = true;
         let list: Vec<Vbid> = vbs.iter().copied().collect();
-        match manager
-            .wait_for_data_move(&producer_node, &list, a.done_limit, t)
-            .await
-        {
+        let wait = manager.wait_for_data_move(&producer_node, &list, a.done_limit, t);
+        let r = tokio::select! {
+            r = wait => r,
+            _ = crate::node_cmd::wait_for_signal() => return interrupted(&manager).await,
+        };
+        match r {
             Ok(()) => line(&json!({"ok": true, "caught_up": true})),
             Err(e) => {
                 error_line(&e);
@@ -175,7 +183,12 @@ pub(crate) async fn run(a: ReplicateArgs) -> u8 {
     }
     if let Some(vb) = a.takeover {
         one_shot = true;
-        match manager.takeover(&producer_node, Vbid(vb)).await {
+        // Starts the connection itself when no set-up created it.
+        let r = tokio::select! {
+            r = manager.takeover(&producer_node, Vbid(vb)) => r,
+            _ = crate::node_cmd::wait_for_signal() => return interrupted(&manager).await,
+        };
+        match r {
             Ok(()) => line(&json!({"ok": true, "takeover": vb})),
             Err(e) => {
                 error_line(&e);

@@ -404,3 +404,100 @@ async fn sigint_during_setup_prints_interrupted_and_exits_1() -> anyhow::Result<
     assert_eq!(v["error"]["kind"], "interrupted", "{v}");
     Ok(())
 }
+
+/// Spawns `conduit replicate` with its stdout lines on a channel.
+fn spawn_lines(mut cmd: Command) -> anyhow::Result<(Child, std::sync::mpsc::Receiver<String>)> {
+    let mut child = cmd.spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    Ok((child, rx))
+}
+
+/// Waits (bounded) for the process to exit; returns its exit code.
+fn wait_exit(child: &mut Child, bound: Duration) -> anyhow::Result<i32> {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(s) = child.try_wait()? {
+            return Ok(s.code().unwrap_or(-1));
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "replicate did not exit within {bound:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Issue #8 item 9: `--takeover V` without a set-up of V (no `--vbuckets`) starts
+/// the connection for the takeover and succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_without_a_setup_starts_the_connection_and_succeeds() -> anyhow::Result<()> {
+    let (a, b) = pair().await?;
+    let (code, lines) = finish(replicate(&a, &b, &["--takeover", "3", "--timeout", "20"]))?;
+    assert_eq!(code, 0, "{lines:?}");
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["ok"], true);
+    assert_eq!(lines[0]["vbuckets"], serde_json::json!([]));
+    assert_eq!(lines[1], serde_json::json!({"ok": true, "takeover": 3}));
+    assert_eq!(vb_state(&b, 3).await?, "active");
+    assert_eq!(vb_state(&a, 3).await?, "dead");
+    Ok(())
+}
+
+/// Issue #8 item 9: SIGINT while `--until-caught-up` waits (it never catches up
+/// with `--done-limit 0`) or while `--takeover` waits (the producer stopped
+/// reading) prints an `interrupted` line and exits 1 within `--shut-timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_during_until_caught_up_or_takeover_prints_interrupted() -> anyhow::Result<()> {
+    let (a, b) = pair().await?;
+    let shut = Duration::from_secs(2);
+    let cases: [&[&str]; 2] = [
+        &[
+            "--vbuckets",
+            "0-3",
+            "--until-caught-up",
+            "--done-limit",
+            "0",
+        ],
+        &["--takeover", "5"],
+    ];
+    for (i, extra) in cases.iter().enumerate() {
+        if i == 1 {
+            // The producer's DCP connections stop reading: the takeover waits.
+            fault(&a, r#"{"kind":"stall","ms":60000}"#).await?;
+        }
+        let mut args: Vec<&str> = extra.to_vec();
+        args.extend(["--timeout", "60", "--shut-timeout", "2"]);
+        let (mut child, rx) = spawn_lines(replicate(&a, &b, &args))?;
+        let first: Value = serde_json::from_str(&rx.recv_timeout(BOUND)?)?;
+        assert_eq!(first["ok"], true, "{first}");
+        // Now in the wait; give it a moment to be well inside it.
+        std::thread::sleep(Duration::from_millis(500));
+        Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()?;
+        let t0 = Instant::now();
+        let code = wait_exit(&mut child, BOUND)?;
+        assert!(
+            t0.elapsed() < shut + Duration::from_secs(2),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert_eq!(code, 1, "{extra:?}");
+        let second: Value = serde_json::from_str(&rx.recv_timeout(Duration::from_secs(1))?)?;
+        assert_eq!(second["ok"], false, "{second}");
+        assert_eq!(
+            second["error"]["kind"], "interrupted",
+            "{extra:?}: {second}"
+        );
+    }
+    Ok(())
+}

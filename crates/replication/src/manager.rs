@@ -191,7 +191,7 @@ impl ReplicationManager {
             .filter(|n| !desired.contains_key(n))
             .collect();
         if !gone.is_empty() {
-            self.stop_slots(&gone, STOP_GRACE).await;
+            self.stop_slots(&gone, self.stop_grace()).await;
         }
         let _serial = self.serial.lock().await;
         self.apply(desired).await
@@ -431,7 +431,12 @@ impl ReplicationManager {
     /// waits behind an operation in flight, which gets [`ReplError::Interrupted`].
     pub async fn shutdown(&self) {
         let all: BTreeSet<String> = self.known_nodes();
-        self.stop_slots(&all, STOP_GRACE).await;
+        self.stop_slots(&all, self.stop_grace()).await;
+    }
+
+    /// [`STOP_GRACE`], or the configured shut bound if that is shorter.
+    fn stop_grace(&self) -> Duration {
+        STOP_GRACE.min(self.config.shut_timeout)
     }
 
     /// Every node with a slot.
