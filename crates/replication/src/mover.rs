@@ -28,7 +28,7 @@ use mcbp::{Seqno, Status, VbState, Vbid};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::core::{CoreConfig, Side};
+use crate::core::{takeover_connection_name, CoreConfig, Side};
 use crate::error::{MoveStep, ReplError, WaitFor};
 use crate::replicator::{
     wait_for_data_move, DataMoveWait, Replicator, ReplicatorConfig, DATA_MOVE_POLL_INTERVAL,
@@ -156,6 +156,15 @@ pub async fn move_vbucket(cfg: &MoveConfig) -> Result<MoveReport, ReplError> {
     );
     rcfg.consumer_node.clone_from(&cfg.destination_node);
     rcfg.producer_node.clone_from(&cfg.source_node);
+    // Never the regular `replication:P->C:B` name: the node would disconnect a
+    // running replication of the same pair, and another move, on our DCP_OPEN.
+    rcfg.name = Some(takeover_connection_name(
+        &takeover_uuid(),
+        &cfg.source_node,
+        &cfg.destination_node,
+        &cfg.bucket,
+        vb,
+    ));
     rcfg.connect_timeout = cfg.timeout;
     rcfg.shut_timeout = cfg.timeout.min(Duration::from_secs(30));
     rcfg.core = CoreConfig {
@@ -188,6 +197,28 @@ pub async fn move_vbucket(cfg: &MoveConfig) -> Result<MoveReport, ReplError> {
         elapsed: t0.elapsed(),
         already_done: false,
     })
+}
+
+/// A fresh 32-hex-digit uuid for a takeover connection name (§4.3): process-wide
+/// unique through a counter, and random across processes through std's randomly
+/// keyed hasher (mixed with the time and pid).
+fn takeover_uuid() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let half = |salt: u64| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(salt);
+        h.write_u64(n);
+        h.write_u128(nanos);
+        h.write_u32(std::process::id());
+        h.finish()
+    };
+    format!("{:016x}{:016x}", half(1), half(2))
 }
 
 /// The vbucket's state on one node from its `vbucket <vb>` stat; `None` when the node

@@ -1,15 +1,18 @@
 //! The vbucket mover and the data-move wait against automatic fake nodes (issue #5
 //! item 5; `replication-layer.md` §7.7, §9.2).
 
+mod e2e_support;
 mod fake;
 
 use std::time::Duration;
 
+use e2e_support::{self as e2e, Expected, TestNode};
 use fake::{AutoEvent, AutoRole, FakeNode, WAIT};
 use kv_client::Credentials;
 use mcbp::{Status, VbState, Vbid};
 use replication::{
-    move_vbucket, wait_for_data_move, DataMoveWait, MoveConfig, MoveStep, ReplError, WaitFor,
+    move_vbucket, wait_for_data_move, DataMoveWait, MoveConfig, MoveReport, MoveStep, ReplError,
+    WaitFor,
 };
 use tokio::time::{timeout, Instant};
 
@@ -210,4 +213,96 @@ async fn move_failure_names_the_step_and_a_rerun_succeeds() {
         .expect("hangs")
         .expect("rerun succeeds");
     assert_eq!(report.persisted_seqno.0, 7);
+}
+
+// ---- real nodes ----
+
+const V: Vbid = Vbid(5);
+
+/// A move of `vb` from node A to `to` (node B or a tap in front of it), node names
+/// `nodeA`/`nodeB` like the e2e replicators.
+fn real_move(a: &TestNode, to: &str, vb: Vbid, secs: u64) -> MoveConfig {
+    let mut cfg = MoveConfig::new(e2e::BUCKET, vb, a.kv(), to, e2e::creds());
+    cfg.timeout = Duration::from_secs(secs);
+    cfg.source_node = "nodeA".into();
+    cfg.destination_node = "nodeB".into();
+    cfg
+}
+
+async fn run_move(cfg: &MoveConfig) -> Result<MoveReport, ReplError> {
+    timeout(e2e::BOUND, move_vbucket(cfg))
+        .await
+        .expect("the move hangs")
+}
+
+/// The move's end state: dead on A, active on B with every acknowledged write.
+async fn assert_moved(
+    a: &TestNode,
+    b: &TestNode,
+    vb: Vbid,
+    expected: &Expected,
+) -> anyhow::Result<()> {
+    assert_eq!(a.vb_state(vb), VbState::Dead, "source");
+    assert_eq!(b.vb_state(vb), VbState::Active, "destination");
+    let mut cb = b.client().await?;
+    let live = e2e::assert_active_has(&mut cb, vb, expected).await?;
+    assert_eq!(live, expected.keys().filter(|(v, _)| *v == vb.0).count());
+    Ok(())
+}
+
+/// Node pair, `n` documents written into V on A.
+async fn loaded_pair(n: u32) -> anyhow::Result<(TestNode, TestNode, Expected)> {
+    let (a, b) = e2e::pair(false, false).await?;
+    let mut expected = Expected::new();
+    let mut ca = a.client().await?;
+    e2e::load_vb(&mut ca, &mut expected, V, "pre", 0..n).await?;
+    Ok((a, b, expected))
+}
+
+// ---- real nodes: movers and replications of one node pair (issue #8 item 4) ----
+
+/// A move A→B uses its own takeover connection name, so a running regular
+/// replication A→B (same node names) keeps its connections and keeps replicating.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_does_not_break_a_running_replication_of_the_same_node_pair() -> anyhow::Result<()> {
+    let (a, b, mut expected) = loaded_pair(30).await?;
+    let replicated = e2e::vbs([0, 1, 2]);
+    let r = e2e::start_replicator(e2e::replicator_config(&b, &a.kv())).await?;
+    timeout(e2e::BOUND, r.setup_replication(replicated.clone())).await??;
+    let regular = r.connection_name().to_string();
+    assert_eq!(regular, "replication:nodeA->nodeB:default");
+
+    let report = run_move(&real_move(&a, &b.kv(), V, 10)).await?;
+    assert_moved(&a, &b, V, &expected).await?;
+    assert!(
+        report.connection_name.starts_with("replication:takeover:")
+            && report.connection_name.ends_with(":nodeA->nodeB:default:5"),
+        "{}",
+        report.connection_name
+    );
+    assert!(r.is_running(), "{:?}", r.termination());
+    assert_eq!(r.get_partitions(), replicated);
+    assert!(b.has_dcp_conn(&regular) && a.has_dcp_conn(&regular));
+    // ... and keeps replicating.
+    let mut ca = a.client().await?;
+    e2e::load_vb(&mut ca, &mut expected, Vbid(1), "later", 0..10).await?;
+    let mut cb = b.client().await?;
+    e2e::wait_converged(&mut ca, &mut cb, &replicated).await?;
+    timeout(e2e::BOUND, r.shut()).await??;
+    Ok(())
+}
+
+/// Two concurrent moves A→B of different vbuckets both succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_concurrent_moves_of_the_same_node_pair_both_succeed() -> anyhow::Result<()> {
+    const W: Vbid = Vbid(6);
+    let (a, b, mut expected) = loaded_pair(30).await?;
+    let mut ca = a.client().await?;
+    e2e::load_vb(&mut ca, &mut expected, W, "w", 0..30).await?;
+    let (one, two) = (real_move(&a, &b.kv(), V, 10), real_move(&a, &b.kv(), W, 10));
+    let (r1, r2) = tokio::join!(run_move(&one), run_move(&two));
+    let (r1, r2) = (r1?, r2?);
+    assert_ne!(r1.connection_name, r2.connection_name);
+    assert_moved(&a, &b, V, &expected).await?;
+    assert_moved(&a, &b, W, &expected).await
 }
