@@ -6,10 +6,12 @@ mod fake;
 
 use std::time::Duration;
 
-use e2e_support::{self as e2e, Expected, TestNode};
+use e2e_support::{self as e2e, Cut, CutTap, Expected, TestNode};
 use fake::{AutoEvent, AutoRole, FakeNode, WAIT};
 use kv_client::Credentials;
 use mcbp::{Status, VbState, Vbid};
+use replication::core::Side;
+use replication::mover::Repair;
 use replication::{
     move_vbucket, wait_for_data_move, DataMoveWait, MoveConfig, MoveReport, MoveStep, ReplError,
     WaitFor,
@@ -215,7 +217,7 @@ async fn move_failure_names_the_step_and_a_rerun_succeeds() {
     assert_eq!(report.persisted_seqno.0, 7);
 }
 
-// ---- real nodes ----
+// ---- real nodes: repairing failed moves (issue #8 item 1) ----
 
 const V: Vbid = Vbid(5);
 
@@ -233,6 +235,20 @@ async fn run_move(cfg: &MoveConfig) -> Result<MoveReport, ReplError> {
     timeout(e2e::BOUND, move_vbucket(cfg))
         .await
         .expect("the move hangs")
+}
+
+/// Brings B's copy of `vb` up to A's with a regular replicator, then shuts it.
+async fn replicate_until_converged(a: &TestNode, b: &TestNode, vb: Vbid) -> anyhow::Result<()> {
+    let r = e2e::start_replicator(e2e::replicator_config(b, &a.kv())).await?;
+    timeout(e2e::BOUND, r.setup_replication([vb])).await??;
+    let (mut ca, mut cb) = (a.client().await?, b.client().await?);
+    e2e::wait_converged(&mut ca, &mut cb, &e2e::vbs([vb.0])).await?;
+    timeout(e2e::BOUND, r.shut()).await??;
+    Ok(())
+}
+
+fn set(side: Side, state: VbState) -> Repair {
+    Repair { side, state }
 }
 
 /// The move's end state: dead on A, active on B with every acknowledged write.
@@ -257,6 +273,208 @@ async fn loaded_pair(n: u32) -> anyhow::Result<(TestNode, TestNode, Expected)> {
     let mut ca = a.client().await?;
     e2e::load_vb(&mut ca, &mut expected, V, "pre", 0..n).await?;
     Ok((a, b, expected))
+}
+
+/// The takeover breaks after the producer's SET_VBUCKET_STATE(pending) was
+/// acknowledged (A dead) and before B became active. The failed move leaves A
+/// active again with every acknowledged write, B not active; A keeps taking writes,
+/// and a rerun completes the move.
+async fn takeover_broken_between_pending_and_active(cut: Cut, secs: u64) -> anyhow::Result<()> {
+    let (a, b, mut expected) = loaded_pair(60).await?;
+    let tap = CutTap::start(b.kv(), cut, |d, f| {
+        e2e::takeover_state_to_node(d, f, VbState::Active)
+    })
+    .await?;
+    let err = run_move(&real_move(&a, &tap.addr, V, secs))
+        .await
+        .expect_err("the takeover is broken");
+    assert!(tap.fired(), "the takeover never reached the active state");
+    assert!(
+        matches!(&err, ReplError::Move { vb, step: MoveStep::Takeover, .. } if *vb == V),
+        "{err:?}"
+    );
+    assert_eq!(a.vb_state(V), VbState::Active, "source after {err}");
+    assert_ne!(b.vb_state(V), VbState::Active, "destination after {err}");
+    let mut ca = a.client().await?;
+    e2e::assert_active_has(&mut ca, V, &expected).await?;
+    e2e::load_vb(&mut ca, &mut expected, V, "post", 0..20).await?;
+
+    let report = run_move(&real_move(&a, &b.kv(), V, 10)).await?;
+    assert!(!report.already_done);
+    assert_moved(&a, &b, V, &expected).await
+}
+
+/// Issue #8 item 1: the consumer socket drops between pending and active.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_whose_consumer_socket_drops_after_pending_leaves_the_source_active(
+) -> anyhow::Result<()> {
+    takeover_broken_between_pending_and_active(Cut::Kill, 10).await
+}
+
+/// Issue #8 item 1: the consumer refuses the active state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_whose_consumer_refuses_active_leaves_the_source_active() -> anyhow::Result<()> {
+    takeover_broken_between_pending_and_active(Cut::Refuse(Status::Einval), 10).await
+}
+
+/// Issue #8 item 1: the active state never reaches the consumer; the takeover
+/// times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_timing_out_after_pending_leaves_the_source_active() -> anyhow::Result<()> {
+    takeover_broken_between_pending_and_active(Cut::Swallow, 3).await
+}
+
+/// The consumer node applied SET_VBUCKET_STATE(active) but its answer never
+/// reaches the producer (the consumer socket drops): the takeover fails, yet the
+/// destination is active with every write, so the move reports success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_failing_after_the_destination_became_active_completes_the_move(
+) -> anyhow::Result<()> {
+    let (a, b, expected) = loaded_pair(60).await?;
+    let answers = std::sync::atomic::AtomicUsize::new(0);
+    let tap = CutTap::start(b.kv(), Cut::Kill, move |d, f| {
+        // The second SET_VBUCKET_STATE answer is the one to (active).
+        d == e2e::Dir::FromNode
+            && !f.is_request()
+            && f.opcode() == mcbp::Opcode::DcpSetVbucketState
+            && answers.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 1
+    })
+    .await?;
+    let report = run_move(&real_move(&a, &tap.addr, V, 10)).await?;
+    assert!(tap.fired(), "the takeover never got to the active state");
+    assert!(!report.already_done);
+    assert_eq!(report.repairs, vec![]);
+    assert!(report.persisted_seqno.0 >= 60, "{report:?}");
+    assert_moved(&a, &b, V, &expected).await
+}
+
+/// Source dead, destination pending or replica and behind (the source holds writes
+/// the destination never got): the rerun reactivates the source and moves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerun_from_dead_source_and_pending_or_replica_destination_completes_the_move(
+) -> anyhow::Result<()> {
+    for dest in [VbState::Pending, VbState::Replica] {
+        let (a, b, mut expected) = loaded_pair(50).await?;
+        replicate_until_converged(&a, &b, V).await?;
+        let mut ca = a.client().await?;
+        e2e::load_vb(&mut ca, &mut expected, V, "late", 0..30).await?;
+        a.set_vb(V, VbState::Dead).await?;
+        b.set_vb(V, dest).await?;
+        assert!(b.high_seqno(V).await? < a.high_seqno(V).await?);
+
+        let report = run_move(&real_move(&a, &b.kv(), V, 10)).await?;
+        assert!(!report.already_done, "{dest}: {report:?}");
+        assert_eq!(report.repairs, vec![set(Side::Producer, VbState::Active)]);
+        assert_moved(&a, &b, V, &expected).await?;
+    }
+    Ok(())
+}
+
+/// Source active, destination pending: the rerun moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerun_from_active_source_and_pending_destination_completes_the_move() -> anyhow::Result<()>
+{
+    let (a, b, expected) = loaded_pair(50).await?;
+    replicate_until_converged(&a, &b, V).await?;
+    b.set_vb(V, VbState::Pending).await?;
+    let report = run_move(&real_move(&a, &b.kv(), V, 10)).await?;
+    assert!(!report.already_done);
+    assert_eq!(report.repairs, vec![]);
+    assert_moved(&a, &b, V, &expected).await
+}
+
+/// Destination active but behind a dead source that holds newer acknowledged
+/// writes: not "already done"; the destination is demoted, the source reactivated
+/// and the move runs, so nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerun_with_active_destination_behind_the_dead_source_loses_no_write() -> anyhow::Result<()>
+{
+    let (a, b, mut expected) = loaded_pair(50).await?;
+    replicate_until_converged(&a, &b, V).await?;
+    let mut ca = a.client().await?;
+    e2e::load_vb(&mut ca, &mut expected, V, "late", 0..30).await?;
+    a.set_vb(V, VbState::Dead).await?;
+    b.set_vb(V, VbState::Active).await?;
+
+    let report = run_move(&real_move(&a, &b.kv(), V, 10)).await?;
+    assert!(!report.already_done, "{report:?}");
+    assert_eq!(
+        report.repairs,
+        vec![
+            set(Side::Consumer, VbState::Replica),
+            set(Side::Producer, VbState::Active)
+        ]
+    );
+    assert_moved(&a, &b, V, &expected).await
+}
+
+/// Destination active with everything (a completed move whose destination took
+/// writes), source active again without writes of its own: the source is set
+/// dead, the destination keeps its writes. A further rerun is already done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerun_with_both_active_demotes_the_stale_source() -> anyhow::Result<()> {
+    let (a, b, mut expected) = loaded_pair(40).await?;
+    run_move(&real_move(&a, &b.kv(), V, 10)).await?;
+    let mut cb = b.client().await?;
+    e2e::load_vb(&mut cb, &mut expected, V, "after", 0..20).await?;
+    a.set_vb(V, VbState::Active).await?;
+
+    let report = run_move(&real_move(&a, &b.kv(), V, 10)).await?;
+    assert!(report.already_done, "{report:?}");
+    assert_eq!(report.repairs, vec![set(Side::Producer, VbState::Dead)]);
+    assert_moved(&a, &b, V, &expected).await?;
+    let report = run_move(&real_move(&a, &b.kv(), V, 10)).await?;
+    assert!(report.already_done, "{report:?}");
+    assert_eq!(report.repairs, vec![]);
+    assert_moved(&a, &b, V, &expected).await
+}
+
+/// Source active and taking writes, destination set active by mistake while
+/// behind (no writes of its own): the destination is demoted and the move runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerun_with_both_active_demotes_the_stale_destination() -> anyhow::Result<()> {
+    let (a, b, mut expected) = loaded_pair(40).await?;
+    replicate_until_converged(&a, &b, V).await?;
+    b.set_vb(V, VbState::Active).await?;
+    let mut ca = a.client().await?;
+    e2e::load_vb(&mut ca, &mut expected, V, "late", 0..20).await?;
+
+    let report = run_move(&real_move(&a, &b.kv(), V, 10)).await?;
+    assert!(!report.already_done);
+    assert_eq!(report.repairs, vec![set(Side::Consumer, VbState::Replica)]);
+    assert_moved(&a, &b, V, &expected).await
+}
+
+/// Both copies took writes the other lacks: no choice keeps every acknowledged
+/// write, so the move refuses (typed, naming both peers) and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diverged_copies_are_refused_and_left_untouched() -> anyhow::Result<()> {
+    let (a, b, mut expected) = loaded_pair(40).await?;
+    run_move(&real_move(&a, &b.kv(), V, 10)).await?;
+    let mut cb = b.client().await?;
+    e2e::load_vb(&mut cb, &mut expected, V, "on-b", 0..10).await?;
+    a.set_vb(V, VbState::Active).await?;
+    let mut ca = a.client().await?;
+    let mut on_a = Expected::new();
+    e2e::load_vb(&mut ca, &mut on_a, V, "on-a", 0..10).await?;
+
+    let err = run_move(&real_move(&a, &b.kv(), V, 10))
+        .await
+        .expect_err("diverged");
+    assert!(
+        matches!(&err, ReplError::Move { vb, step: MoveStep::Preflight, .. } if *vb == V),
+        "{err:?}"
+    );
+    assert_eq!(err.kind(), "diverged", "{err}");
+    let j = err.to_json();
+    assert_eq!(j["vbucket"], V.0);
+    assert_eq!(j["source"], a.kv());
+    assert_eq!(j["destination"], b.kv());
+    assert_eq!(a.vb_state(V), VbState::Active);
+    assert_eq!(b.vb_state(V), VbState::Active);
+    e2e::assert_active_has(&mut ca, V, &on_a).await?;
+    e2e::assert_active_has(&mut cb, V, &expected).await?;
+    Ok(())
 }
 
 // ---- real nodes: movers and replications of one node pair (issue #8 item 4) ----
