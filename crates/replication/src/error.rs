@@ -127,11 +127,14 @@ pub enum WaitFor {
     DataMove,
     /// The destination persisting a seqno (SEQNO_PERSISTENCE, §9.2 step 7).
     SeqnoPersistence,
+    /// A move's repair: vbucket states and histories read, leftover takeover
+    /// connections gone, state changes applied.
+    Repair,
 }
 
 impl WaitFor {
     /// The CLI's name: `connect`, `add_stream`, `close_stream`, `takeover`, `shut`,
-    /// `data_move`, `seqno_persistence`.
+    /// `data_move`, `seqno_persistence`, `repair`.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
@@ -142,6 +145,7 @@ impl WaitFor {
             WaitFor::Shut => "shut",
             WaitFor::DataMove => "data_move",
             WaitFor::SeqnoPersistence => "seqno_persistence",
+            WaitFor::Repair => "repair",
         }
     }
 }
@@ -180,10 +184,14 @@ pub enum MoveStep {
     Takeover,
     /// Set the final states (destination active, source dead).
     Finalize,
+    /// After a failed takeover or finalize: wait until the move's connections are
+    /// gone, then finish the move or make the source active again.
+    Repair,
 }
 
 impl MoveStep {
-    /// `set_replica`, `replicate`, `data_move`, `persistence`, `takeover`, `finalize`.
+    /// `preflight`, `set_replica`, `replicate`, `data_move`, `persistence`,
+    /// `takeover`, `finalize`, `repair`.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
@@ -194,6 +202,7 @@ impl MoveStep {
             MoveStep::Persistence => "persistence",
             MoveStep::Takeover => "takeover",
             MoveStep::Finalize => "finalize",
+            MoveStep::Repair => "repair",
         }
     }
 }
@@ -332,6 +341,26 @@ pub enum ReplError {
         state: VbState,
         /// What was needed.
         expected: &'static str,
+    },
+    /// The two copies of a vbucket each hold writes the other lacks (neither's
+    /// history contains the other's): no choice of active copy keeps every
+    /// acknowledged write, so the move changes nothing.
+    #[error("{vb} diverged: source {source_peer} ({source_state}, high seqno {source_high_seqno}) and destination {destination_peer} ({destination_state}, high seqno {destination_high_seqno}) each hold writes the other lacks")]
+    Diverged {
+        /// The vbucket.
+        vb: Vbid,
+        /// The source node's address.
+        source_peer: String,
+        /// The vbucket's state there.
+        source_state: VbState,
+        /// Its high seqno there.
+        source_high_seqno: u64,
+        /// The destination node's address.
+        destination_peer: String,
+        /// The vbucket's state there.
+        destination_state: VbState,
+        /// Its high seqno there.
+        destination_high_seqno: u64,
     },
     /// Another operation is in flight on this replicator.
     #[error("replicator busy with {in_progress}")]
@@ -551,6 +580,7 @@ impl ReplError {
             },
             ReplError::UnexpectedStatus { .. } => "unexpected_status",
             ReplError::VbucketState { .. } => "vbucket_state",
+            ReplError::Diverged { .. } => "diverged",
             ReplError::Busy { .. } => "busy",
             ReplError::Shut => "shut",
             ReplError::Interrupted => "interrupted",
@@ -753,6 +783,29 @@ impl ReplError {
                 m.insert("peer".into(), json!(peer));
                 m.insert("state".into(), json!(state.as_str()));
                 m.insert("expected".into(), json!(expected));
+            }
+            ReplError::Diverged {
+                vb,
+                source_peer,
+                source_state,
+                source_high_seqno,
+                destination_peer,
+                destination_state,
+                destination_high_seqno,
+            } => {
+                m.insert("vbucket".into(), json!(vb.0));
+                m.insert("source".into(), json!(source_peer));
+                m.insert("source_state".into(), json!(source_state.as_str()));
+                m.insert("source_high_seqno".into(), json!(source_high_seqno));
+                m.insert("destination".into(), json!(destination_peer));
+                m.insert(
+                    "destination_state".into(),
+                    json!(destination_state.as_str()),
+                );
+                m.insert(
+                    "destination_high_seqno".into(),
+                    json!(destination_high_seqno),
+                );
             }
             ReplError::Busy { in_progress } => {
                 m.insert("in_progress".into(), json!(in_progress.to_string()));
@@ -1129,6 +1182,31 @@ mod tests {
         assert_common(&v, "timeout");
         assert_eq!(v["move_step"], "data_move");
         assert_eq!(v["waiting_for"], "data_move");
+    }
+
+    #[test]
+    fn diverged_json_names_both_copies() {
+        let v = ReplError::Move {
+            vb: Vbid(5),
+            step: MoveStep::Preflight,
+            source: Box::new(ReplError::Diverged {
+                vb: Vbid(5),
+                source_peer: "a:1".into(),
+                source_state: VbState::Active,
+                source_high_seqno: 50,
+                destination_peer: "b:2".into(),
+                destination_state: VbState::Active,
+                destination_high_seqno: 60,
+            }),
+        }
+        .to_json();
+        assert_common(&v, "diverged");
+        assert_eq!(v["move_step"], "preflight");
+        assert_eq!(v["vbucket"], 5);
+        assert_eq!(v["source"], "a:1");
+        assert_eq!(v["destination"], "b:2");
+        assert_eq!(v["source_high_seqno"], 50);
+        assert_eq!(v["destination_state"], "active");
     }
 
     #[test]

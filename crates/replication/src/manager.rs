@@ -593,6 +593,7 @@ impl ReplicationManager {
             connect_timeout: c.connect_timeout,
             shut_timeout: c.shut_timeout,
             proxy: c.proxy,
+            name: None,
         }
     }
 

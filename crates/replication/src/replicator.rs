@@ -72,6 +72,9 @@ pub struct ReplicatorConfig {
     pub shut_timeout: Duration,
     /// Socket task tuning.
     pub proxy: ProxyConfig,
+    /// The DCP connection name to use instead of the regular one derived from the
+    /// node names (a takeover connection of a vbucket move, §4.3).
+    pub name: Option<String>,
 }
 
 impl ReplicatorConfig {
@@ -99,12 +102,16 @@ impl ReplicatorConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             shut_timeout: DEFAULT_SHUT_TIMEOUT,
             proxy: ProxyConfig::default(),
+            name: None,
         }
     }
 
     /// This replicator's DCP connection name (§4.3).
     #[must_use]
     pub fn connection_name(&self) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
         connection_name(
             &self.consumer_node,
             &self.producer_node,

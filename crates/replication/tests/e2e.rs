@@ -538,7 +538,13 @@ async fn move_vbucket_under_writes_loses_no_acknowledged_write() -> anyhow::Resu
     assert_eq!(a.vb_state(V), VbState::Dead);
     assert_eq!(b.vb_state(V), VbState::Active);
     assert_eq!(report.vb, V);
-    assert_eq!(report.connection_name, "replication:nodeA->nodeB:default");
+    // A takeover connection name of its own (issue #8 item 4, §4.3).
+    assert!(
+        report.connection_name.starts_with("replication:takeover:")
+            && report.connection_name.ends_with(":nodeA->nodeB:default:3"),
+        "{}",
+        report.connection_name
+    );
     assert_eq!(
         refused, 1,
         "one write was refused by the source, then retried"

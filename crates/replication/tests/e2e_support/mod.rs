@@ -581,3 +581,195 @@ pub async fn wait_tap_closed(tap: &Tap, n: usize) -> anyhow::Result<Vec<Dir>> {
         .map(|d| d.ok_or_else(|| anyhow!("open")))
         .collect()
 }
+
+// ---- vbucket states and histories (mover tests) ----
+
+impl TestNode {
+    /// SET_VBUCKET over MCBP, as an operator or a failed move would leave it.
+    pub async fn set_vb(&self, vb: Vbid, state: VbState) -> anyhow::Result<()> {
+        let mut c = self.client().await?;
+        timeout(BOUND, c.set_vbucket(vb, state))
+            .await?
+            .with_context(|| format!("SET_VBUCKET {vb} {state}"))?;
+        Ok(())
+    }
+
+    /// The vbucket's high seqno from the node's `vbucket-seqno` stat.
+    pub async fn high_seqno(&self, vb: Vbid) -> anyhow::Result<u64> {
+        let mut c = self.client().await?;
+        high_seqnos(&mut c)
+            .await?
+            .get(&vb.0)
+            .copied()
+            .with_context(|| format!("no high seqno for {vb}"))
+    }
+}
+
+/// Writes keys `prefix-i` for `i` in `range`, all into `vb`, recording each
+/// acknowledged write in `expected`.
+pub async fn load_vb(
+    c: &mut Client,
+    expected: &mut Expected,
+    vb: Vbid,
+    prefix: &str,
+    range: std::ops::Range<u32>,
+) -> anyhow::Result<()> {
+    for i in range {
+        store(c, expected, vb, &key(prefix, i), doc_for(i, 0)).await?;
+    }
+    Ok(())
+}
+
+/// Every expected document of `vb` is readable (GET, so the node must have the
+/// vbucket active) with its value, flags and datatype; deleted ones are missing.
+pub async fn assert_active_has(
+    c: &mut Client,
+    vb: Vbid,
+    expected: &Expected,
+) -> anyhow::Result<usize> {
+    let mut live = 0;
+    for ((v, k), want) in expected {
+        if *v != vb.0 {
+            continue;
+        }
+        match (want, get(c, vb, k).await?) {
+            (None, None) => {}
+            (Some(d), Some(got)) if matches_doc(&got, d) => live += 1,
+            (want, got) => bail!("{k} in {vb}: expected {want:?}, found {got:?}"),
+        }
+    }
+    Ok(live)
+}
+
+// ---- cut tap ----
+
+/// What a [`CutTap`] does with the first frame its trigger matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// Drop the connection (both sockets) without forwarding the frame.
+    Kill,
+    /// Never forward the frame; the connection stays open.
+    Swallow,
+    /// Answer the request itself with this status instead of forwarding it.
+    Refuse(Status),
+}
+
+/// A frame-by-frame forwarder in front of a node that does [`Cut`] to the first
+/// frame matching its trigger (across all its connections) and forwards everything
+/// else unchanged. Used to break a takeover at an exact point of its conversation.
+pub struct CutTap {
+    pub addr: String,
+    fired: Arc<Mutex<bool>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for CutTap {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Trigger = Arc<dyn Fn(Dir, &Frame) -> bool + Send + Sync>;
+
+impl CutTap {
+    pub async fn start(
+        upstream: String,
+        cut: Cut,
+        trigger: impl Fn(Dir, &Frame) -> bool + Send + Sync + 'static,
+    ) -> anyhow::Result<CutTap> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let fired = Arc::new(Mutex::new(false));
+        let trigger: Trigger = Arc::new(trigger);
+        let fired2 = fired.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(node) = TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let (fired, trigger) = (fired2.clone(), trigger.clone());
+                conns.spawn(async move {
+                    let (cr, cw) = client.into_split();
+                    let (nr, nw) = node.into_split();
+                    let cw = Arc::new(tokio::sync::Mutex::new(cw));
+                    let nw = Arc::new(tokio::sync::Mutex::new(nw));
+                    let to_node = cut_pump(
+                        cr,
+                        nw.clone(),
+                        cw.clone(),
+                        Dir::ToNode,
+                        cut,
+                        &fired,
+                        &trigger,
+                    );
+                    let from_node = cut_pump(nr, cw, nw, Dir::FromNode, cut, &fired, &trigger);
+                    // Either pump ending (EOF, error or a kill) drops both sockets.
+                    tokio::select! {
+                        () = to_node => {}
+                        () = from_node => {}
+                    }
+                });
+            }
+            conns.abort_all();
+        });
+        Ok(CutTap { addr, fired, task })
+    }
+
+    /// Whether the trigger matched.
+    pub fn fired(&self) -> bool {
+        *self.fired.lock().expect("fired")
+    }
+}
+
+async fn cut_pump(
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    fwd: Arc<tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>>,
+    back: Arc<tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>>,
+    dir: Dir,
+    cut: Cut,
+    fired: &Mutex<bool>,
+    trigger: &Trigger,
+) {
+    let decoder = FrameDecoder::default();
+    let mut buf = BytesMut::new();
+    loop {
+        loop {
+            let f = match decoder.decode(&mut buf) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(_) => return,
+            };
+            let hit = {
+                let mut done = fired.lock().expect("fired");
+                let hit = !*done && trigger(dir, &f);
+                *done |= hit;
+                hit
+            };
+            let res = match (hit, cut) {
+                (true, Cut::Kill) => return,
+                (true, Cut::Swallow) => Ok(()),
+                (true, Cut::Refuse(status)) => {
+                    let answer = mcbp::Response::to_request(&f, status).to_frame();
+                    back.lock().await.write_all(answer.bytes()).await
+                }
+                (false, _) => fwd.lock().await.write_all(f.bytes()).await,
+            };
+            if res.is_err() {
+                return;
+            }
+        }
+        match rd.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// A takeover's SET_VBUCKET_STATE(`state`) on its way to the consumer node.
+pub fn takeover_state_to_node(dir: Dir, f: &Frame, state: VbState) -> bool {
+    dir == Dir::ToNode
+        && f.is_request()
+        && f.opcode() == Opcode::DcpSetVbucketState
+        && mcbp::dcp::SetVbucketState::parse(f).is_ok_and(|s| s.state == state)
+}
