@@ -115,9 +115,11 @@ async fn hello_refusing_xattr_fails_at_stage_hello() {
     .expect_err("must fail");
     assert_eq!(err.stage, Stage::Hello);
     assert_eq!(err.side, Side::Consumer);
-    assert_eq!(err.status, None);
+    // Issue #8 item 9: the refusal carries HELLO's own status (success).
+    assert_eq!(err.status, Some(mcbp::Status::Success));
     let j = ReplError::from(err).to_json();
     assert_eq!(j["kind"], "protocol_error");
+    assert_eq!(j["status"], 0);
     assert_eq!(j["stage"], "hello");
     assert_eq!(j["side"], "consumer");
     assert_eq!(j["missing_features"], serde_json::json!(["XATTR"]));

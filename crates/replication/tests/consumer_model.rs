@@ -20,6 +20,11 @@
 //! * a successful reply leaves exactly the expected streams; a failure reply
 //!   lists exactly the injected failures.
 //!
+//! Issue #8 extends it: ADD answers whose extras carry the stream opaque in the other
+//! byte order, the producer ending a stream after it was established (it must leave
+//! the partitions), and a Timeout before any deadline at any point (a shell stalled
+//! by back-pressure waking early), which must change nothing.
+//!
 //! Symmetric orderings are pruned twice: vbuckets with the same role get their
 //! behaviours as multisets, and states are memoised on (delivered events, state
 //! machine hash, replies so far), so commuting events are explored once.
@@ -51,6 +56,9 @@ const ROLES: [Role; 4] = [Role::Add, Role::Close, Role::Keep, Role::Absent];
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum AddAnswer {
     Success,
+    /// Success, with the stream opaque in the extras in the other byte order
+    /// (issue #8 item 6: the recorded STREAM_REQ opaque must still rule).
+    SuccessReversed,
     Failure,
     Lost,
 }
@@ -60,6 +68,9 @@ enum AddEnd {
     None,
     Recorded,
     Old,
+    /// The producer ends the new stream after it was established (issue #8 item 6:
+    /// it must leave the partitions).
+    AfterAnswer,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,9 +99,22 @@ fn variants(role: Role) -> Vec<Variant> {
     match role {
         Role::Add => {
             let mut v = Vec::new();
-            for a in [AddAnswer::Success, AddAnswer::Failure, AddAnswer::Lost] {
-                for e in [AddEnd::None, AddEnd::Recorded, AddEnd::Old] {
-                    v.push(Variant::Add(a, e));
+            for a in [
+                AddAnswer::Success,
+                AddAnswer::SuccessReversed,
+                AddAnswer::Failure,
+                AddAnswer::Lost,
+            ] {
+                for e in [
+                    AddEnd::None,
+                    AddEnd::Recorded,
+                    AddEnd::Old,
+                    AddEnd::AfterAnswer,
+                ] {
+                    let established = matches!(a, AddAnswer::Success | AddAnswer::SuccessReversed);
+                    if e != AddEnd::AfterAnswer || established {
+                        v.push(Variant::Add(a, e));
+                    }
                 }
             }
             v
@@ -125,6 +149,9 @@ enum Kind {
     Gone,
     Other,
     Global,
+    /// A Timeout delivered before any deadline (a shell stalled by back-pressure
+    /// wakes up early): must change nothing.
+    Stall,
 }
 
 #[derive(Clone, Debug)]
@@ -301,8 +328,9 @@ impl Checker {
     }
 
     fn now_for(&self, i: usize) -> Instant {
-        match self.events[i].event {
-            Event::Timeout => self.late,
+        match (self.events[i].kind, &self.events[i].event) {
+            (Kind::Stall, _) => self.t0 + Duration::from_secs(1),
+            (_, Event::Timeout) => self.late,
             _ => self.t0,
         }
     }
@@ -313,6 +341,9 @@ impl Checker {
         next.trace.push(i);
         let now = self.now_for(i);
         let out = next.conn.handle(now, self.events[i].event.clone());
+        if self.events[i].kind == Kind::Stall && !out.is_empty() {
+            self.fail(&next, &format!("an early timeout acted: {out:?}"));
+        }
         // Gone-ness counts only for events delivered while the pair was live.
         if !next.closed {
             next.mask |= 1 << i;
@@ -422,7 +453,9 @@ impl Checker {
         for (i, v) in self.scenario.variants.iter().enumerate() {
             let vb = Vbid(i as u16);
             let expected = match v {
-                Variant::Add(AddAnswer::Success, e) => *e != AddEnd::Recorded,
+                Variant::Add(AddAnswer::Success | AddAnswer::SuccessReversed, e) => {
+                    *e != AddEnd::Recorded && *e != AddEnd::AfterAnswer
+                }
                 Variant::Keep { ends } => !ends,
                 Variant::Add(..) | Variant::Close(..) | Variant::Absent => false,
             };
@@ -556,14 +589,20 @@ fn run_scenario(variants: Vec<Variant>) -> u64 {
                     Kind::StreamReq,
                     Some(vb),
                 );
+                let mut answered = None;
                 match answer {
-                    AddAnswer::Success => {
-                        push(
-                            add_answer(o, Status::Success, Some(new_opaque(vb))),
+                    AddAnswer::Success | AddAnswer::SuccessReversed => {
+                        let extras = if answer == AddAnswer::Success {
+                            new_opaque(vb)
+                        } else {
+                            new_opaque(vb).byte_reversed()
+                        };
+                        answered = Some(push(
+                            add_answer(o, Status::Success, Some(extras)),
                             Some(req),
                             Kind::Other,
                             Some(vb),
-                        );
+                        ));
                     }
                     AddAnswer::Failure => {
                         push(
@@ -598,6 +637,18 @@ fn run_scenario(variants: Vec<Variant>) -> u64 {
                             },
                             None,
                             Kind::Other,
+                            Some(vb),
+                        );
+                    }
+                    AddEnd::AfterAnswer => {
+                        push(
+                            Event::ProducerStreamEnd {
+                                vb,
+                                opaque: new_opaque(vb),
+                                reason: EndReason::StateChanged,
+                            },
+                            answered,
+                            Kind::Gone,
                             Some(vb),
                         );
                     }
@@ -679,6 +730,7 @@ fn run_scenario(variants: Vec<Variant>) -> u64 {
         None,
     );
     push(Event::Timeout, None, Kind::Global, None);
+    push(Event::Timeout, None, Kind::Stall, None);
     let core_mask = (1u32 << first_global) - 1;
 
     let mut checker = Checker {
