@@ -397,6 +397,8 @@ impl Session {
         }
         granted.sort_by_key(|f| f.to_raw());
         self.features = granted.iter().copied().collect();
+        // Even a HELLO granting nothing marks a Couchbase-era client (DELETE's CAS).
+        self.hello_seen = true;
         debug!(peer = %self.peer, agent = %self.agent, ?granted, "hello");
         HelloResponse {
             opaque: req.opaque(),
