@@ -41,6 +41,9 @@ pub struct NodeConfig {
     pub dcp: DcpConfig,
     /// Seed for vb_uuid randomness (tests); `None` seeds from the OS.
     pub rng_seed: Option<u64>,
+    /// Tests only: run by every bucket on the committing thread right before each
+    /// commit (see [`kv_engine::CommitHook`]).
+    pub commit_hook: Option<kv_engine::CommitHook>,
 }
 
 /// DCP settings of a node.
@@ -103,6 +106,7 @@ impl NodeConfig {
             seqno_persistence_timeout: Duration::from_secs(30),
             dcp: DcpConfig::default(),
             rng_seed: None,
+            commit_hook: None,
         }
     }
 

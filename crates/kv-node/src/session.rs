@@ -369,7 +369,7 @@ impl Session {
             Opcode::DcpOpen => return self.dcp_open(&req, out),
             op if op.is_dcp() => Self::reply(out, &req, Status::Einval),
             Opcode::SetVbucket | Opcode::GetVbucket | Opcode::DelVbucket => {
-                self.vbucket_admin(&req, out)
+                self.vbucket_admin(&req, out).await
             }
             Opcode::GetAllVbSeqnos => self.all_vb_seqnos(&req, out),
             Opcode::SeqnoPersistence => self.seqno_persistence(&req, out).await,
@@ -594,7 +594,9 @@ impl Session {
         }
     }
 
-    fn vbucket_admin(&mut self, req: &Frame, out: &mut BytesMut) {
+    /// SET/GET/DEL_VBUCKET. Setting and deleting can commit, so the engine call runs
+    /// on the blocking pool while this connection waits (others are served).
+    async fn vbucket_admin(&mut self, req: &Frame, out: &mut BytesMut) {
         if !self.is_admin() {
             return Self::reply(out, req, Status::Eaccess);
         }
@@ -606,7 +608,11 @@ impl Session {
                 let Some(s) = self.parse::<SetVbucket>(out, req) else {
                     return;
                 };
-                match self.state.set_vbucket_state(&b, s.vbucket, s.state) {
+                match self
+                    .state
+                    .set_vbucket_state_off_runtime(&b, s.vbucket, s.state)
+                    .await
+                {
                     Ok(()) => Self::reply(out, req, Status::Success),
                     Err(e) => self.engine_error(out, req, &e),
                 }
@@ -625,14 +631,20 @@ impl Session {
                     Err(e) => self.engine_error(out, req, &e),
                 }
             }
-            _ => match b.bucket.delete_vbucket(req.vbucket()) {
-                Ok(()) => {
-                    b.dcp.bump_epoch(req.vbucket());
-                    b.notify_change();
-                    Self::reply(out, req, Status::Success);
+            _ => {
+                let (e, vb) = (b.clone(), req.vbucket());
+                let deleted =
+                    crate::node::off_runtime(&b.meta.name, move || e.bucket.delete_vbucket(vb))
+                        .await;
+                match deleted {
+                    Ok(()) => {
+                        b.dcp.bump_epoch(vb);
+                        b.notify_change();
+                        Self::reply(out, req, Status::Success);
+                    }
+                    Err(e) => self.engine_error(out, req, &e),
                 }
-                Err(e) => self.engine_error(out, req, &e),
-            },
+            }
         }
     }
 
