@@ -119,6 +119,9 @@ pub struct NodeCounters {
     pub get_misses: AtomicU64,
     /// Connections refused by the connection limit.
     pub rejected_connections: AtomicU64,
+    /// The most unsent output any KV connection has held (bytes): stays near
+    /// `max_conn_output` plus one response however much a client pipelines.
+    pub conn_output_high_water: AtomicUsize,
 }
 
 /// State shared by every task of a node.

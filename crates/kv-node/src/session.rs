@@ -3,14 +3,15 @@
 //!
 //! Every complete frame in a read is handled in order and the answers are written
 //! with one write, so pipelined clients (the SDK's bootstrap batches, benchmarks)
-//! cost one syscall per read.
+//! cost one syscall per read. The unsent output is bounded (`max_conn_output`): past
+//! it the connection reads and handles nothing more until the client reads.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use kv_engine::{ArithOp, ConcatOp, Counter, Document, EngineError, Item, MutationInfo, StoreOp};
 use mcbp::kv::{
     Arithmetic, Concat, Delete, Feature, Flush, Get, GetAllVbSeqnos, GetClusterConfig, GetErrorMap,
@@ -25,6 +26,7 @@ use mcbp::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -102,6 +104,37 @@ async fn handle_connection(
     }
 }
 
+/// Output capacity a connection keeps once its buffer has drained.
+const OUT_KEEP: usize = 1024 * 1024;
+
+/// Writes all of `out` before the connection closes or changes hands. Returns
+/// `false` if shutdown came first.
+///
+/// # Errors
+/// A write failed, or made no progress for `idle`.
+async fn write_out(
+    wr: &mut OwnedWriteHalf,
+    out: &mut BytesMut,
+    idle: std::time::Duration,
+    shutdown: &CancellationToken,
+) -> Result<bool, SessionEnd> {
+    while !out.is_empty() {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Ok(false),
+            r = tokio::time::timeout(idle, wr.write(out)) => match r {
+                Err(_) => return Err(SessionEnd::WriteStalled(idle)),
+                Ok(Ok(0)) => {
+                    return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into())
+                }
+                Ok(Ok(n)) => out.advance(n),
+                Ok(Err(e)) => return Err(e.into()),
+            },
+        }
+    }
+    Ok(true)
+}
+
 /// Why a connection ended abnormally (logged; never affects other connections).
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SessionEnd {
@@ -111,6 +144,8 @@ pub(crate) enum SessionEnd {
     Io(#[from] std::io::Error),
     #[error("idle for {0:?}")]
     Idle(std::time::Duration),
+    #[error("client read nothing for {0:?} while answers were waiting")]
+    WriteStalled(std::time::Duration),
     #[error("{0}")]
     Dcp(String),
 }
@@ -168,6 +203,13 @@ impl Session {
         }
     }
 
+    /// The connection loop. Whole frames are handled in order while the unsent
+    /// output is under `max_conn_output`; past it, no further request is read or
+    /// handled until the client has taken some output, so a client that sends but
+    /// never reads costs at most the bound plus one answer. Writing happens inside
+    /// the same `select!` as reading and shutdown, so neither a stalled write nor a
+    /// silent client blocks shutdown; a write that makes no progress for the idle
+    /// timeout ends the connection, as does silence with nothing to write.
     async fn run(
         &mut self,
         mut rd: OwnedReadHalf,
@@ -178,44 +220,79 @@ impl Session {
         let mut inbuf = BytesMut::with_capacity(16 * 1024);
         let mut out = BytesMut::with_capacity(16 * 1024);
         let idle = self.state.config.idle_timeout;
+        let max_out = self.state.config.max_conn_output.max(1);
+        let mut last_read = Instant::now();
+        // Since when the unsent output has waited for the client (reset on progress).
+        let mut write_since = Instant::now();
+        let mut read_closed = false;
         loop {
-            loop {
+            let had_output = !out.is_empty();
+            while out.len() < max_out {
                 let frame = match decoder.decode(&mut inbuf) {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
                     Err(e) => {
                         warn!(peer = %self.peer, error = %e, "malformed frame; closing connection");
-                        let _ = wr.write_all(&out).await;
+                        let _ = write_out(&mut wr, &mut out, idle, &shutdown).await;
                         return Err(e.into());
                     }
                 };
                 match self.handle(frame, &mut out).await {
                     Flow::Continue => {}
                     Flow::Close => {
-                        wr.write_all(&out).await?;
+                        write_out(&mut wr, &mut out, idle, &shutdown).await?;
                         return Ok(());
                     }
                     Flow::Dcp(open) => {
-                        wr.write_all(&out).await?;
+                        if !write_out(&mut wr, &mut out, idle, &shutdown).await? {
+                            return Ok(());
+                        }
                         return crate::dcp::run(self, open, rd, wr, inbuf, shutdown)
                             .await
                             .map_err(|e| SessionEnd::Dcp(e.to_string()));
                     }
                 }
             }
-            if !out.is_empty() {
-                wr.write_all(&out).await?;
-                out.clear();
+            self.state
+                .counters
+                .conn_output_high_water
+                .fetch_max(out.len(), Ordering::Relaxed);
+            if out.is_empty() {
+                if read_closed {
+                    return Ok(());
+                }
+                // A burst of large answers must not pin its buffer for the
+                // connection's lifetime.
+                if out.capacity() > OUT_KEEP {
+                    out = BytesMut::with_capacity(16 * 1024);
+                }
+            } else if !had_output {
+                write_since = Instant::now();
             }
-            let read = tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                r = tokio::time::timeout(idle, rd.read_buf(&mut inbuf)) => r,
+            let can_read = !read_closed && out.len() < max_out;
+            let (deadline, why) = if out.is_empty() {
+                (last_read + idle, SessionEnd::Idle(idle))
+            } else {
+                (write_since + idle, SessionEnd::WriteStalled(idle))
             };
-            match read {
-                Err(_) => return Err(SessionEnd::Idle(idle)),
-                Ok(Ok(0)) => return Ok(()),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e.into()),
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(()),
+                r = wr.write(&out), if !out.is_empty() => {
+                    let n = r?;
+                    if n == 0 {
+                        return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+                    }
+                    out.advance(n);
+                    write_since = Instant::now();
+                }
+                r = rd.read_buf(&mut inbuf), if can_read => match r {
+                    // The client may half-close and still read: answer what it sent.
+                    Ok(0) => read_closed = true,
+                    Ok(_) => last_read = Instant::now(),
+                    Err(e) => return Err(e.into()),
+                },
+                () = tokio::time::sleep_until(deadline) => return Err(why),
             }
         }
     }
