@@ -6,17 +6,19 @@
 //! at a gate (the engine's commit hook) until the test opens it. Were the commit made
 //! on the worker, the worker would be stuck and nobody else would get an answer.
 
+mod dcp_support;
 mod support;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use dcp_support::{wait_until, Splice};
 use kv_client::Client;
 use kv_engine::CommitHook;
 use kv_node::{BucketMeta, Node, NodeConfig};
+use mcbp::dcp::StreamFlags;
 use mcbp::kv::{DelVbucket, SetVbucket};
 use mcbp::{BareRequest, Message, Opaque, Opcode, Status, VbState, Vbid};
 use support::*;
@@ -72,16 +74,14 @@ impl Drop for OpenOnDrop {
     }
 }
 
-/// A node on its own one-worker runtime.
+/// A node on its own one-worker runtime, with bucket `default` (4 vbuckets).
 struct SlowDiskNode {
     rt: Option<tokio::runtime::Runtime>,
-    node: Option<Node>,
-    kv: SocketAddr,
-    _dir: tempfile::TempDir,
+    tn: Option<TestNode>,
 }
 
 impl SlowDiskNode {
-    async fn start(hook: CommitHook) -> anyhow::Result<SlowDiskNode> {
+    async fn start(hook: CommitHook, initial: VbState) -> anyhow::Result<SlowDiskNode> {
         let dir = tempfile::tempdir()?;
         let mut cfg = NodeConfig::ephemeral(dir.path(), ADMIN, PASSWORD);
         // The flusher must not commit behind the test's back.
@@ -111,26 +111,25 @@ impl SlowDiskNode {
                 ram_quota_mb: 64,
                 flush_enabled: false,
             },
-            Some(VbState::Replica),
+            Some(initial),
         )?;
         Ok(SlowDiskNode {
-            kv: node.kv_addr(),
             rt: Some(rt),
-            node: Some(node),
-            _dir: dir,
+            tn: Some(TestNode { node, dir }),
         })
     }
 
+    fn tn(&self) -> &TestNode {
+        self.tn.as_ref().expect("running")
+    }
+
     async fn client(&self) -> anyhow::Result<Client> {
-        let mut c = Client::connect(&self.kv.to_string(), cfg()).await?;
-        c.auth_plain(&creds(ADMIN, PASSWORD)).await?;
-        c.select_bucket("default").await?;
-        Ok(c)
+        self.tn().admin_client("default").await
     }
 
     async fn shutdown(mut self) -> anyhow::Result<()> {
-        if let (Some(rt), Some(node)) = (self.rt.as_ref(), self.node.take()) {
-            timeout(BOUND, rt.spawn(node.shutdown())).await??;
+        if let (Some(rt), Some(tn)) = (self.rt.as_ref(), self.tn.take()) {
+            timeout(BOUND, rt.spawn(tn.node.shutdown())).await??;
         }
         Ok(())
     }
@@ -144,12 +143,23 @@ impl Drop for SlowDiskNode {
     }
 }
 
+/// Checks that `b` is answered at once although a commit is held at the gate.
+async fn still_answered(b: &mut Client) {
+    let noop = BareRequest::new(Opcode::Noop, Vbid(0), Opaque(77));
+    let answered = timeout(Duration::from_secs(5), b.call_ok(&noop)).await;
+    assert!(
+        matches!(answered, Ok(Ok(_))),
+        "a NOOP on another connection was not answered while a commit was in progress: \
+         the commit runs on the async worker ({answered:?})"
+    );
+}
+
 /// Sends `req` on `a` (which must commit), waits until the commit is held, and
 /// checks that `b` is still answered; then lets the commit finish.
 async fn other_sessions_stay_responsive_while(req: Bytes) -> anyhow::Result<()> {
     let (gate, mut entered) = Gate::new();
     let _open = OpenOnDrop(gate.clone());
-    let node = SlowDiskNode::start(gate.hook()).await?;
+    let node = SlowDiskNode::start(gate.hook(), VbState::Replica).await?;
     let mut a = node.client().await?;
     let mut b = node.client().await?;
     gate.armed.store(true, Ordering::SeqCst);
@@ -158,13 +168,7 @@ async fn other_sessions_stay_responsive_while(req: Bytes) -> anyhow::Result<()> 
         .await?
         .ok_or_else(|| anyhow::anyhow!("gate dropped"))?;
     // The commit is now held. Another connection must still get its answer.
-    let noop = BareRequest::new(Opcode::Noop, Vbid(0), Opaque(77));
-    let answered = timeout(Duration::from_secs(5), b.call_ok(&noop)).await;
-    assert!(
-        matches!(answered, Ok(Ok(_))),
-        "a NOOP on another connection was not answered while a commit was in progress: \
-         the commit runs on the async worker ({answered:?})"
-    );
+    still_answered(&mut b).await;
     gate.open();
     let answer = timeout(BOUND, a.read_frame("answer")).await??;
     assert_eq!(answer.status(), Status::Success);
@@ -194,4 +198,42 @@ async fn del_vbucket_commits_off_the_async_workers() -> anyhow::Result<()> {
     }
     .encode(&mut req);
     other_sessions_stay_responsive_while(req.freeze()).await
+}
+
+/// §7.9 takeover: the consumer node's DCP connection makes its vbucket active on the
+/// producer's SET_VBUCKET_STATE(active), which commits the new failover entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_to_active_commits_off_the_dcp_consumers_worker() -> anyhow::Result<()> {
+    let (gate, mut entered) = Gate::new();
+    let _open = OpenOnDrop(gate.clone());
+    let a = start().await?;
+    a.create_bucket("default", 4, Some(VbState::Active))?;
+    let b = SlowDiskNode::start(gate.hook(), VbState::Replica).await?;
+    let mut probe = b.client().await?;
+    let tk = Splice::open(
+        &a,
+        b.tn(),
+        "default",
+        "replication:takeover:1:a->b:default:0",
+    )
+    .await?;
+    gate.armed.store(true, Ordering::SeqCst);
+    tk.send_add_stream(0, StreamFlags::TAKEOVER);
+    timeout(BOUND, entered.recv())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("gate dropped"))?;
+    still_answered(&mut probe).await;
+    gate.open();
+    let vb0 = |n: &TestNode| {
+        n.node
+            .state()
+            .bucket("default")
+            .and_then(|e| e.bucket.vbucket_state(Vbid(0)).ok())
+    };
+    wait_until("the vbucket moved", || {
+        vb0(b.tn()) == Some(VbState::Active) && vb0(&a) == Some(VbState::Dead)
+    })
+    .await?;
+    drop(tk);
+    b.shutdown().await
 }
