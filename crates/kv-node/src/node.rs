@@ -122,6 +122,8 @@ pub struct NodeCounters {
     /// The most unsent output any KV connection has held (bytes): stays near
     /// `max_conn_output` plus one response however much a client pipelines.
     pub conn_output_high_water: AtomicUsize,
+    /// SEQNO_PERSISTENCE requests waiting now.
+    pub seqno_persistence_waiting: AtomicUsize,
 }
 
 /// State shared by every task of a node.

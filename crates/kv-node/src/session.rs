@@ -97,7 +97,7 @@ async fn handle_connection(
     let _guard = ConnGuard(state.clone());
     let _ = sock.set_nodelay(true);
     let (rd, wr) = sock.into_split();
-    let mut session = Session::new(state, peer);
+    let mut session = Session::new(state, peer, shutdown.clone());
     match session.run(rd, wr, shutdown).await {
         Ok(()) => debug!(%peer, "connection closed"),
         Err(reason) => info!(%peer, %reason, "connection closed"),
@@ -170,6 +170,8 @@ pub(crate) struct Session {
     /// Whether the client sent HELLO: a Couchbase-era client rather than a plain
     /// memcached one (see `mutation_ok`).
     hello_seen: bool,
+    /// The node's shutdown: commands that wait (SEQNO_PERSISTENCE) stop waiting.
+    shutdown: CancellationToken,
 }
 
 fn has(features: &HashSet<Feature>, f: Feature) -> bool {
@@ -190,7 +192,11 @@ const SUPPORTED: &[Feature] = &[
 ];
 
 impl Session {
-    pub(crate) fn new(state: Arc<NodeState>, peer: SocketAddr) -> Session {
+    pub(crate) fn new(
+        state: Arc<NodeState>,
+        peer: SocketAddr,
+        shutdown: CancellationToken,
+    ) -> Session {
         Session {
             state,
             peer,
@@ -200,6 +206,7 @@ impl Session {
             scram: None,
             agent: String::new(),
             hello_seen: false,
+            shutdown,
         }
     }
 
@@ -767,6 +774,7 @@ impl Session {
             return Self::reply(out, req, Status::NoBucket);
         };
         let deadline = tokio::time::Instant::now() + self.state.config.seqno_persistence_timeout;
+        let _waiting = Gauged::new(&self.state.counters.seqno_persistence_waiting);
         loop {
             let notified = b.persisted.notified();
             tokio::pin!(notified);
@@ -776,7 +784,12 @@ impl Session {
                 Ok(_) => {}
                 Err(e) => return self.engine_error(out, req, &e),
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            // Shutdown must not wait for a persistence that may be far away.
+            let persisted_or_timeout = tokio::select! {
+                () = self.shutdown.cancelled() => Err(()),
+                r = tokio::time::timeout_at(deadline, notified) => r.map_err(drop),
+            };
+            if persisted_or_timeout.is_err() {
                 return Self::reply(out, req, Status::Etmpfail);
             }
         }
@@ -1191,4 +1204,20 @@ fn random_nonce() -> String {
         .take(24)
         .map(char::from)
         .collect()
+}
+
+/// Counts one waiter in a gauge for as long as it lives.
+struct Gauged<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Gauged<'a> {
+    fn new(gauge: &'a std::sync::atomic::AtomicUsize) -> Gauged<'a> {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Gauged(gauge)
+    }
+}
+
+impl Drop for Gauged<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }

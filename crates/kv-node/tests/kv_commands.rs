@@ -599,3 +599,51 @@ async fn delete_returns_the_tombstone_cas_only_after_hello() -> anyhow::Result<(
     assert_eq!(d.cas, Cas(0), "no HELLO: classic memcached answer");
     Ok(())
 }
+
+/// Shutdown does not wait for a SEQNO_PERSISTENCE that cannot be satisfied soon: the
+/// waiting request is answered ETMPFAIL (or dropped with the connection) at once.
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_pending_seqno_persistence() -> anyhow::Result<()> {
+    let n = start_with(|c| {
+        c.flush_interval = std::time::Duration::from_secs(3600);
+        c.seqno_persistence_timeout = std::time::Duration::from_secs(120);
+    })
+    .await?;
+    n.create_bucket("default", 4, Some(VbState::Active))?;
+    let mut c = n.admin_client("default").await?;
+    c.store(
+        Opcode::Set,
+        Vbid(0),
+        b"k",
+        b"v",
+        0,
+        0,
+        Cas(0),
+        Datatype::RAW,
+    )
+    .await?;
+    c.send(&mcbp::kv::SeqnoPersistence {
+        vbucket: Vbid(0),
+        opaque: Opaque(9),
+        seqno: Seqno(1),
+    })
+    .await?;
+    let waiting = || {
+        n.node
+            .state()
+            .counters
+            .seqno_persistence_waiting
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    timeout(BOUND, async {
+        while waiting() == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await?;
+    let support::TestNode { node, dir: _dir } = n;
+    timeout(std::time::Duration::from_secs(5), node.shutdown())
+        .await
+        .map_err(|_| anyhow::anyhow!("shutdown waited for SEQNO_PERSISTENCE"))?;
+    Ok(())
+}
