@@ -228,7 +228,8 @@ impl Session {
         let mut out = BytesMut::with_capacity(16 * 1024);
         let idle = self.state.config.idle_timeout;
         let max_out = self.state.config.max_conn_output.max(1);
-        let mut last_read = Instant::now();
+        // Last time the client sent or took something.
+        let mut last_activity = Instant::now();
         // Since when the unsent output has waited for the client (reset on progress).
         let mut write_since = Instant::now();
         let mut read_closed = false;
@@ -278,7 +279,7 @@ impl Session {
             }
             let can_read = !read_closed && out.len() < max_out;
             let (deadline, why) = if out.is_empty() {
-                (last_read + idle, SessionEnd::Idle(idle))
+                (last_activity + idle, SessionEnd::Idle(idle))
             } else {
                 (write_since + idle, SessionEnd::WriteStalled(idle))
             };
@@ -292,11 +293,12 @@ impl Session {
                     }
                     out.advance(n);
                     write_since = Instant::now();
+                    last_activity = write_since;
                 }
                 r = rd.read_buf(&mut inbuf), if can_read => match r {
                     // The client may half-close and still read: answer what it sent.
                     Ok(0) => read_closed = true,
-                    Ok(_) => last_read = Instant::now(),
+                    Ok(_) => last_activity = Instant::now(),
                     Err(e) => return Err(e.into()),
                 },
                 () = tokio::time::sleep_until(deadline) => return Err(why),
