@@ -43,7 +43,41 @@ pub struct BucketConfig {
     pub max_item_size: usize,
     /// Seed for the RNG that draws vb_uuids; `None` seeds from the OS.
     pub rng_seed: Option<u64>,
+    /// Called right before every commit of a write transaction (tests only: a hook
+    /// that blocks makes commits slow, or checks which thread commits).
+    pub before_commit: Option<CommitHook>,
 }
+
+/// A test hook run on the committing thread right before each redb commit.
+#[derive(Clone)]
+pub struct CommitHook(std::sync::Arc<dyn Fn() + Send + Sync>);
+
+impl CommitHook {
+    /// Wraps `f`.
+    pub fn new(f: impl Fn() + Send + Sync + 'static) -> CommitHook {
+        CommitHook(std::sync::Arc::new(f))
+    }
+
+    fn run(hook: Option<&CommitHook>) {
+        if let Some(h) = hook {
+            (h.0)();
+        }
+    }
+}
+
+impl fmt::Debug for CommitHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CommitHook")
+    }
+}
+
+impl PartialEq for CommitHook {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for CommitHook {}
 
 impl BucketConfig {
     /// A config with the defaults above.
@@ -56,6 +90,7 @@ impl BucketConfig {
             quota_bytes: DEFAULT_QUOTA_BYTES,
             max_item_size: DEFAULT_MAX_ITEM_SIZE,
             rng_seed: None,
+            before_commit: None,
         }
     }
 
@@ -106,6 +141,7 @@ pub struct Bucket {
     rng: Mutex<StdRng>,
     flush_lock: Mutex<()>,
     opened_clean: bool,
+    before_commit: Option<CommitHook>,
 }
 
 impl fmt::Debug for Bucket {
@@ -265,6 +301,7 @@ impl Bucket {
                 vb.meta_written();
             }
         }
+        CommitHook::run(config.before_commit.as_ref());
         txn.commit().map_err(storage(&name, "open"))?;
         info!(bucket = %name, clean = clean || fresh, items = items_loaded, vbuckets = n,
             "bucket opened");
@@ -277,6 +314,7 @@ impl Bucket {
             rng: Mutex::new(rng),
             flush_lock: Mutex::new(()),
             opened_clean: clean || fresh,
+            before_commit: config.before_commit,
         })
     }
 
@@ -726,6 +764,7 @@ impl Bucket {
                     .map_err(storage(name, "flush meta"))?;
             }
         }
+        CommitHook::run(self.before_commit.as_ref());
         txn.commit().map_err(storage(name, "flush commit"))?;
         Ok(stats)
     }

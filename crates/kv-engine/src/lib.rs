@@ -51,7 +51,8 @@ mod store;
 mod vbucket;
 
 pub use bucket::{
-    Bucket, BucketConfig, DEFAULT_MAX_ITEM_SIZE, DEFAULT_NUM_VBUCKETS, DEFAULT_QUOTA_BYTES,
+    Bucket, BucketConfig, CommitHook, DEFAULT_MAX_ITEM_SIZE, DEFAULT_NUM_VBUCKETS,
+    DEFAULT_QUOTA_BYTES,
 };
 pub use error::{EngineError, Result};
 pub use failover::{

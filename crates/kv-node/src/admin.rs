@@ -221,12 +221,15 @@ async fn delete_bucket(
     if let Err(r) = check_auth(&state, &headers) {
         return r;
     }
-    match state.delete_bucket(&name) {
-        Ok(()) => Json(json!({"deleted": name})).into_response(),
-        Err(NodeError::NoSuchBucket(_)) => {
+    // Rewrites buckets.json and unlinks the database: file work, off the runtime.
+    let (st, n) = (state.clone(), name.clone());
+    match tokio::task::spawn_blocking(move || st.delete_bucket(&n)).await {
+        Ok(Ok(())) => Json(json!({"deleted": name})).into_response(),
+        Ok(Err(NodeError::NoSuchBucket(_))) => {
             error(StatusCode::NOT_FOUND, format!("no bucket {name:?}"))
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

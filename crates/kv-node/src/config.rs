@@ -29,6 +29,9 @@ pub struct NodeConfig {
     pub idle_timeout: Duration,
     /// Most concurrent connections; more are closed at accept.
     pub max_connections: usize,
+    /// Most unsent output a KV connection may hold: while it holds more, the node
+    /// reads no further requests from it (a client that sends but never reads).
+    pub max_conn_output: usize,
     /// Group-commit interval.
     pub flush_interval: Duration,
     /// How often the expiry pager runs.
@@ -41,6 +44,9 @@ pub struct NodeConfig {
     pub dcp: DcpConfig,
     /// Seed for vb_uuid randomness (tests); `None` seeds from the OS.
     pub rng_seed: Option<u64>,
+    /// Tests only: run by every bucket on the committing thread right before each
+    /// commit (see [`kv_engine::CommitHook`]).
+    pub commit_hook: Option<kv_engine::CommitHook>,
 }
 
 /// DCP settings of a node.
@@ -97,12 +103,14 @@ impl NodeConfig {
             enable_fault_injection: false,
             idle_timeout: Duration::from_secs(300),
             max_connections: 4096,
+            max_conn_output: 4 * 1024 * 1024,
             flush_interval: Duration::from_millis(20),
             expiry_pager_interval: Duration::from_secs(10),
             tombstone_purge_age: Duration::from_secs(3 * 24 * 3600),
             seqno_persistence_timeout: Duration::from_secs(30),
             dcp: DcpConfig::default(),
             rng_seed: None,
+            commit_hook: None,
         }
     }
 
@@ -123,7 +131,7 @@ impl NodeConfig {
 
     /// Adds what a JSON config file says (`{"users":[{"name","password","bucket"}],
     /// "anonymous_bucket": "...", "idle_timeout_secs": N, "max_connections": N,
-    /// "flush_interval_ms": N}`).
+    /// "flush_interval_ms": N, "max_conn_output_bytes": N}`).
     ///
     /// # Errors
     /// The file cannot be read or parsed.
@@ -149,6 +157,9 @@ impl NodeConfig {
         if let Some(ms) = f.flush_interval_ms {
             self.flush_interval = Duration::from_millis(ms);
         }
+        if let Some(n) = f.max_conn_output_bytes {
+            self.max_conn_output = n;
+        }
         Ok(())
     }
 }
@@ -162,6 +173,7 @@ struct FileConfig {
     idle_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
     flush_interval_ms: Option<u64>,
+    max_conn_output_bytes: Option<usize>,
 }
 
 /// The config file is unusable.

@@ -119,6 +119,11 @@ pub struct NodeCounters {
     pub get_misses: AtomicU64,
     /// Connections refused by the connection limit.
     pub rejected_connections: AtomicU64,
+    /// The most unsent output any KV connection has held (bytes): stays near
+    /// `max_conn_output` plus one response however much a client pipelines.
+    pub conn_output_high_water: AtomicUsize,
+    /// SEQNO_PERSISTENCE requests waiting now.
+    pub seqno_persistence_waiting: AtomicUsize,
 }
 
 /// State shared by every task of a node.
@@ -248,6 +253,7 @@ impl NodeState {
         bc.num_vbuckets = meta.vbuckets;
         bc.quota_bytes = meta.ram_quota_mb.saturating_mul(1024 * 1024);
         bc.rng_seed = self.config.rng_seed;
+        bc.before_commit = self.config.commit_hook.clone();
         let bucket = Bucket::open(bc)?;
         Ok(Arc::new(BucketEntry {
             meta: meta.clone(),
@@ -339,6 +345,25 @@ impl NodeState {
         Ok(())
     }
 
+    /// [`NodeState::set_vbucket_state`] from an async task: the engine call runs on
+    /// the blocking pool, because becoming active commits (fsync) and every state
+    /// change waits for a flush in progress.
+    ///
+    /// # Errors
+    /// As [`NodeState::set_vbucket_state`].
+    pub(crate) async fn set_vbucket_state_off_runtime(
+        self: &Arc<Self>,
+        entry: &Arc<BucketEntry>,
+        vb: Vbid,
+        state: VbState,
+    ) -> Result<(), EngineError> {
+        let (node, e) = (self.clone(), entry.clone());
+        off_runtime(&entry.meta.name, move || {
+            node.set_vbucket_state(&e, vb, state)
+        })
+        .await
+    }
+
     /// Registers a DCP connection name; a live connection with the same name on the
     /// same bucket is told to disconnect first (`mcbp-dcp.md` §6.2). Returns the
     /// registration id and the token the connection must watch.
@@ -380,6 +405,26 @@ impl NodeState {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .contains_key(&(bucket.to_string(), name.to_string()))
+    }
+}
+
+/// Runs engine work that may commit or wait for a commit (SET_VBUCKET, DEL_VBUCKET,
+/// rollback) on the blocking pool, so an fsync never stalls an async worker and the
+/// connections it serves. A panic in `f` is resumed here.
+///
+/// # Errors
+/// `f`'s error, or [`EngineError::Io`] when the runtime shut down before `f` ran.
+pub(crate) async fn off_runtime<T: Send + 'static>(
+    bucket: &str,
+    f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, EngineError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(EngineError::Io {
+            bucket: bucket.to_owned(),
+            source: std::io::Error::other("disk task cancelled: the runtime is shutting down"),
+        }),
     }
 }
 

@@ -3,14 +3,15 @@
 //!
 //! Every complete frame in a read is handled in order and the answers are written
 //! with one write, so pipelined clients (the SDK's bootstrap batches, benchmarks)
-//! cost one syscall per read.
+//! cost one syscall per read. The unsent output is bounded (`max_conn_output`): past
+//! it the connection reads and handles nothing more until the client reads.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use kv_engine::{ArithOp, ConcatOp, Counter, Document, EngineError, Item, MutationInfo, StoreOp};
 use mcbp::kv::{
     Arithmetic, Concat, Delete, Feature, Flush, Get, GetAllVbSeqnos, GetClusterConfig, GetErrorMap,
@@ -25,6 +26,7 @@ use mcbp::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -95,11 +97,42 @@ async fn handle_connection(
     let _guard = ConnGuard(state.clone());
     let _ = sock.set_nodelay(true);
     let (rd, wr) = sock.into_split();
-    let mut session = Session::new(state, peer);
+    let mut session = Session::new(state, peer, shutdown.clone());
     match session.run(rd, wr, shutdown).await {
         Ok(()) => debug!(%peer, "connection closed"),
         Err(reason) => info!(%peer, %reason, "connection closed"),
     }
+}
+
+/// Output capacity a connection keeps once its buffer has drained.
+const OUT_KEEP: usize = 1024 * 1024;
+
+/// Writes all of `out` before the connection closes or changes hands. Returns
+/// `false` if shutdown came first.
+///
+/// # Errors
+/// A write failed, or made no progress for `idle`.
+async fn write_out(
+    wr: &mut OwnedWriteHalf,
+    out: &mut BytesMut,
+    idle: std::time::Duration,
+    shutdown: &CancellationToken,
+) -> Result<bool, SessionEnd> {
+    while !out.is_empty() {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Ok(false),
+            r = tokio::time::timeout(idle, wr.write(out)) => match r {
+                Err(_) => return Err(SessionEnd::WriteStalled(idle)),
+                Ok(Ok(0)) => {
+                    return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into())
+                }
+                Ok(Ok(n)) => out.advance(n),
+                Ok(Err(e)) => return Err(e.into()),
+            },
+        }
+    }
+    Ok(true)
 }
 
 /// Why a connection ended abnormally (logged; never affects other connections).
@@ -111,6 +144,8 @@ pub(crate) enum SessionEnd {
     Io(#[from] std::io::Error),
     #[error("idle for {0:?}")]
     Idle(std::time::Duration),
+    #[error("client read nothing for {0:?} while answers were waiting")]
+    WriteStalled(std::time::Duration),
     #[error("{0}")]
     Dcp(String),
 }
@@ -135,6 +170,8 @@ pub(crate) struct Session {
     /// Whether the client sent HELLO: a Couchbase-era client rather than a plain
     /// memcached one (see `mutation_ok`).
     hello_seen: bool,
+    /// The node's shutdown: commands that wait (SEQNO_PERSISTENCE) stop waiting.
+    shutdown: CancellationToken,
 }
 
 fn has(features: &HashSet<Feature>, f: Feature) -> bool {
@@ -155,7 +192,11 @@ const SUPPORTED: &[Feature] = &[
 ];
 
 impl Session {
-    pub(crate) fn new(state: Arc<NodeState>, peer: SocketAddr) -> Session {
+    pub(crate) fn new(
+        state: Arc<NodeState>,
+        peer: SocketAddr,
+        shutdown: CancellationToken,
+    ) -> Session {
         Session {
             state,
             peer,
@@ -165,9 +206,17 @@ impl Session {
             scram: None,
             agent: String::new(),
             hello_seen: false,
+            shutdown,
         }
     }
 
+    /// The connection loop. Whole frames are handled in order while the unsent
+    /// output is under `max_conn_output`; past it, no further request is read or
+    /// handled until the client has taken some output, so a client that sends but
+    /// never reads costs at most the bound plus one answer. Writing happens inside
+    /// the same `select!` as reading and shutdown, so neither a stalled write nor a
+    /// silent client blocks shutdown; a write that makes no progress for the idle
+    /// timeout ends the connection, as does silence with nothing to write.
     async fn run(
         &mut self,
         mut rd: OwnedReadHalf,
@@ -178,44 +227,81 @@ impl Session {
         let mut inbuf = BytesMut::with_capacity(16 * 1024);
         let mut out = BytesMut::with_capacity(16 * 1024);
         let idle = self.state.config.idle_timeout;
+        let max_out = self.state.config.max_conn_output.max(1);
+        // Last time the client sent or took something.
+        let mut last_activity = Instant::now();
+        // Since when the unsent output has waited for the client (reset on progress).
+        let mut write_since = Instant::now();
+        let mut read_closed = false;
         loop {
-            loop {
+            let had_output = !out.is_empty();
+            while out.len() < max_out {
                 let frame = match decoder.decode(&mut inbuf) {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
                     Err(e) => {
                         warn!(peer = %self.peer, error = %e, "malformed frame; closing connection");
-                        let _ = wr.write_all(&out).await;
+                        let _ = write_out(&mut wr, &mut out, idle, &shutdown).await;
                         return Err(e.into());
                     }
                 };
                 match self.handle(frame, &mut out).await {
                     Flow::Continue => {}
                     Flow::Close => {
-                        wr.write_all(&out).await?;
+                        write_out(&mut wr, &mut out, idle, &shutdown).await?;
                         return Ok(());
                     }
                     Flow::Dcp(open) => {
-                        wr.write_all(&out).await?;
+                        if !write_out(&mut wr, &mut out, idle, &shutdown).await? {
+                            return Ok(());
+                        }
                         return crate::dcp::run(self, open, rd, wr, inbuf, shutdown)
                             .await
                             .map_err(|e| SessionEnd::Dcp(e.to_string()));
                     }
                 }
             }
-            if !out.is_empty() {
-                wr.write_all(&out).await?;
-                out.clear();
+            self.state
+                .counters
+                .conn_output_high_water
+                .fetch_max(out.len(), Ordering::Relaxed);
+            if out.is_empty() {
+                if read_closed {
+                    return Ok(());
+                }
+                // A burst of large answers must not pin its buffer for the
+                // connection's lifetime.
+                if out.capacity() > OUT_KEEP {
+                    out = BytesMut::with_capacity(16 * 1024);
+                }
+            } else if !had_output {
+                write_since = Instant::now();
             }
-            let read = tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                r = tokio::time::timeout(idle, rd.read_buf(&mut inbuf)) => r,
+            let can_read = !read_closed && out.len() < max_out;
+            let (deadline, why) = if out.is_empty() {
+                (last_activity + idle, SessionEnd::Idle(idle))
+            } else {
+                (write_since + idle, SessionEnd::WriteStalled(idle))
             };
-            match read {
-                Err(_) => return Err(SessionEnd::Idle(idle)),
-                Ok(Ok(0)) => return Ok(()),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e.into()),
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(()),
+                r = wr.write(&out), if !out.is_empty() => {
+                    let n = r?;
+                    if n == 0 {
+                        return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+                    }
+                    out.advance(n);
+                    write_since = Instant::now();
+                    last_activity = write_since;
+                }
+                r = rd.read_buf(&mut inbuf), if can_read => match r {
+                    // The client may half-close and still read: answer what it sent.
+                    Ok(0) => read_closed = true,
+                    Ok(_) => last_activity = Instant::now(),
+                    Err(e) => return Err(e.into()),
+                },
+                () = tokio::time::sleep_until(deadline) => return Err(why),
             }
         }
     }
@@ -369,7 +455,7 @@ impl Session {
             Opcode::DcpOpen => return self.dcp_open(&req, out),
             op if op.is_dcp() => Self::reply(out, &req, Status::Einval),
             Opcode::SetVbucket | Opcode::GetVbucket | Opcode::DelVbucket => {
-                self.vbucket_admin(&req, out)
+                self.vbucket_admin(&req, out).await
             }
             Opcode::GetAllVbSeqnos => self.all_vb_seqnos(&req, out),
             Opcode::SeqnoPersistence => self.seqno_persistence(&req, out).await,
@@ -397,6 +483,8 @@ impl Session {
         }
         granted.sort_by_key(|f| f.to_raw());
         self.features = granted.iter().copied().collect();
+        // Even a HELLO granting nothing marks a Couchbase-era client (DELETE's CAS).
+        self.hello_seen = true;
         debug!(peer = %self.peer, agent = %self.agent, ?granted, "hello");
         HelloResponse {
             opaque: req.opaque(),
@@ -592,7 +680,9 @@ impl Session {
         }
     }
 
-    fn vbucket_admin(&mut self, req: &Frame, out: &mut BytesMut) {
+    /// SET/GET/DEL_VBUCKET. Setting and deleting can commit, so the engine call runs
+    /// on the blocking pool while this connection waits (others are served).
+    async fn vbucket_admin(&mut self, req: &Frame, out: &mut BytesMut) {
         if !self.is_admin() {
             return Self::reply(out, req, Status::Eaccess);
         }
@@ -604,7 +694,11 @@ impl Session {
                 let Some(s) = self.parse::<SetVbucket>(out, req) else {
                     return;
                 };
-                match self.state.set_vbucket_state(&b, s.vbucket, s.state) {
+                match self
+                    .state
+                    .set_vbucket_state_off_runtime(&b, s.vbucket, s.state)
+                    .await
+                {
                     Ok(()) => Self::reply(out, req, Status::Success),
                     Err(e) => self.engine_error(out, req, &e),
                 }
@@ -623,14 +717,20 @@ impl Session {
                     Err(e) => self.engine_error(out, req, &e),
                 }
             }
-            _ => match b.bucket.delete_vbucket(req.vbucket()) {
-                Ok(()) => {
-                    b.dcp.bump_epoch(req.vbucket());
-                    b.notify_change();
-                    Self::reply(out, req, Status::Success);
+            _ => {
+                let (e, vb) = (b.clone(), req.vbucket());
+                let deleted =
+                    crate::node::off_runtime(&b.meta.name, move || e.bucket.delete_vbucket(vb))
+                        .await;
+                match deleted {
+                    Ok(()) => {
+                        b.dcp.bump_epoch(vb);
+                        b.notify_change();
+                        Self::reply(out, req, Status::Success);
+                    }
+                    Err(e) => self.engine_error(out, req, &e),
                 }
-                Err(e) => self.engine_error(out, req, &e),
-            },
+            }
         }
     }
 
@@ -676,6 +776,7 @@ impl Session {
             return Self::reply(out, req, Status::NoBucket);
         };
         let deadline = tokio::time::Instant::now() + self.state.config.seqno_persistence_timeout;
+        let _waiting = Gauged::new(&self.state.counters.seqno_persistence_waiting);
         loop {
             let notified = b.persisted.notified();
             tokio::pin!(notified);
@@ -685,7 +786,12 @@ impl Session {
                 Ok(_) => {}
                 Err(e) => return self.engine_error(out, req, &e),
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            // Shutdown must not wait for a persistence that may be far away.
+            let persisted_or_timeout = tokio::select! {
+                () = self.shutdown.cancelled() => Err(()),
+                r = tokio::time::timeout_at(deadline, notified) => r.map_err(drop),
+            };
+            if persisted_or_timeout.is_err() {
                 return Self::reply(out, req, Status::Etmpfail);
             }
         }
@@ -1100,4 +1206,20 @@ fn random_nonce() -> String {
         .take(24)
         .map(char::from)
         .collect()
+}
+
+/// Counts one waiter in a gauge for as long as it lives.
+struct Gauged<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Gauged<'a> {
+    fn new(gauge: &'a std::sync::atomic::AtomicUsize) -> Gauged<'a> {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Gauged(gauge)
+    }
+}
+
+impl Drop for Gauged<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }

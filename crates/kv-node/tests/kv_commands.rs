@@ -8,6 +8,7 @@ use kv_client::Client;
 use mcbp::kv::{Arithmetic, Concat, Get, ObserveSeqno, ObserveSeqnoResponse, Store, Touch};
 use mcbp::{Cas, Datatype, Message, Opaque, Opcode, Response, Seqno, Status, VbState, Vbid};
 use support::*;
+use tokio::time::timeout;
 
 async fn setup() -> anyhow::Result<(TestNode, Client)> {
     let n = start().await?;
@@ -537,5 +538,112 @@ async fn seqno_persistence_answers_etmpfail_when_the_bound_passes() -> anyhow::R
         !c.seqno_persistence(Vbid(0), Seqno(1)).await?,
         "not persisted within the bound"
     );
+    Ok(())
+}
+
+/// A client that sent HELLO (every Couchbase SDK) gets the tombstone's CAS from
+/// DELETE; a plain memcached client (no HELLO) keeps getting CAS 0, which
+/// `memccapable` checks.
+#[tokio::test]
+async fn delete_returns_the_tombstone_cas_only_after_hello() -> anyhow::Result<()> {
+    let (n, mut c) = setup().await?;
+    timeout(BOUND, c.hello("sdk", &[])).await??;
+    let set = timeout(
+        BOUND,
+        c.store(
+            Opcode::Set,
+            Vbid(1),
+            b"k",
+            b"v",
+            0,
+            0,
+            Cas(0),
+            Datatype::RAW,
+        ),
+    )
+    .await??;
+    let d = timeout(BOUND, c.delete(Vbid(1), b"k")).await??;
+    assert_ne!(d.cas, Cas(0), "a HELLO client gets the tombstone's cas");
+    assert!(
+        d.cas.0 > set.cas.0,
+        "the tombstone's cas is newer than the document's"
+    );
+    let tombstone = n
+        .node
+        .state()
+        .bucket("default")
+        .expect("bucket")
+        .bucket
+        .items_since(Vbid(1), Seqno(0), 10)?
+        .into_iter()
+        .find(|i| i.deleted)
+        .expect("tombstone");
+    assert_eq!(d.cas, tombstone.cas);
+
+    let mut plain = n.admin_client("default").await?;
+    timeout(
+        BOUND,
+        plain.store(
+            Opcode::Set,
+            Vbid(1),
+            b"k2",
+            b"v",
+            0,
+            0,
+            Cas(0),
+            Datatype::RAW,
+        ),
+    )
+    .await??;
+    let d = timeout(BOUND, plain.delete(Vbid(1), b"k2")).await??;
+    assert_eq!(d.cas, Cas(0), "no HELLO: classic memcached answer");
+    Ok(())
+}
+
+/// Shutdown does not wait for a SEQNO_PERSISTENCE that cannot be satisfied soon: the
+/// waiting request is answered ETMPFAIL (or dropped with the connection) at once.
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_pending_seqno_persistence() -> anyhow::Result<()> {
+    let n = start_with(|c| {
+        c.flush_interval = std::time::Duration::from_secs(3600);
+        c.seqno_persistence_timeout = std::time::Duration::from_secs(120);
+    })
+    .await?;
+    n.create_bucket("default", 4, Some(VbState::Active))?;
+    let mut c = n.admin_client("default").await?;
+    c.store(
+        Opcode::Set,
+        Vbid(0),
+        b"k",
+        b"v",
+        0,
+        0,
+        Cas(0),
+        Datatype::RAW,
+    )
+    .await?;
+    c.send(&mcbp::kv::SeqnoPersistence {
+        vbucket: Vbid(0),
+        opaque: Opaque(9),
+        seqno: Seqno(1),
+    })
+    .await?;
+    let waiting = || {
+        n.node
+            .state()
+            .counters
+            .seqno_persistence_waiting
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    timeout(BOUND, async {
+        while waiting() == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await?;
+    let support::TestNode { node, dir: _dir } = n;
+    timeout(std::time::Duration::from_secs(5), node.shutdown())
+        .await
+        .map_err(|_| anyhow::anyhow!("shutdown waited for SEQNO_PERSISTENCE"))?;
     Ok(())
 }

@@ -934,12 +934,13 @@ pub(super) async fn run(
                         actions.extend(core.rollback_done(vb, opaque, res, ctx, &mut wire.out));
                     }
                     Action::SetVbState { vb, state: st } => {
-                        state.set_vbucket_state(&entry, vb, st).map_err(|e| {
-                            ConnError::SetState {
+                        state
+                            .set_vbucket_state_off_runtime(&entry, vb, st)
+                            .await
+                            .map_err(|e| ConnError::SetState {
                                 vb,
                                 what: e.to_string(),
-                            }
-                        })?;
+                            })?;
                     }
                     Action::Delay(d) => {
                         tokio::select! {

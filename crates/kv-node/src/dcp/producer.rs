@@ -810,12 +810,13 @@ pub(super) async fn run(
             for a in actions {
                 match a {
                     Action::SetVbState { vb, state: st } => {
-                        state.set_vbucket_state(&entry, vb, st).map_err(|e| {
-                            ConnError::SetState {
+                        state
+                            .set_vbucket_state_off_runtime(&entry, vb, st)
+                            .await
+                            .map_err(|e| ConnError::SetState {
                                 vb,
                                 what: e.to_string(),
-                            }
-                        })?;
+                            })?;
                         core.rebase(vb, st, entry.dcp.epoch(vb));
                     }
                 }
