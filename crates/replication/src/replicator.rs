@@ -13,7 +13,6 @@
 //!   a new one (its DCP_OPEN replaces the old connection on the node, §4.4).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -233,7 +232,6 @@ impl Replicator {
             tasks: tasks.handles,
             pending: HashMap::new(),
             next_reply: 1,
-            followups: VecDeque::new(),
             state: state_tx,
             peers: peers.clone(),
             finished: None,
@@ -481,11 +479,6 @@ impl Replicator {
 #[derive(Debug)]
 enum Pending {
     Setup(Reply),
-    /// §7.3 step 1: the close before a takeover.
-    TakeoverClose {
-        vb: Vbid,
-        reply: Reply,
-    },
     Takeover(Reply),
     Shut(Reply),
 }
@@ -493,10 +486,7 @@ enum Pending {
 impl Pending {
     fn into_reply(self) -> Reply {
         match self {
-            Pending::Setup(r)
-            | Pending::TakeoverClose { reply: r, .. }
-            | Pending::Takeover(r)
-            | Pending::Shut(r) => r,
+            Pending::Setup(r) | Pending::Takeover(r) | Pending::Shut(r) => r,
         }
     }
 }
@@ -535,7 +525,6 @@ struct Actor {
     tasks: Vec<JoinHandle<()>>,
     pending: HashMap<u64, Pending>,
     next_reply: u64,
-    followups: VecDeque<Event>,
     state: watch::Sender<ReplicatorState>,
     peers: Peers,
     /// Set when a shut was answered: the actor then stops.
@@ -563,8 +552,13 @@ impl Actor {
             Exit::Fail(e) => Err(e),
         };
         let end = if self.shutting { Ok(()) } else { end };
-        // Stop the socket tasks: they flush what was already read for at most
-        // TEARDOWN_FLUSH, then close the sockets. The failure is reported first.
+        // Stop the socket tasks: after a failure they flush what was already read
+        // for at most TEARDOWN_FLUSH, then close the sockets; a stop (shut, abort)
+        // drops it (§5.7 Shut: consumer traffic is no longer forwarded). The
+        // failure is reported first.
+        if end.is_ok() {
+            self.shared.skip_teardown_flush();
+        }
         self.shared.teardown.cancel();
         self.to_consumer = None;
         self.to_producer = None;
@@ -689,10 +683,10 @@ impl Actor {
                     reply: ReplyTo(id),
                 }
             }
+            // The core closes an open replication stream of `vb` first (§7.3).
             Command::Takeover { vb, reply } => {
-                self.pending
-                    .insert(id, Pending::TakeoverClose { vb, reply });
-                Event::CloseStream {
+                self.pending.insert(id, Pending::Takeover(reply));
+                Event::Takeover {
                     vb,
                     reply: ReplyTo(id),
                 }
@@ -706,8 +700,7 @@ impl Actor {
         self.feed(event, None)
     }
 
-    /// Hands one event to the core and performs its actions in order, then any
-    /// follow-up events (a takeover after its close).
+    /// Hands one event to the core and performs its actions in order.
     fn feed(&mut self, event: Event, ack: Option<oneshot::Sender<()>>) -> Result<(), Exit> {
         let actions = self.core.handle(now(), event);
         self.publish();
@@ -715,26 +708,18 @@ impl Actor {
         if let Some(ack) = ack {
             self.held_acks.push(ack);
         }
-        while let Some(ev) = self.followups.pop_front() {
-            let actions = self.core.handle(now(), ev);
-            self.publish();
-            self.perform(actions)?;
-        }
         Ok(())
     }
 
     fn publish(&mut self) {
-        self.shared
-            .consumer_forwarding
-            .store(self.core.forwards_consumer_traffic(), Ordering::Release);
         let phase = self.core.phase();
         let partitions = self.core.partitions();
         self.state.send_if_modified(|s| {
-            if s.phase == phase && &s.partitions == partitions {
+            if s.phase == phase && s.partitions == partitions {
                 false
             } else {
                 s.phase = phase;
-                s.partitions.clone_from(partitions);
+                s.partitions = partitions;
                 true
             }
         });
@@ -783,21 +768,6 @@ impl Actor {
             }
         });
         match p {
-            Pending::TakeoverClose { vb, reply } => match result {
-                Ok(()) => {
-                    let id = self.next_reply;
-                    self.next_reply += 1;
-                    self.pending.insert(id, Pending::Takeover(reply));
-                    self.followups.push_back(Event::Takeover {
-                        vb,
-                        reply: ReplyTo(id),
-                    });
-                }
-                Err(e) => {
-                    debug!(vb = %vb, error = %e, "takeover: closing the replication stream failed");
-                    let _ = reply.send(Err(e));
-                }
-            },
             Pending::Shut(reply) => {
                 self.finished = Some(());
                 let _ = reply.send(result);

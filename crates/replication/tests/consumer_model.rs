@@ -516,7 +516,7 @@ fn connection_with(p0: &BTreeSet<Vbid>, t0: Instant) -> ConsumerConn {
         last,
         vec![Action::Reply(ReplyTo(0), Ok(Outcome::StreamsSetUp))]
     );
-    assert_eq!(c.partitions(), p0);
+    assert_eq!(&c.partitions(), p0);
     c
 }
 

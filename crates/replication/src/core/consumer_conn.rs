@@ -40,10 +40,14 @@
 //! * **§5.9**: the wire opaque of the consumer's STREAM_REQ is recorded per pending
 //!   ADD; a STREAM_END is only ever compared with that, never with our ADD opaques.
 //! * **Stale STREAM_END**: once a stream is established we remember its wire opaque
-//!   (from the ADD_STREAM answer's extras, else the recorded STREAM_REQ). A
-//!   STREAM_END for an established vbucket removes it from `partitions` unless it
-//!   carries a *different* known opaque: then it belongs to an older stream, which
-//!   the consumer node ignores too (MB-34951), so our view stays with KV's.
+//!   (the recorded STREAM_REQ's, else the ADD_STREAM answer's extras in either byte
+//!   order). A STREAM_END for an established vbucket removes it from `partitions`
+//!   unless it carries a *different* known opaque: then it belongs to an older
+//!   stream, which the consumer node ignores too (MB-34951), so our view stays with
+//!   KV's.
+//! * **Takeover of a replicated vbucket** closes its stream on both nodes first and
+//!   then starts the takeover stream: one command, one reply, sequenced here rather
+//!   than by the shell (§7.3).
 //! * **Timeouts** tear the pair down: after a timeout the consumer node's state is
 //!   unknown (an ADD may still be answered, a stream may exist), so a retry must start
 //!   from a fresh connection (the replicator is recreated; the DCP_OPEN of the new
@@ -244,6 +248,10 @@ pub enum TakeoverPhase {
 enum AfterSetup {
     Idle,
     Shut,
+    /// The close of `vb`'s replication stream that precedes its takeover (§7.3
+    /// `maybe_close_stream`): on success the takeover starts, on failure the
+    /// takeover's owner gets the close failure.
+    Takeover(Vbid),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -356,10 +364,13 @@ impl StreamOpaque {
 pub struct ConsumerConn {
     config: CoreConfig,
     state: State,
-    /// §5.1: vbuckets with an established replication stream on this connection.
-    partitions: BTreeSet<Vbid>,
-    /// Wire stream opaque of established streams, where known.
-    stream_opaques: BTreeMap<Vbid, StreamOpaque>,
+    /// §5.1: the vbuckets with an established replication stream on this
+    /// connection (`partitions`), each with its wire stream opaque where known.
+    /// One entry per vbucket: a stream is established exactly when it is here.
+    streams: BTreeMap<Vbid, Option<StreamOpaque>>,
+    /// Set when the close that precedes a takeover succeeded: [`Self::handle`]
+    /// starts the takeover before it returns (never set between events).
+    takeover_next: Option<(Vbid, ReplyTo)>,
     next_opaque: u32,
     abandoned: Abandoned,
 }
@@ -371,8 +382,8 @@ impl ConsumerConn {
         ConsumerConn {
             config,
             state: State::Idle,
-            partitions: BTreeSet::new(),
-            stream_opaques: BTreeMap::new(),
+            streams: BTreeMap::new(),
+            takeover_next: None,
             next_opaque: COMMAND_OPAQUE_BASE,
             abandoned: Abandoned::default(),
         }
@@ -381,8 +392,12 @@ impl ConsumerConn {
     /// The vbuckets with an established replication stream (`get_partitions`,
     /// §5.2). Served in every state without waiting (§7.5 IMPROVE).
     #[must_use]
-    pub fn partitions(&self) -> &BTreeSet<Vbid> {
-        &self.partitions
+    pub fn partitions(&self) -> BTreeSet<Vbid> {
+        self.streams.keys().copied().collect()
+    }
+
+    fn is_established(&self, vb: Vbid) -> bool {
+        self.streams.contains_key(&vb)
     }
 
     /// The current state.
@@ -459,7 +474,7 @@ impl ConsumerConn {
                 self.on_setup_streams(state, now, &want, reply, &mut out)
             }
             Event::CloseStream { vb, reply } => {
-                let mut want = self.partitions.clone();
+                let mut want = self.partitions();
                 want.remove(&vb);
                 self.on_setup_streams(state, now, &want, reply, &mut out)
             }
@@ -468,6 +483,10 @@ impl ConsumerConn {
             Event::ConnectionClosed { side } => on_connection_closed(state, side, &mut out),
             Event::Timeout => self.on_timeout(state, now, &mut out),
         };
+        if let Some((vb, owner)) = self.takeover_next.take() {
+            let state = std::mem::replace(&mut self.state, State::Idle);
+            self.state = self.on_takeover(state, now, vb, owner, &mut out);
+        }
         out
     }
 
@@ -485,16 +504,34 @@ impl ConsumerConn {
             out.push(Action::Reply(reply, Err(refusal(&state))));
             return state;
         }
-        let to_start: Vec<Vbid> = want.difference(&self.partitions).copied().collect();
-        let to_stop: Vec<Vbid> = self.partitions.difference(want).copied().collect();
+        let partitions = self.partitions();
+        let to_start: Vec<Vbid> = want.difference(&partitions).copied().collect();
+        let to_stop: Vec<Vbid> = partitions.difference(want).copied().collect();
         if to_start.is_empty() && to_stop.is_empty() {
             out.push(Action::Reply(reply, Ok(Outcome::StreamsSetUp)));
             return State::Idle;
         }
         debug!(add = ?to_start, close = ?to_stop, "stream set-up");
-        let mut s = Setup::new(reply, AfterSetup::Idle);
+        self.start_setup(
+            now,
+            &to_start,
+            &to_stop,
+            Setup::new(reply, AfterSetup::Idle),
+            out,
+        )
+    }
+
+    /// Sends the ADD_STREAMs and the CLOSE_STREAMs (to both nodes) of a set-up.
+    fn start_setup(
+        &mut self,
+        now: Instant,
+        to_start: &[Vbid],
+        to_stop: &[Vbid],
+        mut s: Setup,
+        out: &mut Vec<Action>,
+    ) -> State {
         let add_deadline = now.checked_add(self.config.setup_timeout);
-        for vb in to_start {
+        for &vb in to_start {
             let opaque = self.alloc_opaque();
             out.push(Action::SendToConsumer(add_stream(vb, opaque, false)));
             s.to_add.insert(
@@ -508,7 +545,7 @@ impl ConsumerConn {
         }
         let close_deadline = now.checked_add(self.config.close_timeout);
         let mut on_producer = BTreeMap::new();
-        for vb in to_stop {
+        for &vb in to_stop {
             let on_consumer = self.alloc_opaque();
             out.push(Action::SendToConsumer(close_stream(vb, on_consumer)));
             s.to_close.insert(
@@ -544,13 +581,12 @@ impl ConsumerConn {
             out.push(Action::Reply(reply, Err(refusal(&state))));
             return state;
         }
-        if self.partitions.contains(&vb) {
-            debug!(vb = %vb, "takeover refused: replication stream open");
-            out.push(Action::Reply(
-                reply,
-                Err(SetupError::TakeoverOnOpenStream { vb }),
-            ));
-            return State::Idle;
+        if self.is_established(vb) {
+            // §7.3: close the replication stream on both nodes first; the takeover
+            // starts when both closes are acknowledged (and fails if one is not).
+            debug!(vb = %vb, "takeover: closing the replication stream first");
+            let s = Setup::new(reply, AfterSetup::Takeover(vb));
+            return self.start_setup(now, &[], &[vb], s, out);
         }
         let opaque = self.alloc_opaque();
         debug!(vb = %vb, opaque = %opaque, "takeover: add-stream");
@@ -577,26 +613,26 @@ impl ConsumerConn {
         let deadline = now.checked_add(self.config.shut_timeout);
         match state {
             State::Idle => {
-                if self.partitions.is_empty() {
+                if self.streams.is_empty() {
                     out.push(Action::Reply(reply, Ok(Outcome::Shut)));
                     return State::Shut;
                 }
                 // §5.6: consumer side only (MB-16064).
                 let mut s = Setup::new(reply, AfterSetup::Shut);
-                for vb in self.partitions.clone() {
+                for vb in self.partitions() {
                     let opaque = self.alloc_opaque();
                     out.push(Action::SendToConsumer(close_stream(vb, opaque)));
                     s.to_close.insert(opaque, PendingClose { vb, deadline });
                 }
                 State::Setup(s)
             }
-            State::Setup(mut s) if s.next_state == AfterSetup::Idle => {
+            State::Setup(mut s) if s.next_state != AfterSetup::Shut => {
                 // §5.6 stuck shut (MB-46253), with the IMPROVE.
                 debug!("shut while a set-up waits: superseding it");
                 out.push(Action::Reply(s.owner, Err(SetupError::SupersededByShut)));
                 let closing: BTreeSet<Vbid> = s.to_close.values().map(|c| c.vb).collect();
                 let mut more: BTreeSet<Vbid> = s.to_add.values().map(|a| a.vb).collect();
-                more.extend(self.partitions.difference(&closing).copied());
+                more.extend(self.partitions().difference(&closing).copied());
                 for vb in more {
                     let opaque = self.alloc_opaque();
                     out.push(Action::SendToConsumer(close_stream(vb, opaque)));
@@ -619,7 +655,7 @@ impl ConsumerConn {
                 s.errors.clear();
                 s.next_state = AfterSetup::Shut;
                 s.owner = reply;
-                check_setup_done(s, out)
+                self.check_setup_done(s, out)
             }
             other => {
                 out.push(Action::Reply(reply, Err(refusal(&other))));
@@ -659,7 +695,7 @@ impl ConsumerConn {
                 let waiting_for = match s.next_state {
                     AfterSetup::Shut => WaitingFor::Shut,
                     AfterSetup::Idle if !adds.is_empty() => WaitingFor::AddStream,
-                    AfterSetup::Idle => WaitingFor::CloseStream,
+                    AfterSetup::Idle | AfterSetup::Takeover(_) => WaitingFor::CloseStream,
                 };
                 let vbuckets: Vec<Vbid> = adds.union(&closes).copied().collect();
                 warn!(?waiting_for, ?vbuckets, "set-up timed out");
@@ -757,16 +793,12 @@ impl ConsumerConn {
                     }
                 }
                 debug!(vb = %add.vb, opaque = %opaque, "stream established");
-                self.partitions.insert(add.vb);
                 let known = match (add.stream_opaque, answered) {
                     (Some(r), _) => Some(StreamOpaque::Recorded(r)),
                     (None, Some(a)) => Some(StreamOpaque::Answered(a)),
                     (None, None) => None,
                 };
-                match known {
-                    Some(w) => self.stream_opaques.insert(add.vb, w),
-                    None => self.stream_opaques.remove(&add.vb),
-                };
+                self.streams.insert(add.vb, known);
             } else if s.next_state == AfterSetup::Shut {
                 debug!(vb = %add.vb, opaque = %opaque, %status, "add-stream failed while shutting");
             } else {
@@ -779,7 +811,7 @@ impl ConsumerConn {
                     status,
                 });
             }
-            return check_setup_done(s, out);
+            return self.check_setup_done(s, out);
         }
         if frame.is_client_response(Opcode::DcpCloseStream) {
             let Some(close) = s.to_close.remove(&opaque) else {
@@ -811,7 +843,7 @@ impl ConsumerConn {
                     status,
                 });
             }
-            return check_setup_done(s, out);
+            return self.check_setup_done(s, out);
         }
         if frame.is_client_request(Opcode::DcpStreamReq) {
             // §5.9 register-before-forward: note the wire opaque of the new stream.
@@ -962,7 +994,7 @@ impl ConsumerConn {
             }
             State::Setup(s) => {
                 // §5.9 required rule.
-                if self.partitions.contains(&vb) {
+                if self.is_established(vb) {
                     self.end_established(vb, opaque, reason);
                     return State::Setup(s);
                 }
@@ -993,7 +1025,7 @@ impl ConsumerConn {
                 }
             }
             State::Takeover(mut t) => {
-                if self.partitions.contains(&vb) {
+                if self.is_established(vb) {
                     self.end_established(vb, opaque, reason);
                     return State::Takeover(t);
                 }
@@ -1071,18 +1103,18 @@ impl ConsumerConn {
                 status,
             });
         }
-        check_setup_done(s, out)
+        self.check_setup_done(s, out)
     }
 
     // ---- helpers --------------------------------------------------------------
 
     /// MB-17241: the producer ended an established stream; follow KV's view.
     fn end_established(&mut self, vb: Vbid, opaque: Opaque, reason: EndReason) {
-        if !self.partitions.contains(&vb) {
+        let Some(known) = self.streams.get(&vb) else {
             debug!(vb = %vb, opaque = %opaque, %reason, "stream end for a vbucket without stream: ignored");
             return;
-        }
-        match self.stream_opaques.get(&vb) {
+        };
+        match known {
             Some(known) if !known.matches(opaque) => {
                 debug!(vb = %vb, opaque = %opaque, current = ?known, %reason,
                     "stream end of an older stream: ignored (the consumer ignores it too)");
@@ -1095,8 +1127,7 @@ impl ConsumerConn {
     }
 
     fn forget_stream(&mut self, vb: Vbid) {
-        self.partitions.remove(&vb);
-        self.stream_opaques.remove(&vb);
+        self.streams.remove(&vb);
     }
 
     fn alloc_opaque(&mut self) -> Opaque {
@@ -1126,27 +1157,35 @@ impl Setup {
     }
 }
 
-/// §5.5 completion check: reply once nothing is pending, then move on.
-fn check_setup_done(s: Setup, out: &mut Vec<Action>) -> State {
-    let producer_done = match &s.to_close_on_producer {
-        ProducerCloses::Pending(m) => m.is_empty(),
-        ProducerCloses::Ignore => true,
-    };
-    if !s.to_add.is_empty() || !s.to_close.is_empty() || !producer_done {
-        return State::Setup(s);
+impl ConsumerConn {
+    /// §5.5 completion check: reply once nothing is pending, then move on.
+    fn check_setup_done(&mut self, s: Setup, out: &mut Vec<Action>) -> State {
+        let producer_done = match &s.to_close_on_producer {
+            ProducerCloses::Pending(m) => m.is_empty(),
+            ProducerCloses::Ignore => true,
+        };
+        if !s.to_add.is_empty() || !s.to_close.is_empty() || !producer_done {
+            return State::Setup(s);
+        }
+        let (outcome, next) = match s.next_state {
+            AfterSetup::Idle => (Outcome::StreamsSetUp, State::Idle),
+            AfterSetup::Shut => (Outcome::Shut, State::Shut),
+            AfterSetup::Takeover(vb) if s.errors.is_empty() => {
+                debug!(vb = %vb, "replication stream closed; starting the takeover");
+                self.takeover_next = Some((vb, s.owner));
+                return State::Idle;
+            }
+            AfterSetup::Takeover(_) => (Outcome::StreamsSetUp, State::Idle),
+        };
+        let result = if s.errors.is_empty() {
+            Ok(outcome)
+        } else {
+            Err(SetupError::StreamsFailed { failures: s.errors })
+        };
+        debug!(?result, "set-up finished");
+        out.push(Action::Reply(s.owner, result));
+        next
     }
-    let (outcome, next) = match s.next_state {
-        AfterSetup::Idle => (Outcome::StreamsSetUp, State::Idle),
-        AfterSetup::Shut => (Outcome::Shut, State::Shut),
-    };
-    let result = if s.errors.is_empty() {
-        Ok(outcome)
-    } else {
-        Err(SetupError::StreamsFailed { failures: s.errors })
-    };
-    debug!(?result, "set-up finished");
-    out.push(Action::Reply(s.owner, result));
-    next
 }
 
 /// §5.7 "maybe finish": both the ADD_STREAM answer and the active state change are
@@ -1214,8 +1253,11 @@ fn owner_of(state: &State) -> Option<ReplyTo> {
 fn refusal(state: &State) -> SetupError {
     match state {
         State::Setup(s) if s.next_state == AfterSetup::Shut => SetupError::Shut,
-        State::Setup(_) => SetupError::Busy {
-            in_progress: Operation::SetupStreams,
+        State::Setup(s) => SetupError::Busy {
+            in_progress: match s.next_state {
+                AfterSetup::Takeover(vb) => Operation::Takeover { vb },
+                _ => Operation::SetupStreams,
+            },
         },
         State::Takeover(t) => SetupError::Busy {
             in_progress: Operation::Takeover { vb: t.vb },
@@ -1305,9 +1347,8 @@ mod tests {
     fn with_open_streams(open: &[u16]) -> ConsumerConn {
         let mut c = conn();
         for &v in open {
-            c.partitions.insert(vb(v));
-            c.stream_opaques
-                .insert(vb(v), StreamOpaque::Recorded(w_old(v)));
+            c.streams
+                .insert(vb(v), Some(StreamOpaque::Recorded(w_old(v))));
         }
         c
     }
@@ -1442,7 +1483,7 @@ mod tests {
                 assert!(out.is_empty());
             }
         }
-        assert_eq!(c.partitions(), &vbs(want));
+        assert_eq!(c.partitions(), vbs(want));
         c
     }
 
@@ -1477,7 +1518,7 @@ mod tests {
         );
         assert_eq!(c.phase(), Phase::Setup);
         // get_partitions is served while the set-up waits (§7.5).
-        assert_eq!(c.partitions(), &vbs(&[1, 2]));
+        assert_eq!(c.partitions(), vbs(&[1, 2]));
     }
 
     /// §5.5: the reply comes once every ADD is answered; successes join partitions.
@@ -1487,12 +1528,12 @@ mod tests {
         let mut c = conn();
         let _ = c.handle(t, setup(&[3, 4]));
         assert!(c.handle(t, add_ok(op(1), w(4))).is_empty());
-        assert_eq!(c.partitions(), &vbs(&[4]));
+        assert_eq!(c.partitions(), vbs(&[4]));
         assert_eq!(
             c.handle(t, add_ok(op(0), w(3))),
             reply_ok(Outcome::StreamsSetUp)
         );
-        assert_eq!(c.partitions(), &vbs(&[3, 4]));
+        assert_eq!(c.partitions(), vbs(&[3, 4]));
         assert_eq!(c.phase(), Phase::Idle);
     }
 
@@ -1516,7 +1557,7 @@ mod tests {
                 )]
             })
         );
-        assert_eq!(c.partitions(), &vbs(&[4]));
+        assert_eq!(c.partitions(), vbs(&[4]));
         assert_eq!(c.phase(), Phase::Idle);
     }
 
@@ -1625,7 +1666,7 @@ mod tests {
             c.handle(t, producer_close(op(1), Status::Success)),
             reply_ok(Outcome::StreamsSetUp)
         );
-        assert_eq!(c.partitions(), &vbs(&[1]));
+        assert_eq!(c.partitions(), vbs(&[1]));
     }
 
     /// §5.6: maybe_close_stream of a vb that is not open -> immediate `ok`.
@@ -1656,7 +1697,7 @@ mod tests {
         assert!(c
             .handle(t, close_answer(Opaque(1), Status::Success))
             .is_empty());
-        assert_eq!(c.partitions(), &vbs(&[1]));
+        assert_eq!(c.partitions(), vbs(&[1]));
         assert_eq!(c.phase(), Phase::Idle);
     }
 
@@ -1690,14 +1731,14 @@ mod tests {
         assert!(c
             .handle(t0(), end(1, w_old(1), EndReason::StateChanged))
             .is_empty());
-        assert_eq!(c.partitions(), &vbs(&[2]));
+        assert_eq!(c.partitions(), vbs(&[2]));
     }
 
     /// A stream established without a known wire opaque is removed by any end.
     #[test]
     fn idle_stream_end_for_an_open_vbucket_with_unknown_opaque_removes_it() {
         let mut c = with_open_streams(&[1]);
-        c.stream_opaques.clear();
+        c.streams.insert(vb(1), None);
         assert!(c
             .handle(t0(), end(1, Opaque(0x999), EndReason::Closed))
             .is_empty());
@@ -1711,7 +1752,7 @@ mod tests {
         assert!(c
             .handle(t0(), end(2, w_old(2), EndReason::Closed))
             .is_empty());
-        assert_eq!(c.partitions(), &vbs(&[1]));
+        assert_eq!(c.partitions(), vbs(&[1]));
     }
 
     /// MB-34951: a late STREAM_END of an older stream of an open vb (its opaque is
@@ -1722,7 +1763,7 @@ mod tests {
         assert!(c
             .handle(t0(), end(1, w_old(1), EndReason::Closed))
             .is_empty());
-        assert_eq!(c.partitions(), &vbs(&[1]));
+        assert_eq!(c.partitions(), vbs(&[1]));
         assert!(c
             .handle(t0(), end(1, w(1), EndReason::StateChanged))
             .is_empty());
@@ -1970,7 +2011,7 @@ mod tests {
                 })
             ]
         );
-        assert_eq!(c.partitions(), &vbs(&[5]));
+        assert_eq!(c.partitions(), vbs(&[5]));
     }
 
     /// §5.9 second variant: the ADD answer still arrives after the end; the pair is
@@ -2003,7 +2044,7 @@ mod tests {
             c.handle(t, add_ok(op(1), w(6))),
             reply_ok(Outcome::StreamsSetUp)
         );
-        assert_eq!(c.partitions(), &vbs(&[6]));
+        assert_eq!(c.partitions(), vbs(&[6]));
     }
 
     /// §5.9 rule 3 (MB-34951): a late STREAM_END of an older stream of the same vb
@@ -2019,7 +2060,7 @@ mod tests {
             c.handle(t, add_ok(op(0), w(5))),
             reply_ok(Outcome::StreamsSetUp)
         );
-        assert_eq!(c.partitions(), &vbs(&[5]));
+        assert_eq!(c.partitions(), vbs(&[5]));
     }
 
     /// §5.9 rule 3: before the STREAM_REQ is seen, any end belongs to an older stream.
@@ -2051,7 +2092,7 @@ mod tests {
             c.handle(t, add_ok(op(0), w(5))),
             reply_ok(Outcome::StreamsSetUp)
         );
-        assert_eq!(c.partitions(), &vbs(&[5, 9]));
+        assert_eq!(c.partitions(), vbs(&[5, 9]));
     }
 
     /// §5.9 rule 4: an end for a vb the set-up does not touch is ignored.
@@ -2398,7 +2439,7 @@ mod tests {
                 c.handle(t, add_ok(op(0), answered)),
                 reply_ok(Outcome::StreamsSetUp)
             );
-            assert_eq!(c.partitions(), &vbs(&[3]));
+            assert_eq!(c.partitions(), vbs(&[3]));
             assert!(c
                 .handle(t, end(3, w(3), EndReason::StateChanged))
                 .is_empty());
@@ -2414,28 +2455,88 @@ mod tests {
             let mut c = conn();
             let _ = c.handle(t, setup(&[3]));
             let _ = c.handle(t, add_ok(op(0), w(3)));
-            assert_eq!(c.partitions(), &vbs(&[3]));
+            assert_eq!(c.partitions(), vbs(&[3]));
             let _ = c.handle(t, end(3, stream_end_opaque, EndReason::Closed));
             assert!(c.partitions().is_empty());
         }
     }
 
-    /// §5.6: takeover on an open stream -> error, nothing sent.
+    /// §7.3, issue #8 (sequencing in the core): a takeover of a vbucket with an open
+    /// replication stream first closes it on both nodes, then starts the takeover
+    /// stream, as one operation with one reply.
     #[test]
-    fn takeover_on_an_open_stream_is_refused_without_sending_anything() {
-        let mut c = with_open_streams(&[4]);
+    fn takeover_of_an_open_stream_closes_it_on_both_sides_then_takes_over() {
+        let t = t0();
+        let mut c = with_open_streams(&[4, 5]);
+        let out = c.handle(
+            t,
+            Event::Takeover {
+                vb: vb(4),
+                reply: R,
+            },
+        );
         assert_eq!(
-            c.handle(
-                t0(),
-                Event::Takeover {
-                    vb: vb(4),
-                    reply: R
-                }
-            ),
-            reply_err(SetupError::TakeoverOnOpenStream { vb: vb(4) })
+            out,
+            vec![
+                Action::SendToConsumer(close_frame(4, op(0))),
+                Action::SendToProducer(close_frame(4, op(1))),
+            ]
+        );
+        assert_eq!(c.phase(), Phase::Setup);
+        assert!(c.handle(t, close_answer(op(0), Status::Success)).is_empty());
+        assert_eq!(c.partitions(), vbs(&[5]));
+        // The producer's answer completes the close: the takeover ADD goes out.
+        assert_eq!(
+            c.handle(t, producer_close(op(1), Status::Success)),
+            vec![Action::SendToConsumer(add_frame(4, op(2), true))]
+        );
+        assert_eq!(c.takeover_phase(), Some(TakeoverPhase::Requested));
+        assert_eq!(c.next_deadline(), Some(t + cfg().takeover_timeout));
+    }
+
+    /// §7.3 IMPROVE: a failed close fails the takeover; no takeover ADD is sent.
+    #[test]
+    fn takeover_whose_close_fails_is_answered_with_the_close_failure() {
+        let t = t0();
+        let mut c = with_open_streams(&[4]);
+        let _ = c.handle(
+            t,
+            Event::Takeover {
+                vb: vb(4),
+                reply: R,
+            },
+        );
+        assert!(c.handle(t, close_answer(op(0), Status::Success)).is_empty());
+        assert_eq!(
+            c.handle(t, producer_close(op(1), Status::Einval)),
+            reply_err(SetupError::StreamsFailed {
+                failures: vec![failure(
+                    StreamOp::CloseStream,
+                    4,
+                    Side::Producer,
+                    op(1),
+                    Status::Einval
+                )]
+            })
         );
         assert_eq!(c.phase(), Phase::Idle);
-        assert_eq!(c.next_opaque, COMMAND_OPAQUE_BASE, "no opaque was used");
+    }
+
+    /// A shut during the close that precedes a takeover supersedes the takeover.
+    #[test]
+    fn shut_during_the_close_before_a_takeover_supersedes_it() {
+        let t = t0();
+        let mut c = with_open_streams(&[4]);
+        let _ = c.handle(
+            t,
+            Event::Takeover {
+                vb: vb(4),
+                reply: R,
+            },
+        );
+        let out = c.handle(t, Event::Shut { reply: R2 });
+        assert_eq!(out[0], Action::Reply(R, Err(SetupError::SupersededByShut)));
+        assert_eq!(c.phase(), Phase::Shutting);
     }
 
     /// §5.7 Takeover: an ADD_STREAM error fails the takeover with the status; Idle.
@@ -2732,7 +2833,7 @@ mod tests {
                 vec![Action::ForwardToProducer(f)]
             );
         }
-        assert_eq!(c.partitions(), &vbs(&[1]));
+        assert_eq!(c.partitions(), vbs(&[1]));
         assert_eq!(c.takeover_phase(), Some(TakeoverPhase::OpaqueKnown));
     }
 
@@ -2968,7 +3069,7 @@ mod tests {
         assert!(c.handle(t, close_answer(op(1), Status::Success)).is_empty());
         assert!(c.handle(t, close_answer(op(3), Status::Success)).is_empty());
         assert!(c.handle(t, add_ok(op(0), w(3))).is_empty());
-        assert_eq!(c.partitions(), &vbs(&[3]));
+        assert_eq!(c.partitions(), vbs(&[3]));
         assert_eq!(
             c.handle(t, close_answer(op(4), Status::Success)),
             vec![Action::Reply(R2, Ok(Outcome::Shut))]

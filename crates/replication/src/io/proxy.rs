@@ -40,7 +40,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, trace, Instrument};
+use tracing::{debug, Instrument};
 
 use crate::core::{
     classify_from_producer, route_from_consumer, Event, ProducerDecision, Route, Side,
@@ -184,8 +184,9 @@ pub(crate) struct PairShared {
     /// Cancelled by whoever tears the pair down first.
     pub(crate) teardown: CancellationToken,
     failure: Mutex<Option<IoFailure>>,
-    /// Mirrors `ConsumerConn::forwards_consumer_traffic` (false once shut).
-    pub(crate) consumer_forwarding: AtomicBool,
+    /// Cleared when the pair is stopped on purpose: teardown then drops what was
+    /// read instead of flushing it (a failure flushes, issue #8 item 7).
+    flush_on_teardown: AtomicBool,
     pub(crate) liveness: Liveness,
 }
 
@@ -194,7 +195,7 @@ impl PairShared {
         Arc::new(PairShared {
             teardown: CancellationToken::new(),
             failure: Mutex::new(None),
-            consumer_forwarding: AtomicBool::new(true),
+            flush_on_teardown: AtomicBool::new(true),
             liveness: Liveness::new(),
         })
     }
@@ -208,6 +209,15 @@ impl PairShared {
             }
         }
         self.teardown.cancel();
+    }
+
+    /// A stop on purpose: teardown does not flush.
+    pub(crate) fn skip_teardown_flush(&self) {
+        self.flush_on_teardown.store(false, Ordering::Release);
+    }
+
+    fn flushes_on_teardown(&self) -> bool {
+        self.flush_on_teardown.load(Ordering::Acquire)
     }
 
     pub(crate) fn take_failure(&self) -> Option<IoFailure> {
@@ -344,7 +354,7 @@ impl Reader {
         let stop = self.read_loop().await;
         // Frames already read still reach the other node (bounded), also when this
         // socket failed: e.g. the STREAM_END read just before the producer's EOF.
-        if !self.batch.is_empty() {
+        if !self.batch.is_empty() && self.shared.flushes_on_teardown() {
             let last = self.batch.split().freeze();
             if tokio::time::timeout(TEARDOWN_FLUSH, self.partner.send(last))
                 .await
@@ -402,13 +412,7 @@ impl Reader {
         let side = self.side;
         match side {
             Side::Consumer => match route_from_consumer(frame.magic(), frame.opcode()) {
-                Route::Forward => {
-                    if self.shared.consumer_forwarding.load(Ordering::Acquire) {
-                        self.batch.extend_from_slice(frame.bytes());
-                    } else {
-                        trace!(opcode = %frame.opcode(), "shut: dropping consumer frame");
-                    }
-                }
+                Route::Forward => self.batch.extend_from_slice(frame.bytes()),
                 Route::Core => {
                     self.flush().await?;
                     let (ack, acked) = oneshot::channel();
@@ -515,6 +519,9 @@ async fn run_writer(
                 }
             },
         }
+    }
+    if !shared.flushes_on_teardown() {
+        return Ok(());
     }
     let drain = async {
         if let Some(b) = current.take() {
