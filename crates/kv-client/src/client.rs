@@ -10,12 +10,13 @@ use mcbp::kv::{
     SelectBucket, SeqnoPersistence, SetVbucket, Stat, StatResponse, Store,
 };
 use mcbp::{
-    BareRequest, Cas, Datatype, Frame, FrameDecoder, Message, Opaque, Opcode, Response, Seqno,
-    Status, VbState, Vbid,
+    BareRequest, Cas, Datatype, Frame, Message, Opaque, Opcode, Response, Seqno, Status, VbState,
+    Vbid,
 };
+use mcbp_conn::{FrameReader, FrameWriter, ReadConfig, ReadError, WriteError};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
@@ -61,9 +62,8 @@ impl std::fmt::Debug for Credentials {
 /// One MCBP connection.
 #[derive(Debug)]
 pub struct Client {
-    stream: TcpStream,
-    buf: BytesMut,
-    decoder: FrameDecoder,
+    reader: FrameReader<OwnedReadHalf>,
+    writer: FrameWriter<OwnedWriteHalf>,
     peer: String,
     next_opaque: u32,
     config: ClientConfig,
@@ -95,10 +95,15 @@ impl Client {
         let peer = stream
             .peer_addr()
             .map_or_else(|_| addr.to_string(), |a| a.to_string());
+        let (rd, wr) = stream.into_split();
+        let read = ReadConfig {
+            max_body_len: config.max_body_len,
+            ..ReadConfig::default()
+        };
         Ok(Client {
-            stream,
-            buf: BytesMut::with_capacity(64 * 1024),
-            decoder: FrameDecoder::new(config.max_body_len),
+            reader: FrameReader::new(rd, BytesMut::with_capacity(64 * 1024), read),
+            // A client writes one request at a time; the call's own timeout bounds it.
+            writer: FrameWriter::new(wr, usize::MAX, config.timeout),
             peer,
             next_opaque: 1,
             config,
@@ -114,7 +119,7 @@ impl Client {
     /// The peer's socket address.
     #[must_use]
     pub fn peer_addr(&self) -> Option<SocketAddr> {
-        self.stream.peer_addr().ok()
+        self.reader.get_ref().peer_addr().ok()
     }
 
     /// The configured timeout.
@@ -134,7 +139,11 @@ impl Client {
     /// last answer (they belong to the next reader).
     #[must_use]
     pub fn into_parts(self) -> (TcpStream, BytesMut) {
-        (self.stream, self.buf)
+        let (rd, buf) = self.reader.into_parts();
+        let stream = rd
+            .reunite(self.writer.into_inner())
+            .expect("both halves come from one stream");
+        (stream, buf)
     }
 
     /// Writes bytes (bounded by the timeout).
@@ -142,16 +151,22 @@ impl Client {
     /// # Errors
     /// I/O failure or timeout.
     pub async fn send_bytes(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        match timeout(self.config.timeout, self.stream.write_all(bytes)).await {
-            Err(_) => Err(ClientError::Timeout {
+        self.writer.staging().extend_from_slice(bytes);
+        let after = self.config.timeout;
+        match timeout(after, self.writer.flush()).await {
+            Err(_) | Ok(Err(WriteError::Stalled(_))) => Err(ClientError::Timeout {
                 peer: self.peer.clone(),
                 op: "write",
-                after: self.config.timeout,
+                after,
             }),
-            Ok(Err(source)) => Err(ClientError::Io {
+            Ok(Err(WriteError::Io(source))) => Err(ClientError::Io {
                 peer: self.peer.clone(),
                 op: "write",
                 source,
+            }),
+            Ok(Err(WriteError::Closed)) => Err(ClientError::Closed {
+                peer: self.peer.clone(),
+                op: "write",
             }),
             Ok(Ok(())) => Ok(()),
         }
@@ -185,33 +200,21 @@ impl Client {
     }
 
     async fn read_frame_unbounded(&mut self, op: &'static str) -> Result<Frame, ClientError> {
-        loop {
-            match self.decoder.decode(&mut self.buf) {
-                Ok(Some(f)) => return Ok(f),
-                Ok(None) => {}
-                Err(source) => {
-                    return Err(ClientError::Decode {
-                        peer: self.peer.clone(),
-                        source,
-                    })
-                }
-            }
-            let n = self
-                .stream
-                .read_buf(&mut self.buf)
-                .await
-                .map_err(|source| ClientError::Io {
-                    peer: self.peer.clone(),
-                    op,
-                    source,
-                })?;
-            if n == 0 {
-                return Err(ClientError::Closed {
-                    peer: self.peer.clone(),
-                    op,
-                });
-            }
-        }
+        self.reader.read_frame().await.map_err(|e| match e {
+            ReadError::Closed => ClientError::Closed {
+                peer: self.peer.clone(),
+                op,
+            },
+            ReadError::Io(source) => ClientError::Io {
+                peer: self.peer.clone(),
+                op,
+                source,
+            },
+            ReadError::Decode(source) => ClientError::Decode {
+                peer: self.peer.clone(),
+                source,
+            },
+        })
     }
 
     /// Sends a request and returns the answer with the same opcode and opaque.
