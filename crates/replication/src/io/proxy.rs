@@ -31,10 +31,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Buf;
 use bytes::{Bytes, BytesMut};
-use mcbp::{DecodeError, FrameDecoder};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use mcbp::DecodeError;
+use mcbp_conn::{FrameReader, FrameWriter, ReadConfig, ReadError, WriteError};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -256,16 +255,19 @@ pub(crate) fn spawn_pair(
     let (p_read, p_write) = producer.stream.into_split();
     let mut handles = Vec::with_capacity(4);
     let span = |side: Side, dir: &'static str, peer: &str| tracing::debug_span!("proxy", %side, %peer, %name, dir);
+    let read = ReadConfig {
+        max_body_len: cfg.max_body_len,
+        max_buffered: cfg.read_chunk * 2,
+        read_chunk: cfg.read_chunk,
+    };
     let reader =
         |side: Side, rd: OwnedReadHalf, leftover: BytesMut, partner: &mpsc::Sender<Bytes>| Reader {
             side,
-            rd,
-            buf: leftover,
+            reader: FrameReader::new(rd, leftover, read),
             batch: BytesMut::new(),
             partner: partner.clone(),
             events: events.clone(),
             shared: Arc::clone(shared),
-            cfg,
         };
     handles.push(spawn_task(
         shared,
@@ -339,14 +341,12 @@ impl From<IoFailure> for Stop {
 
 struct Reader {
     side: Side,
-    rd: OwnedReadHalf,
-    buf: BytesMut,
+    reader: FrameReader<OwnedReadHalf>,
     /// Whole frames read and not yet handed to the partner's writer.
     batch: BytesMut,
     partner: mpsc::Sender<Bytes>,
     events: mpsc::Sender<ReaderEvent>,
     shared: Arc<PairShared>,
-    cfg: ProxyConfig,
 }
 
 impl Reader {
@@ -370,11 +370,10 @@ impl Reader {
     }
 
     async fn read_loop(&mut self) -> Stop {
-        let decoder = FrameDecoder::new(self.cfg.max_body_len);
         loop {
             let mut frames = 0usize;
             loop {
-                let frame = match decoder.decode(&mut self.buf) {
+                let frame = match self.reader.next_buffered() {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
                     Err(e) => return Stop::Fail(decode_failure(self.side, &e)),
@@ -391,19 +390,17 @@ impl Reader {
             if let Err(stop) = self.flush().await {
                 return stop;
             }
-            if self.buf.capacity() - self.buf.len() < self.cfg.read_chunk / 2 {
-                self.buf.reserve(self.cfg.read_chunk);
-            }
-            let n = tokio::select! {
+            tokio::select! {
                 biased;
                 () = self.shared.teardown.cancelled() => return Stop::Teardown,
-                r = self.rd.read_buf(&mut self.buf) => match r {
-                    Ok(n) => n,
-                    Err(e) => return Stop::Fail(IoFailure::Io(self.side, e.to_string())),
+                r = self.reader.fill() => match r {
+                    Ok(_) => {}
+                    Err(ReadError::Closed) => return Stop::Fail(IoFailure::Eof(self.side)),
+                    Err(ReadError::Io(e)) => {
+                        return Stop::Fail(IoFailure::Io(self.side, e.to_string()))
+                    }
+                    Err(ReadError::Decode(e)) => return Stop::Fail(decode_failure(self.side, &e)),
                 },
-            };
-            if n == 0 {
-                return Stop::Fail(IoFailure::Eof(self.side));
             }
         }
     }
@@ -463,7 +460,7 @@ impl Reader {
                     return Ok(());
                 }
                 _ = probe.tick() => {
-                    match self.rd.as_ref().take_error() {
+                    match self.reader.get_ref().as_ref().take_error() {
                         Ok(None) => {}
                         Ok(Some(e)) | Err(e) => {
                             return Err(Stop::Fail(IoFailure::Io(self.side, e.to_string())));
@@ -480,62 +477,63 @@ fn decode_failure(side: Side, e: &DecodeError) -> IoFailure {
 }
 
 /// Writes queued batches; a write without progress for the stall bound fails the
-/// pair. On teardown, writes what is still queued for at most [`TEARDOWN_FLUSH`].
+/// pair. On teardown after a failure, writes what is still queued for at most
+/// [`TEARDOWN_FLUSH`]. One batch at a time leaves the channel, so the channel's bound
+/// is the memory bound.
 async fn run_writer(
     side: Side,
-    mut wr: OwnedWriteHalf,
+    wr: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Bytes>,
     shared: Arc<PairShared>,
     cfg: ProxyConfig,
 ) -> Result<(), IoFailure> {
-    let mut current: Option<Bytes> = None;
+    let mut w = FrameWriter::new(wr, usize::MAX, cfg.write_stall_timeout);
     loop {
-        let mut b = match current.take() {
-            Some(b) => b,
-            None => tokio::select! {
+        if w.is_empty() {
+            tokio::select! {
                 biased;
                 () = shared.teardown.cancelled() => break,
                 b = rx.recv() => match b {
-                    Some(b) => b,
+                    Some(b) => w.queue(b),
                     None => return Ok(()),
                 },
-            },
-        };
+            }
+            continue;
+        }
         tokio::select! {
             biased;
-            () = shared.teardown.cancelled() => {
-                current = Some(b);
-                break;
+            () = shared.teardown.cancelled() => break,
+            r = w.write_some() => {
+                r.map_err(|e| write_failure(side, e, cfg.write_stall_timeout))?;
             }
-            r = tokio::time::timeout(cfg.write_stall_timeout, wr.write(&b)) => match r {
-                Err(_) => return Err(IoFailure::WriteStalled(side, cfg.write_stall_timeout)),
-                Ok(Err(e)) => return Err(IoFailure::Io(side, e.to_string())),
-                Ok(Ok(0)) => return Err(IoFailure::Io(side, "write returned 0".into())),
-                Ok(Ok(n)) => {
-                    b.advance(n);
-                    if !b.is_empty() {
-                        current = Some(b);
-                    }
-                }
-            },
         }
     }
     if !shared.flushes_on_teardown() {
         return Ok(());
     }
     let drain = async {
-        if let Some(b) = current.take() {
-            wr.write_all(&b).await?;
+        loop {
+            if w.is_empty() {
+                match rx.recv().await {
+                    Some(b) => w.queue(b),
+                    None => return,
+                }
+            } else if let Err(e) = w.write_some().await {
+                debug!(%side, error = %e, "teardown flush failed");
+                return;
+            }
         }
-        while let Some(b) = rx.recv().await {
-            wr.write_all(&b).await?;
-        }
-        Ok::<(), std::io::Error>(())
     };
-    match tokio::time::timeout(TEARDOWN_FLUSH, drain).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => debug!(%side, error = %e, "teardown flush failed"),
-        Err(_) => debug!(%side, "teardown flush cut at its bound"),
+    if tokio::time::timeout(TEARDOWN_FLUSH, drain).await.is_err() {
+        debug!(%side, "teardown flush cut at its bound");
     }
     Ok(())
+}
+
+fn write_failure(side: Side, e: WriteError, stall: Duration) -> IoFailure {
+    match e {
+        WriteError::Stalled(_) => IoFailure::WriteStalled(side, stall),
+        WriteError::Closed => IoFailure::Io(side, "write returned 0".into()),
+        WriteError::Io(e) => IoFailure::Io(side, e.to_string()),
+    }
 }
