@@ -1,5 +1,5 @@
-//! Test-only helpers shared by Conduit's crates: a minimal HTTP client for the admin
-//! API, a `conduit node` child process on ephemeral ports, and tool discovery for
+//! Test-only helpers shared by Conduit's crates: admin-API calls through a real HTTP
+//! client, a `conduit node` child process on ephemeral ports, and tool discovery for
 //! interoperability tests. Never a dependency of non-test code.
 
 #![warn(missing_docs)]
@@ -9,18 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
 /// Bound on every wait in tests: only to catch hangs.
 pub const BOUND: Duration = Duration::from_secs(30);
 
-/// One HTTP/1.1 request with `Connection: close`; returns (status, body). Chunked
-/// bodies are reduced to their JSON part.
+/// One admin-API request through a real HTTP client (reqwest); returns (status,
+/// body). Bounded by [`BOUND`].
 ///
 /// # Errors
-/// Connection failures, timeouts, or an unparsable status line.
+/// Connection failures and timeouts.
 pub async fn http(
     addr: SocketAddr,
     method: &str,
@@ -28,32 +24,20 @@ pub async fn http(
     auth: Option<(&str, &str)>,
     body: Option<&str>,
 ) -> anyhow::Result<(u16, String)> {
-    let mut s = tokio::time::timeout(BOUND, TcpStream::connect(addr)).await??;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let client = reqwest::Client::builder().timeout(BOUND).build()?;
+    let method = reqwest::Method::from_bytes(method.as_bytes())?;
+    let mut req = client.request(method, format!("http://{addr}{path}"));
     if let Some((u, p)) = auth {
-        let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
-        req.push_str(&format!("Authorization: Basic {token}\r\n"));
+        req = req.basic_auth(u, Some(p));
     }
-    let body = body.unwrap_or("");
-    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    s.write_all(req.as_bytes()).await?;
-    let mut resp = Vec::new();
-    tokio::time::timeout(BOUND, s.read_to_end(&mut resp)).await??;
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let status: u16 = text
-        .split_whitespace()
-        .nth(1)
-        .ok_or_else(|| anyhow::anyhow!("no HTTP status line in {text:?}"))?
-        .parse()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    let body = match (body.find(['{', '[']), body.rfind(['}', ']'])) {
-        (Some(a), Some(b)) if b >= a => body[a..=b].to_string(),
-        _ => body,
-    };
-    Ok((status, body))
+    if let Some(b) = body {
+        req = req
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(b.to_string());
+    }
+    let resp = req.send().await?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.text().await?))
 }
 
 /// A `conduit node` child process on ephemeral ports; killed on drop.

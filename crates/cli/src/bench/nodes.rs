@@ -10,14 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use clap::Args;
 use kv_client::{Client, ClientConfig, Credentials};
 use mcbp::dcp::OpenFlags;
 use mcbp::kv::{Feature, Store};
 use mcbp::{Cas, Datatype, Message, Opaque, Opcode, Seqno, Vbid};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout, Instant};
 
@@ -201,27 +199,17 @@ impl NodeChild {
         Ok(())
     }
 
-    /// One HTTP/1.1 POST with `Connection: close`; returns (status, body).
+    /// One admin-API POST (reqwest); returns (status, body).
     async fn http_post(&self, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
-        let mut s = TcpStream::connect(self.admin).await?;
-        let token = base64::engine::general_purpose::STANDARD
-            .encode(format!("{ADMIN_USER}:{}", self.password));
-        let req = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAuthorization: Basic {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            self.admin,
-            body.len()
-        );
-        s.write_all(req.as_bytes()).await?;
-        let mut resp = Vec::new();
-        s.read_to_end(&mut resp).await?;
-        let text = String::from_utf8_lossy(&resp);
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .with_context(|| format!("no HTTP status line in {text:?}"))?;
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        Ok((status, body.to_string()))
+        let resp = reqwest::Client::new()
+            .post(format!("http://{}{path}", self.admin))
+            .basic_auth(ADMIN_USER, Some(&self.password))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string())
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.text().await?))
     }
 
     /// An authenticated connection with the bench bucket selected.
