@@ -19,8 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::scram::{ScramClient, ScramMech};
 use crate::ClientError;
+use sasl::{ScramClient, ScramMech};
 
 /// Client settings.
 #[derive(Clone, Debug)]

@@ -13,11 +13,14 @@ pub mod config;
 mod dcp;
 pub mod faults;
 pub mod node;
-pub mod scram;
 mod session;
 mod stats;
 pub mod users;
 mod xattr;
+
+/// The SCRAM server exchange and credentials, from the `sasl` crate (kept under
+/// this name for existing callers).
+pub use sasl as scram;
 
 pub use config::{BucketUserConfig, ConfigError, DcpConfig, NodeConfig};
 pub use node::{BucketEntry, BucketMeta, Node, NodeError, NodeState};

@@ -23,6 +23,7 @@ use mcbp::{
     BareRequest, BodyError, Cas, Datatype, Frame, FrameDecoder, Magic, Message, Opcode, Response,
     Seqno, Status, VbState, Vbid,
 };
+use sasl::{ScramMech, ScramServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -32,8 +33,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::node::{now, BucketEntry, NodeState};
-use crate::scram::{ScramMech, ScramServer};
-use crate::users::{parse_plain, User};
+use crate::users::User;
 
 /// Accepts connections until shutdown; each gets its own task.
 pub(crate) async fn accept_loop(
@@ -533,7 +533,7 @@ impl Session {
             return;
         }
         if a.mechanism.as_ref() == b"PLAIN" {
-            let Some((name, password)) = parse_plain(&a.data) else {
+            let Some((name, password)) = sasl::plain::parse(&a.data) else {
                 return fail(self, out, "malformed PLAIN message");
             };
             match self.state.users.authenticate(&name, &password).cloned() {
