@@ -11,9 +11,11 @@ mod admin;
 pub mod cluster;
 pub mod config;
 mod dcp;
+mod dcp_registry;
 pub mod faults;
 pub mod node;
 mod session;
+mod state;
 mod stats;
 pub mod users;
 mod xattr;
@@ -23,4 +25,5 @@ mod xattr;
 pub use sasl as scram;
 
 pub use config::{BucketUserConfig, ConfigError, DcpConfig, NodeConfig};
-pub use node::{BucketEntry, BucketMeta, Node, NodeError, NodeState};
+pub use node::Node;
+pub use state::{BucketEntry, BucketMeta, NodeCounters, NodeError, NodeState};

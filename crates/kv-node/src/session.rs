@@ -32,7 +32,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::node::{now, BucketEntry, NodeState};
+use crate::dcp::DcpPeer;
+use crate::state::{now, BucketEntry, NodeState};
 use crate::users::User;
 
 /// Accepts connections until shutdown; each gets its own task.
@@ -255,7 +256,7 @@ impl Session {
                         if !write_out(&mut wr, &mut out, idle, &shutdown).await? {
                             return Ok(());
                         }
-                        return crate::dcp::run(self, open, rd, wr, inbuf, shutdown)
+                        return crate::dcp::run(&self.dcp_peer(), open, rd, wr, inbuf, shutdown)
                             .await
                             .map_err(|e| SessionEnd::Dcp(e.to_string()));
                     }
@@ -303,6 +304,15 @@ impl Session {
                 },
                 () = tokio::time::sleep_until(deadline) => return Err(why),
             }
+        }
+    }
+
+    /// What a DCP connection takes over from this session.
+    fn dcp_peer(&self) -> DcpPeer {
+        DcpPeer {
+            state: self.state.clone(),
+            peer: self.peer,
+            json: has(&self.features, Feature::Json),
         }
     }
 
@@ -668,7 +678,7 @@ impl Session {
         let Some(open) = self.parse::<mcbp::dcp::Open>(out, req) else {
             return Flow::Continue;
         };
-        match crate::dcp::accept_open(self, &bucket, open, req) {
+        match crate::dcp::accept_open(&self.dcp_peer(), &bucket, open, req) {
             Ok(dcp) => {
                 Self::reply(out, req, Status::Success);
                 Flow::Dcp(dcp)
@@ -720,7 +730,7 @@ impl Session {
             _ => {
                 let (e, vb) = (b.clone(), req.vbucket());
                 let deleted =
-                    crate::node::off_runtime(&b.meta.name, move || e.bucket.delete_vbucket(vb))
+                    crate::state::off_runtime(&b.meta.name, move || e.bucket.delete_vbucket(vb))
                         .await;
                 match deleted {
                     Ok(()) => {
