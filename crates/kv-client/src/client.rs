@@ -20,8 +20,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::scram::{ScramClient, ScramMech};
 use crate::ClientError;
+use sasl::{ScramClient, ScramMech};
 
 /// Client settings.
 #[derive(Clone, Debug)]

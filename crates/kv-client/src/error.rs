@@ -108,7 +108,7 @@ pub enum ClientError {
         peer: String,
         /// Why.
         #[source]
-        source: crate::scram::ScramClientError,
+        source: sasl::ScramClientError,
     },
 }
 

@@ -10,7 +10,9 @@
 
 mod client;
 mod error;
-pub mod scram;
 
 pub use client::{Client, ClientConfig, Credentials};
 pub use error::ClientError;
+/// The SCRAM client exchange and mechanisms, from the `sasl` crate (kept under
+/// this name for existing callers).
+pub use sasl as scram;

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::faults::Fault;
-use crate::node::{BucketEntry, BucketMeta, NodeError, NodeState};
+use crate::state::{BucketEntry, BucketMeta, NodeError, NodeState};
 
 type Shared = Arc<NodeState>;
 

@@ -11,13 +11,19 @@ mod admin;
 pub mod cluster;
 pub mod config;
 mod dcp;
+mod dcp_registry;
 pub mod faults;
 pub mod node;
-pub mod scram;
 mod session;
+mod state;
 mod stats;
 pub mod users;
 mod xattr;
 
+/// The SCRAM server exchange and credentials, from the `sasl` crate (kept under
+/// this name for existing callers).
+pub use sasl as scram;
+
 pub use config::{BucketUserConfig, ConfigError, DcpConfig, NodeConfig};
-pub use node::{BucketEntry, BucketMeta, Node, NodeError, NodeState};
+pub use node::Node;
+pub use state::{BucketEntry, BucketMeta, NodeCounters, NodeError, NodeState};

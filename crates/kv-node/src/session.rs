@@ -23,6 +23,7 @@ use mcbp::{
     BareRequest, BodyError, Cas, Datatype, Frame, FrameDecoder, Magic, Message, Opcode, Response,
     Seqno, Status, VbState, Vbid,
 };
+use sasl::{ScramMech, ScramServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -31,9 +32,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::node::{now, BucketEntry, NodeState};
-use crate::scram::{ScramMech, ScramServer};
-use crate::users::{parse_plain, User};
+use crate::dcp::DcpPeer;
+use crate::state::{now, BucketEntry, NodeState};
+use crate::users::User;
 
 /// Accepts connections until shutdown; each gets its own task.
 pub(crate) async fn accept_loop(
@@ -255,7 +256,7 @@ impl Session {
                         if !write_out(&mut wr, &mut out, idle, &shutdown).await? {
                             return Ok(());
                         }
-                        return crate::dcp::run(self, open, rd, wr, inbuf, shutdown)
+                        return crate::dcp::run(&self.dcp_peer(), open, rd, wr, inbuf, shutdown)
                             .await
                             .map_err(|e| SessionEnd::Dcp(e.to_string()));
                     }
@@ -303,6 +304,15 @@ impl Session {
                 },
                 () = tokio::time::sleep_until(deadline) => return Err(why),
             }
+        }
+    }
+
+    /// What a DCP connection takes over from this session.
+    fn dcp_peer(&self) -> DcpPeer {
+        DcpPeer {
+            state: self.state.clone(),
+            peer: self.peer,
+            json: has(&self.features, Feature::Json),
         }
     }
 
@@ -533,7 +543,7 @@ impl Session {
             return;
         }
         if a.mechanism.as_ref() == b"PLAIN" {
-            let Some((name, password)) = parse_plain(&a.data) else {
+            let Some((name, password)) = sasl::plain::parse(&a.data) else {
                 return fail(self, out, "malformed PLAIN message");
             };
             match self.state.users.authenticate(&name, &password).cloned() {
@@ -668,7 +678,7 @@ impl Session {
         let Some(open) = self.parse::<mcbp::dcp::Open>(out, req) else {
             return Flow::Continue;
         };
-        match crate::dcp::accept_open(self, &bucket, open, req) {
+        match crate::dcp::accept_open(&self.dcp_peer(), &bucket, open, req) {
             Ok(dcp) => {
                 Self::reply(out, req, Status::Success);
                 Flow::Dcp(dcp)
@@ -720,7 +730,7 @@ impl Session {
             _ => {
                 let (e, vb) = (b.clone(), req.vbucket());
                 let deleted =
-                    crate::node::off_runtime(&b.meta.name, move || e.bucket.delete_vbucket(vb))
+                    crate::state::off_runtime(&b.meta.name, move || e.bucket.delete_vbucket(vb))
                         .await;
                 match deleted {
                     Ok(()) => {

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use mcbp::{Status, Vbid};
 
-use crate::node::{BucketEntry, NodeState};
+use crate::state::{BucketEntry, NodeState};
 
 type Pairs = Vec<(String, String)>;
 
@@ -38,7 +38,7 @@ pub(crate) fn collect(
         }
         "dcp" => {
             let b = bucket.ok_or(Status::NoBucket)?;
-            Ok(crate::dcp::connection_stats(state, b))
+            Ok(crate::dcp_registry::connection_stats(&b.dcp))
         }
         "dcp-vbtakeover" => {
             let b = bucket.ok_or(Status::NoBucket)?;
@@ -47,7 +47,7 @@ pub(crate) fn collect(
                 .and_then(|w| w.parse::<u16>().ok())
                 .ok_or(Status::Einval)?;
             let conn = words.collect::<Vec<_>>().join(" ");
-            crate::dcp::vbtakeover_stats(state, b, Vbid(vb), &conn)
+            crate::dcp_registry::vbtakeover_stats(&b.bucket, &b.dcp, Vbid(vb), &conn)
         }
         _ => Err(Status::KeyEnoent),
     }

@@ -7,8 +7,7 @@
 use std::collections::HashMap;
 
 use rand::RngCore;
-
-use crate::scram::{ScramCredential, ScramMech, ITERATIONS};
+use sasl::{ScramCredential, ScramMech, ITERATIONS};
 
 /// What a user may do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,19 +126,6 @@ impl Users {
     }
 }
 
-/// Splits a SASL PLAIN message `authzid NUL user NUL password`.
-#[must_use]
-pub fn parse_plain(msg: &[u8]) -> Option<(String, String)> {
-    let mut parts = msg.split(|b| *b == 0);
-    let _authzid = parts.next()?;
-    let user = std::str::from_utf8(parts.next()?).ok()?;
-    let password = std::str::from_utf8(parts.next()?).ok()?;
-    if parts.next().is_some() || user.is_empty() {
-        return None;
-    }
-    Some((user.to_string(), password.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,13 +145,5 @@ mod tests {
         let b = users.get("b").expect("b exists");
         assert!(b.may_use_bucket("b") && !b.may_use_bucket("other") && !b.is_admin());
         assert!(users.get("admin").expect("admin").may_use_bucket("other"));
-    }
-
-    #[test]
-    fn plain_messages_split_into_user_and_password() {
-        assert_eq!(parse_plain(b"\0u\0p"), Some(("u".into(), "p".into())));
-        assert_eq!(parse_plain(b"z\0u\0"), Some(("u".into(), String::new())));
-        assert_eq!(parse_plain(b"\0\0p"), None);
-        assert_eq!(parse_plain(b"u\0p"), None);
     }
 }

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
 use e2e_support::*;
-use kv_node::faults::Fault;
 use mcbp::dcp::{StreamEnd, StreamReq};
 use mcbp::{Cas, Datatype, Message, Opcode, Status, VbState, Vbid};
 use replication::core::Side;
@@ -163,11 +162,10 @@ async fn seed_race_stream_end_before_the_add_stream_answer_fails_the_setup_then_
     let mut expected = Expected::new();
     let mut ca = a.client().await?;
     load(&mut ca, &mut expected, "pre", 0..160, 0).await?;
-    b.faults().add(Fault::DropAddStreamResponse { vbucket: V });
-    a.faults().add(Fault::EndStreamAfterStreamReq {
-        vbucket: V,
-        reason: 2,
-    });
+    b.add_fault(json!({"kind": "drop_add_stream_response", "vbucket": V}))
+        .await?;
+    a.add_fault(json!({"kind": "end_stream_after_stream_req", "vbucket": V, "reason": 2}))
+        .await?;
 
     let tap = Tap::start(a.kv()).await?;
     let r = start_replicator(replicator_config(&b, &tap.addr)).await?;
@@ -231,8 +229,8 @@ async fn seed_race_stream_end_before_the_add_stream_answer_fails_the_setup_then_
     assert!(!r.is_running());
 
     // A retry after the faults are gone starts clean and data flows.
-    a.faults().clear();
-    b.faults().clear();
+    a.clear_faults().await?;
+    b.clear_faults().await?;
     let r2 = start_replicator(replicator_config(&b, &a.kv())).await?;
     timeout(BOUND, r2.setup_replication(vbs([V, W]))).await??;
     assert_eq!(r2.get_partitions(), vbs([V, W]));
@@ -251,10 +249,8 @@ async fn producer_ending_the_stream_right_after_accepting_it_never_hangs() -> an
     const V: u16 = 9;
     const W: u16 = 10;
     let (a, b) = pair(true, false).await?;
-    a.faults().add(Fault::EndStreamAfterStreamReq {
-        vbucket: V,
-        reason: 2,
-    });
+    a.add_fault(json!({"kind": "end_stream_after_stream_req", "vbucket": V, "reason": 2}))
+        .await?;
     let mut outcomes = BTreeMap::<&str, usize>::new();
     for round in 0..5 {
         let r = start_replicator(replicator_config(&b, &a.kv())).await?;
@@ -295,7 +291,8 @@ async fn lost_add_stream_answer_times_out_naming_the_vbucket_then_a_retry_succee
     const V: u16 = 2;
     const W: u16 = 3;
     let (a, b) = pair(false, true).await?;
-    b.faults().add(Fault::DropAddStreamResponse { vbucket: V });
+    b.add_fault(json!({"kind": "drop_add_stream_response", "vbucket": V}))
+        .await?;
     let mut cfg = replicator_config(&b, &a.kv());
     cfg.core.setup_timeout = Duration::from_secs(1);
     let r = start_replicator(cfg).await?;
@@ -326,7 +323,7 @@ async fn lost_add_stream_answer_times_out_naming_the_vbucket_then_a_retry_succee
         Err(ReplError::Timeout { .. })
     ));
 
-    b.faults().clear();
+    b.clear_faults().await?;
     let r2 = start_replicator(replicator_config(&b, &a.kv())).await?;
     timeout(BOUND, r2.setup_replication(vbs([V, W]))).await??;
     assert_eq!(r2.get_partitions(), vbs([V, W]));
@@ -346,10 +343,8 @@ async fn stream_request_refused_with_etmpfail_fails_the_setup_with_add_stream_fa
     const V: u16 = 4;
     const W: u16 = 12;
     let (a, b) = pair(true, false).await?;
-    a.faults().add(Fault::StreamReqStatus {
-        vbucket: V,
-        status: 0x86,
-    });
+    a.add_fault(json!({"kind": "stream_req_status", "vbucket": V, "status": 0x86}))
+        .await?;
     let r = start_replicator(replicator_config(&b, &a.kv())).await?;
     let t0 = Instant::now();
     let err = expect_err("the set-up", r.setup_replication(vbs([V, W]))).await?;
@@ -369,7 +364,7 @@ async fn stream_request_refused_with_etmpfail_fails_the_setup_with_add_stream_fa
     assert_eq!(r.get_partitions(), vbs([W]));
     assert!(r.is_running());
 
-    a.faults().clear();
+    a.clear_faults().await?;
     timeout(BOUND, r.setup_replication(vbs([V, W]))).await??;
     assert_eq!(r.get_partitions(), vbs([V, W]));
     let mut expected = Expected::new();
@@ -386,7 +381,8 @@ async fn stream_request_refused_with_etmpfail_fails_the_setup_with_add_stream_fa
 async fn producer_connection_closed_mid_setup_ends_the_replicator_then_a_new_one_succeeds(
 ) -> anyhow::Result<()> {
     let (a, b) = pair(true, false).await?;
-    a.faults().add(Fault::CloseAfterFrames { frames: 9 });
+    a.add_fault(json!({"kind": "close_after_frames", "frames": 9}))
+        .await?;
     let r = start_replicator(replicator_config(&b, &a.kv())).await?;
     let t0 = Instant::now();
     let err = expect_err("the set-up", r.setup_replication(vbs(0..4))).await?;
@@ -444,8 +440,8 @@ async fn move_vbucket_under_writes_loses_no_acknowledged_write() -> anyhow::Resu
     const V: Vbid = Vbid(3);
     let a = TestNode::start(false).await?;
     let b = TestNode::start(false).await?;
-    a.create_bucket(Some(VbState::Active))?;
-    b.create_bucket(None)?;
+    a.create_bucket(Some(VbState::Active)).await?;
+    b.create_bucket(None).await?;
     assert_eq!(b.vb_state(V), VbState::Dead);
 
     let mut ca = a.client().await?;

@@ -31,9 +31,8 @@ use tracing::{debug, info, trace, warn};
 use super::flow::ConsumerAcker;
 use super::passive_stream::{PState, PassiveStream};
 use super::wire::{now, Wake, Wire};
-use super::{ConnError, ConnInfo, DcpOpen, DcpRegistry, Side, StreamInfo, StreamStatus};
+use super::{ConnError, ConnInfo, DcpOpen, DcpPeer, DcpRegistry, Side, StreamInfo, StreamStatus};
 use crate::faults::{Fault, Faults};
-use crate::session::Session;
 
 /// How often processed bytes are acknowledged when the 20 % rule has not fired.
 const ACK_INTERVAL: Duration = Duration::from_secs(5);
@@ -883,7 +882,7 @@ fn inflate(mut item: Item) -> Result<Item, String> {
 
 /// The async shell.
 pub(super) async fn run(
-    s: &mut Session,
+    s: &DcpPeer,
     open: &DcpOpen,
     info: &Arc<ConnInfo>,
     mut wire: Wire,
@@ -912,7 +911,7 @@ pub(super) async fn run(
                 bucket: &entry.bucket,
                 reg: &entry.dcp,
                 faults: &state.faults,
-                unix_now: crate::node::now(),
+                unix_now: crate::state::now(),
             };
             let mut actions: VecDeque<Action> =
                 core.handle_frame(t, &f, ctx, &mut wire.out)?.into();
@@ -928,7 +927,7 @@ pub(super) async fn run(
                         entry.dcp.bump_epoch(vb);
                         entry.notify_change();
                         let ctx = Ctx {
-                            unix_now: crate::node::now(),
+                            unix_now: crate::state::now(),
                             ..ctx
                         };
                         actions.extend(core.rollback_done(vb, opaque, res, ctx, &mut wire.out));

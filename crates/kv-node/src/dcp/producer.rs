@@ -27,9 +27,8 @@ use tracing::{debug, trace, warn};
 use super::active_stream::{ActiveStream, Emit, Phase};
 use super::flow::ProducerWindow;
 use super::wire::{now, Wake, Wire};
-use super::{ConnError, ConnInfo, DcpOpen, DcpRegistry, Side, StreamInfo, StreamStatus};
+use super::{ConnError, ConnInfo, DcpOpen, DcpPeer, DcpRegistry, Side, StreamInfo, StreamStatus};
 use crate::faults::{Fault, Faults};
-use crate::session::Session;
 
 /// Output budget: stream messages are encoded only while less than this is
 /// waiting to be written, so a slow consumer costs bounded memory.
@@ -772,13 +771,12 @@ impl Drop for TakeoverBackoff<'_> {
 /// a timeout, so a lost wake-up costs at most one poll interval), flushes, runs
 /// the noop timer.
 pub(super) async fn run(
-    s: &mut Session,
+    s: &DcpPeer,
     open: &DcpOpen,
     info: &Arc<ConnInfo>,
     mut wire: Wire,
     shutdown: &CancellationToken,
 ) -> Result<(), ConnError> {
-    use mcbp::kv::Feature;
     const POLL: Duration = Duration::from_millis(100);
     let entry = open.bucket.clone();
     let state = s.state.clone();
@@ -787,7 +785,7 @@ pub(super) async fn run(
         now(),
         ProducerSettings {
             open: open.flags,
-            json: s.features.contains(&Feature::Json),
+            json: s.json,
             idle_timeout: cfg.idle_timeout,
             batch: cfg.backfill_batch.max(1),
         },

@@ -16,8 +16,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use bytes::{Bytes, BytesMut};
 use kv_client::{Client, ClientConfig, Credentials};
-use kv_node::faults::Faults;
-use kv_node::{BucketMeta, Node, NodeConfig};
+use kv_node::{Node, NodeConfig};
 use mcbp::kv::{Feature, Get, GetResponse};
 use mcbp::{Cas, Datatype, Frame, FrameDecoder, Message, Opcode, Seqno, Status, VbState, Vbid};
 use replication::core::CoreConfig;
@@ -74,22 +73,58 @@ impl TestNode {
         self.node.kv_addr().to_string()
     }
 
-    /// Creates [`BUCKET`] with [`VBUCKETS`] vbuckets, all in `state` (dead if `None`).
-    pub fn create_bucket(&self, state: Option<VbState>) -> anyhow::Result<()> {
-        self.node.state().create_bucket(
-            BucketMeta {
-                name: BUCKET.into(),
-                vbuckets: VBUCKETS,
-                ram_quota_mb: 256,
-                flush_enabled: true,
-            },
-            state,
-        )?;
-        Ok(())
+    /// Creates [`BUCKET`] with [`VBUCKETS`] vbuckets, all in `state` (dead if `None`),
+    /// through the admin API.
+    pub async fn create_bucket(&self, state: Option<VbState>) -> anyhow::Result<()> {
+        let mut def = serde_json::json!({
+            "name": BUCKET,
+            "vbuckets": VBUCKETS,
+            "ram_quota_mb": 256,
+            "flush_enabled": true,
+        });
+        if let Some(s) = state {
+            def["initial_state"] = s.as_str().into();
+        }
+        self.admin("POST", "/buckets", Some(&def.to_string()), 201)
+            .await
     }
 
-    pub fn faults(&self) -> &Faults {
-        &self.node.state().faults
+    /// Injects a fault through the admin API (`POST /faults`; the body is the node's
+    /// fault JSON, e.g. `{"kind":"drop_add_stream_response","vbucket":5}`).
+    pub async fn add_fault(&self, fault: serde_json::Value) -> anyhow::Result<()> {
+        self.admin("POST", "/faults", Some(&fault.to_string()), 201)
+            .await
+    }
+
+    /// Removes every injected fault through the admin API (`DELETE /faults`).
+    pub async fn clear_faults(&self) -> anyhow::Result<()> {
+        self.admin("DELETE", "/faults", None, 200).await
+    }
+
+    /// One admin API call as the admin user; any status but `want` is an error.
+    async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        want: u16,
+    ) -> anyhow::Result<()> {
+        let (status, text) = timeout(
+            BOUND,
+            testkit::http(
+                self.node.admin_addr(),
+                method,
+                path,
+                Some((ADMIN, PASSWORD)),
+                body,
+            ),
+        )
+        .await
+        .with_context(|| format!("{method} {path} hangs"))??;
+        if status != want {
+            bail!("{method} {path}: HTTP {status} (wanted {want}): {text}");
+        }
+        Ok(())
     }
 
     /// An admin client with [`BUCKET`] selected and JSON/XATTR negotiated (so the
@@ -155,8 +190,8 @@ impl TestNode {
 pub async fn pair(a_faults: bool, b_faults: bool) -> anyhow::Result<(TestNode, TestNode)> {
     let a = TestNode::start(a_faults).await?;
     let b = TestNode::start(b_faults).await?;
-    a.create_bucket(Some(VbState::Active))?;
-    b.create_bucket(Some(VbState::Replica))?;
+    a.create_bucket(Some(VbState::Active)).await?;
+    b.create_bucket(Some(VbState::Replica)).await?;
     Ok((a, b))
 }
 

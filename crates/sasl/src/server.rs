@@ -3,13 +3,13 @@
 //! answered AUTH_CONTINUE with the server-first message; SASL_STEP carries the
 //! client-final message and is answered SUCCESS with `v=<server signature>`.
 //!
-//! The primitives are shared with the client in `kv_client::scram`; the exchange is a
-//! small state machine with no I/O.
+//! The primitives are shared with the client ([`crate::ScramClient`]); the exchange
+//! is a small state machine with no I/O.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use kv_client::scram::{mech_hash, mech_hmac};
-pub use kv_client::scram::{ScramCredential, ScramMech, ITERATIONS};
+
+use crate::scram::{mech_hash, mech_hmac, ScramCredential, ScramMech, ITERATIONS};
 
 /// Equality that does not stop at the first differing byte.
 fn same(a: &[u8], b: &[u8]) -> bool {
@@ -193,7 +193,7 @@ impl ScramServer {
 mod tests {
     use super::*;
 
-    use kv_client::scram::ScramClient;
+    use crate::client::ScramClient;
 
     fn run(
         mech: ScramMech,
