@@ -819,7 +819,7 @@ impl Actor {
             let actions = self.core.handle(now(), ev.event);
             self.perform_offline(actions, None, &mut first);
         }
-        let precise = failure.as_ref().map(|f| f.to_repl_error(&self.peers));
+        let precise = failure.as_ref().map(|f| ReplError::from_io(f, &self.peers));
         let side = failure.as_ref().map_or(Side::Consumer, IoFailure::side);
         let actions = self.core.handle(now(), Event::ConnectionClosed { side });
         self.perform_offline(actions, precise.as_ref(), &mut first);

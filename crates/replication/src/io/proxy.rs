@@ -45,7 +45,6 @@ use tracing::{debug, trace, Instrument};
 use crate::core::{
     classify_from_producer, route_from_consumer, Event, ProducerDecision, Route, Side,
 };
-use crate::error::{Peers, ReplError};
 use crate::io::connect::Connected;
 
 /// How long teardown keeps writing what was already read (issue #8 item 7).
@@ -119,15 +118,15 @@ impl Liveness {
     }
 }
 
-/// Why a socket task stopped the pair.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Why a socket task stopped the pair ([`crate::error::ReplError::from_io`] adds the peer).
+#[derive(Clone, Debug)]
 pub(crate) enum IoFailure {
     /// The node closed its socket.
     Eof(Side),
     /// Reading or writing failed.
-    Io(Side, String),
+    Io(Side, Arc<std::io::Error>),
     /// The byte stream cannot be framed (or a frame exceeds the cap).
-    Decode(Side, String),
+    Decode(Side, DecodeError),
     /// The actor went away (only during teardown).
     ActorGone(Side),
     /// A write to this side's node made no progress for the stall bound.
@@ -145,36 +144,8 @@ impl IoFailure {
         }
     }
 
-    pub(crate) fn to_repl_error(&self, peers: &Peers) -> ReplError {
-        let side = self.side();
-        let peer = peers.of(side).to_string();
-        match self {
-            IoFailure::Eof(_) => ReplError::ConnectionClosed {
-                side,
-                peer,
-                detail: Some("closed by peer".into()),
-            },
-            IoFailure::Io(_, e) => ReplError::ConnectionClosed {
-                side,
-                peer,
-                detail: Some(e.clone()),
-            },
-            IoFailure::Decode(_, e) => ReplError::Protocol {
-                side,
-                peer,
-                vb: None,
-                opaque: None,
-                detail: format!("corrupt stream: {e}"),
-            },
-            IoFailure::ActorGone(_) => ReplError::Interrupted,
-            IoFailure::WriteStalled(_, after) => ReplError::ConnectionClosed {
-                side,
-                peer,
-                detail: Some(format!(
-                    "no write progress for {after:?}: the node stopped reading"
-                )),
-            },
-        }
+    fn io(side: Side, e: std::io::Error) -> IoFailure {
+        IoFailure::Io(side, Arc::new(e))
     }
 }
 
@@ -389,7 +360,7 @@ impl Reader {
                 () = self.shared.teardown.cancelled() => return Stop::Teardown,
                 r = self.rd.read_buf(&mut self.buf) => match r {
                     Ok(n) => n,
-                    Err(e) => return Stop::Fail(IoFailure::Io(self.side, e.to_string())),
+                    Err(e) => return Stop::Fail(IoFailure::io(self.side, e)),
                 },
             };
             if n == 0 {
@@ -462,7 +433,7 @@ impl Reader {
                     match self.rd.as_ref().take_error() {
                         Ok(None) => {}
                         Ok(Some(e)) | Err(e) => {
-                            return Err(Stop::Fail(IoFailure::Io(self.side, e.to_string())));
+                            return Err(Stop::Fail(IoFailure::io(self.side, e)));
                         }
                     }
                 }
@@ -472,7 +443,7 @@ impl Reader {
 }
 
 fn decode_failure(side: Side, e: &DecodeError) -> IoFailure {
-    IoFailure::Decode(side, e.to_string())
+    IoFailure::Decode(side, e.clone())
 }
 
 /// Writes queued batches; a write without progress for the stall bound fails the
@@ -505,8 +476,11 @@ async fn run_writer(
             }
             r = tokio::time::timeout(cfg.write_stall_timeout, wr.write(&b)) => match r {
                 Err(_) => return Err(IoFailure::WriteStalled(side, cfg.write_stall_timeout)),
-                Ok(Err(e)) => return Err(IoFailure::Io(side, e.to_string())),
-                Ok(Ok(0)) => return Err(IoFailure::Io(side, "write returned 0".into())),
+                Ok(Err(e)) => return Err(IoFailure::io(side, e)),
+                Ok(Ok(0)) => return Err(IoFailure::io(
+                    side,
+                    std::io::Error::new(std::io::ErrorKind::WriteZero, "write returned 0"),
+                )),
                 Ok(Ok(n)) => {
                     b.advance(n);
                     if !b.is_empty() {
