@@ -584,6 +584,16 @@ impl ReplError {
         }
     }
 
+    /// During a teardown the core only knows that a socket closed; the socket task
+    /// that saw it knows how (`precise`, from [`ReplError::from_io`]), which then
+    /// replaces a bare [`ReplError::ConnectionClosed`].
+    pub(crate) fn or_precise(self, precise: Option<&ReplError>) -> ReplError {
+        match (precise, &self) {
+            (Some(p), ReplError::ConnectionClosed { .. }) => p.clone(),
+            _ => self,
+        }
+    }
+
     /// The full message: this error's text followed by its sources' (a source whose
     /// text is already in the message is not repeated). What the CLI shows.
     #[must_use]

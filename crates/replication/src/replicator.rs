@@ -775,13 +775,9 @@ impl Actor {
             debug!(reply = to.0, ?result, "reply for nobody");
             return;
         };
-        let result = result.map(drop).map_err(|e| {
-            let mapped = ReplError::from_setup(e, &self.peers);
-            match (closed_as, &mapped) {
-                (Some(precise), ReplError::ConnectionClosed { .. }) => precise.clone(),
-                _ => mapped,
-            }
-        });
+        let result = result
+            .map(drop)
+            .map_err(|e| ReplError::from_setup(e, &self.peers).or_precise(closed_as));
         match p {
             Pending::TakeoverClose { vb, reply } => match result {
                 Ok(()) => {
@@ -838,11 +834,7 @@ impl Actor {
                 Action::Reply(to, result) => self.reply(to, result, closed_as),
                 Action::Close(e) => {
                     if first.is_none() {
-                        let mapped = ReplError::from_conn(&e, &self.peers);
-                        *first = Some(match (closed_as, &mapped) {
-                            (Some(p), ReplError::ConnectionClosed { .. }) => p.clone(),
-                            _ => mapped,
-                        });
+                        *first = Some(ReplError::from_conn(&e, &self.peers).or_precise(closed_as));
                     }
                 }
                 Action::ForwardToProducer(_)
