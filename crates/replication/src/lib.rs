@@ -24,6 +24,7 @@
 pub mod core;
 pub mod error;
 pub mod io;
+mod lock;
 pub mod manager;
 pub mod mover;
 pub mod replicator;

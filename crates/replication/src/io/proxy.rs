@@ -46,6 +46,7 @@ use crate::core::{
     classify_from_producer, route_from_consumer, Event, ProducerDecision, Route, Side,
 };
 use crate::io::connect::Connected;
+use crate::lock::lock;
 
 /// How long teardown keeps writing what was already read (issue #8 item 7).
 pub const TEARDOWN_FLUSH: Duration = Duration::from_millis(100);
@@ -172,7 +173,8 @@ impl PairShared {
 
     /// Records the first failure and tears the pair down.
     fn fail(&self, f: IoFailure) {
-        if let Ok(mut slot) = self.failure.lock() {
+        {
+            let mut slot = lock(&self.failure);
             if slot.is_none() && !self.teardown.is_cancelled() {
                 debug!(side = %f.side(), failure = ?f, "socket task failed");
                 *slot = Some(f);
@@ -182,7 +184,7 @@ impl PairShared {
     }
 
     pub(crate) fn take_failure(&self) -> Option<IoFailure> {
-        self.failure.lock().ok().and_then(|mut s| s.take())
+        lock(&self.failure).take()
     }
 }
 
