@@ -4,8 +4,8 @@
 //!
 //! Every variant names what it concerns (vbucket, opaque, peer, side). Errors of the
 //! consumer-side core ([`SetupError`], [`ConnError`]) and of the proxy's socket tasks
-//! are turned into a [`ReplError`] here and only here ([`ReplError::from_setup`],
-//! [`ReplError::from_conn`], [`ReplError::from_io`]), adding the peer address of the
+//! are turned into a [`ReplError`] here and only here (`ReplError::from_setup`,
+//! `ReplError::from_conn`, `ReplError::from_io`), adding the peer address of the
 //! side that failed. Causes stay typed: an `io::Error` or a decode error is the
 //! [`source`](std::error::Error::source), never flattened into the message. How the
 //! CLI prints these errors (kinds, JSON fields) is the CLI's business
