@@ -13,6 +13,7 @@ mod decode;
 mod demo;
 mod node_cmd;
 mod replicate_cmd;
+mod replicate_json;
 
 /// Conduit: Couchbase-style data nodes and DCP replication.
 #[derive(Debug, Parser)]

@@ -13,6 +13,8 @@ use replication::core::CoreConfig;
 use replication::{move_vbucket, ManagerConfig, MoveConfig, ReplError, ReplicationManager};
 use serde_json::{json, Value};
 
+use crate::replicate_json::ErrorJson;
+
 /// Parses `0,1,5-9` (empty = no vbuckets).
 pub(crate) fn parse_vbuckets(s: &str) -> Result<BTreeSet<u16>, String> {
     let mut out = BTreeSet::new();
@@ -91,7 +93,7 @@ fn line(v: &Value) {
 }
 
 fn error_line(e: &ReplError) {
-    line(&json!({"ok": false, "error": e.to_json()}));
+    line(&json!({"ok": false, "error": ErrorJson::from(e)}));
 }
 
 /// A signal arrived mid-operation: say so first, then close (bounded by the

@@ -2,23 +2,28 @@
 //! (§11.16), and [`ConnectError`], the failure of a half's connection set-up
 //! (§4.2, §11.15).
 //!
-//! Every variant names what it concerns (vbucket, opaque, peer, side). The CLI prints
-//! errors with [`ReplError::to_json`], whose objects are part of the black-box
-//! contract of `conduit replicate` (issue #5): `kind` and `message` always, every
-//! number an integer.
+//! Every variant names what it concerns (vbucket, opaque, peer, side). Errors of the
+//! consumer-side core ([`SetupError`], [`ConnError`]) and of the proxy's socket tasks
+//! are turned into a [`ReplError`] here and only here (`ReplError::from_setup`,
+//! `ReplError::from_conn`, `ReplError::from_io`), adding the peer address of the
+//! side that failed. Causes stay typed: an `io::Error` or a decode error is the
+//! [`source`](std::error::Error::source), never flattened into the message. How the
+//! CLI prints these errors (kinds, JSON fields) is the CLI's business
+//! (`crates/cli/src/replicate_json.rs`).
 
 use std::fmt;
+use std::io;
 use std::sync::Arc;
 
 use kv_client::ClientError;
 use mcbp::dcp::EndReason;
 use mcbp::kv::Feature;
-use mcbp::{Opaque, Status, VbState, Vbid};
-use serde_json::{json, Map, Value};
+use mcbp::{DecodeError, Opaque, Status, VbState, Vbid};
 
 use crate::core::{
-    ConnError, Operation, SetupError, Side, StreamFailure, StreamOp, TakeoverStep, WaitingFor,
+    ConnError, Operation, SetupError, Side, StreamFailure, TakeoverStep, WaitingFor,
 };
+use crate::io::proxy::IoFailure;
 
 /// The step of a half's connection set-up (§4.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -257,12 +262,6 @@ pub enum ReplError {
         /// The consumer node's address.
         peer: String,
     },
-    /// A takeover was requested for a vbucket with an open replication stream.
-    #[error("takeover of {vb} refused: a replication stream is open for it")]
-    TakeoverOnOpenStream {
-        /// The vbucket.
-        vb: Vbid,
-    },
     /// A bounded wait expired.
     #[error("timed out waiting for {waiting_for}{} (vbuckets {vbuckets:?})", peer.as_ref().map_or_else(String::new, |p| format!(" from {p}")))]
     Timeout {
@@ -274,18 +273,21 @@ pub enum ReplError {
         peer: Option<String>,
     },
     /// A socket was closed (or failed) under an operation.
-    #[error("{side} {peer}: connection closed{}", detail.as_ref().map_or_else(String::new, |d| format!(": {d}")))]
+    #[error("{side} {peer}: connection closed")]
     ConnectionClosed {
         /// Which half.
         side: Side,
         /// The peer's address.
         peer: String,
-        /// What happened (EOF, I/O error text).
-        detail: Option<String>,
+        /// What the socket task saw: the I/O error, an EOF
+        /// ([`io::ErrorKind::UnexpectedEof`]) or a write that made no progress
+        /// ([`io::ErrorKind::TimedOut`]). `None` when only the core saw the close.
+        #[source]
+        source: Option<Arc<io::Error>>,
     },
-    /// A node broke the protocol on the proxied connection (unknown opaque, a
-    /// stream request for the wrong vbucket during a takeover, a corrupt stream).
-    #[error("{side} {peer}: protocol error: {detail}")]
+    /// A node broke the protocol (unknown opaque, a stream request for the wrong
+    /// vbucket during a takeover, a corrupt stream, a malformed answer).
+    #[error("{side} {peer}: protocol error")]
     Protocol {
         /// Which half.
         side: Side,
@@ -296,7 +298,8 @@ pub enum ReplError {
         /// The opaque concerned, if any.
         opaque: Option<Opaque>,
         /// What was wrong.
-        detail: String,
+        #[source]
+        cause: ProtocolCause,
     },
     /// Connection set-up of a half failed (§4.2).
     #[error(transparent)]
@@ -390,7 +393,7 @@ pub enum ReplError {
         index: u32,
     },
     /// Several replicators failed in one manager operation (per producer node).
-    #[error("{} replication(s) failed, first: {}", errors.len(), errors.first().map_or_else(String::new, |(n, e)| format!("{n}: {e}")))]
+    #[error("{} replication(s) failed, first: {}", errors.len(), errors.first().map_or_else(String::new, |(n, e)| format!("{n}: {}", e.message())))]
     Replications {
         /// (producer node, error) pairs.
         errors: Vec<(String, ReplError)>,
@@ -406,6 +409,21 @@ pub enum ReplError {
         #[source]
         source: Box<ReplError>,
     },
+}
+
+/// What was wrong in a [`ReplError::Protocol`].
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ProtocolCause {
+    /// The consumer-side core tore the pair down (unknown opaque, unexpected
+    /// stream request during a takeover).
+    #[error(transparent)]
+    Core(ConnError),
+    /// The byte stream cannot be framed (or a frame exceeds the body cap).
+    #[error("corrupt stream")]
+    Decode(#[source] DecodeError),
+    /// A node's answer outside the proxy could not be used.
+    #[error("{0}")]
+    Malformed(String),
 }
 
 /// The peer addresses of a replicator's two halves, for error mapping.
@@ -453,13 +471,12 @@ impl ReplError {
             SetupError::ConnectionClosed { side } => ReplError::ConnectionClosed {
                 side,
                 peer: peers.of(side).to_string(),
-                detail: None,
+                source: None,
             },
             SetupError::Protocol(c) | SetupError::TornDown(c) => ReplError::from_conn(&c, peers),
             SetupError::Busy { in_progress } => ReplError::Busy { in_progress },
             SetupError::Shut => ReplError::Shut,
             SetupError::SupersededByShut => ReplError::Interrupted,
-            SetupError::TakeoverOnOpenStream { vb } => ReplError::TakeoverOnOpenStream { vb },
             SetupError::TakeoverFailed {
                 vb,
                 opaque,
@@ -483,7 +500,7 @@ impl ReplError {
                 peer: peers.of(*side).to_string(),
                 vb: None,
                 opaque: Some(*opaque),
-                detail: e.to_string(),
+                cause: ProtocolCause::Core(e.clone()),
             },
             ConnError::UnexpectedStreamReq {
                 expected, opaque, ..
@@ -492,7 +509,7 @@ impl ReplError {
                 peer: peers.consumer.clone(),
                 vb: Some(*expected),
                 opaque: Some(*opaque),
-                detail: e.to_string(),
+                cause: ProtocolCause::Core(e.clone()),
             },
             ConnError::UnexpectedStreamEnd { vb, opaque, reason } => {
                 ReplError::UnexpectedStreamEnd {
@@ -521,93 +538,57 @@ impl ReplError {
             ConnError::PeerClosed { side } => ReplError::ConnectionClosed {
                 side: *side,
                 peer: peers.of(*side).to_string(),
-                detail: None,
+                source: None,
             },
         }
     }
 
-    /// A kv-client failure of a node call outside the proxy.
-    pub(crate) fn node(side: Side, op: &'static str, vb: Option<Vbid>, e: ClientError) -> Self {
-        let peer = client_peer(&e).unwrap_or_default();
-        ReplError::Node {
+    /// Maps a socket task's failure, adding the failed side's peer address.
+    pub(crate) fn from_io(f: &IoFailure, peers: &Peers) -> ReplError {
+        let side = f.side();
+        let peer = peers.of(side).to_string();
+        let closed = |e: io::Error| ReplError::ConnectionClosed {
             side,
-            peer,
-            op,
-            vb,
-            source: Arc::new(e),
+            peer: peer.clone(),
+            source: Some(Arc::new(e)),
+        };
+        match f {
+            IoFailure::Eof(_) => closed(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed by peer",
+            )),
+            IoFailure::Io(_, e) => ReplError::ConnectionClosed {
+                side,
+                peer,
+                source: Some(Arc::clone(e)),
+            },
+            IoFailure::Decode(_, e) => ReplError::Protocol {
+                side,
+                peer,
+                vb: None,
+                opaque: None,
+                cause: ProtocolCause::Decode(e.clone()),
+            },
+            IoFailure::ActorGone(_) => ReplError::Interrupted,
+            IoFailure::WriteStalled(_, after) => closed(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no write progress for {after:?}: the node stopped reading"),
+            )),
         }
     }
 
-    /// The CLI's `kind` of this error.
-    #[must_use]
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ReplError::UnexpectedStreamEnd { .. } => "unexpected_stream_end",
-            ReplError::StreamsFailed { failures, .. } => {
-                if failures.iter().any(|f| f.op == StreamOp::AddStream) {
-                    "add_stream_failed"
-                } else {
-                    "close_stream_failed"
-                }
-            }
-            ReplError::TakeoverFailed {
-                step: TakeoverStep::AddStream,
-                ..
-            } => "add_stream_failed",
-            ReplError::TakeoverFailed { .. } => "takeover_failed",
-            ReplError::TakeoverOnOpenStream { .. } => "takeover_on_open_stream",
-            ReplError::Timeout { .. } => "timeout",
-            ReplError::ConnectionClosed { .. } => "connection_closed",
-            ReplError::Protocol { .. } => "protocol_error",
-            ReplError::Connect(c) => {
-                if c.is_timeout() {
-                    "timeout"
-                } else if c.is_auth() {
-                    "auth"
-                } else if c.is_connection_lost() {
-                    "connection_closed"
-                } else {
-                    "protocol_error"
-                }
-            }
-            ReplError::Node { source, .. } => match &**source {
-                ClientError::Timeout { .. } => "timeout",
-                ClientError::Auth { .. } => "auth",
-                ClientError::Connect { .. }
-                | ClientError::Io { .. }
-                | ClientError::Closed { .. } => "connection_closed",
-                _ => "protocol_error",
-            },
-            ReplError::UnexpectedStatus { .. } => "unexpected_status",
-            ReplError::VbucketState { .. } => "vbucket_state",
-            ReplError::Diverged { .. } => "diverged",
-            ReplError::Busy { .. } => "busy",
-            ReplError::Shut => "shut",
-            ReplError::Interrupted => "interrupted",
-            ReplError::UnknownNode { .. } => "unknown_node",
-            ReplError::NoReplicator { .. } => "no_replicator",
-            ReplError::Replications { errors } => match errors.first() {
-                Some((_, first)) => first.kind(),
-                None => "replications_failed",
-            },
-            ReplError::Move { source, .. } => source.kind(),
+    /// During a teardown the core only knows that a socket closed; the socket task
+    /// that saw it knows how (`precise`, from [`ReplError::from_io`]), which then
+    /// replaces a bare [`ReplError::ConnectionClosed`].
+    pub(crate) fn or_precise(self, precise: Option<&ReplError>) -> ReplError {
+        match (precise, &self) {
+            (Some(p), ReplError::ConnectionClosed { .. }) => p.clone(),
+            _ => self,
         }
     }
 
-    /// The error object the CLI prints (issue #5, "conduit replicate"): `kind` and
-    /// `message` always, plus the fields of its kind; every number is an integer
-    /// (`status` is the u16 wire status, `stream_opaque` the header opaque read
-    /// big-endian, `reason` the u32 STREAM_END reason).
-    #[must_use]
-    pub fn to_json(&self) -> Value {
-        let mut m = Map::new();
-        m.insert("kind".into(), json!(self.kind()));
-        m.insert("message".into(), json!(self.message()));
-        self.fill_json(&mut m);
-        Value::Object(m)
-    }
-
-    /// The full message: this error's text followed by its sources'.
+    /// The full message: this error's text followed by its sources' (a source whose
+    /// text is already in the message is not repeated). What the CLI shows.
     #[must_use]
     pub fn message(&self) -> String {
         let mut s = self.to_string();
@@ -623,257 +604,17 @@ impl ReplError {
         s
     }
 
-    fn fill_json(&self, m: &mut Map<String, Value>) {
-        match self {
-            ReplError::UnexpectedStreamEnd {
-                vb,
-                opaque,
-                reason,
-                peer,
-            } => {
-                m.insert("vbucket".into(), json!(vb.0));
-                m.insert("stream_opaque".into(), json!(opaque.0));
-                m.insert("reason".into(), json!(reason.to_raw()));
-                m.insert("reason_name".into(), json!(reason.name()));
-                m.insert("side".into(), json!("producer"));
-                m.insert("peer".into(), json!(peer));
-            }
-            ReplError::StreamsFailed {
-                failures,
-                consumer,
-                producer,
-            } => {
-                let adds = failures.iter().any(|f| f.op == StreamOp::AddStream);
-                let list: Vec<Value> = failures
-                    .iter()
-                    .filter(|f| !adds || f.op == StreamOp::AddStream)
-                    .map(failure_json)
-                    .collect();
-                m.insert("failures".into(), Value::Array(list));
-                if adds {
-                    let closes: Vec<Value> = failures
-                        .iter()
-                        .filter(|f| f.op == StreamOp::CloseStream)
-                        .map(failure_json)
-                        .collect();
-                    if !closes.is_empty() {
-                        m.insert("close_failures".into(), Value::Array(closes));
-                    }
-                }
-                m.insert("consumer".into(), json!(consumer));
-                m.insert("producer".into(), json!(producer));
-            }
-            ReplError::TakeoverFailed {
-                vb,
-                opaque,
-                status,
-                step,
-                peer,
-            } => {
-                if *step == TakeoverStep::AddStream {
-                    m.insert(
-                        "failures".into(),
-                        json!([{"vbucket": vb.0, "status": status.to_raw(),
-                            "status_name": status.name(), "side": "consumer"}]),
-                    );
-                }
-                m.insert("vbucket".into(), json!(vb.0));
-                m.insert("opaque".into(), json!(opaque.0));
-                m.insert("status".into(), json!(status.to_raw()));
-                m.insert("status_name".into(), json!(status.name()));
-                m.insert("step".into(), json!(step.to_string()));
-                m.insert("takeover".into(), json!(true));
-                m.insert("side".into(), json!("consumer"));
-                m.insert("peer".into(), json!(peer));
-            }
-            ReplError::TakeoverOnOpenStream { vb } => {
-                m.insert("vbucket".into(), json!(vb.0));
-            }
-            ReplError::Timeout {
-                waiting_for,
-                vbuckets,
-                peer,
-            } => {
-                m.insert("waiting_for".into(), json!(waiting_for.as_str()));
-                m.insert("vbuckets".into(), vbs_json(vbuckets));
-                if let Some(p) = peer {
-                    m.insert("peer".into(), json!(p));
-                }
-            }
-            ReplError::ConnectionClosed { side, peer, .. } => {
-                m.insert("side".into(), json!(side.as_str()));
-                m.insert("peer".into(), json!(peer));
-            }
-            ReplError::Protocol {
-                side,
-                peer,
-                vb,
-                opaque,
-                ..
-            } => {
-                m.insert("side".into(), json!(side.as_str()));
-                m.insert("peer".into(), json!(peer));
-                if let Some(vb) = vb {
-                    m.insert("vbucket".into(), json!(vb.0));
-                }
-                if let Some(o) = opaque {
-                    m.insert("opaque".into(), json!(o.0));
-                }
-            }
-            ReplError::Connect(c) => {
-                m.insert("side".into(), json!(c.side.as_str()));
-                m.insert("peer".into(), json!(c.peer));
-                m.insert("stage".into(), json!(c.stage.as_str()));
-                if let Some(s) = c.status {
-                    m.insert("status".into(), json!(s.to_raw()));
-                    m.insert("status_name".into(), json!(s.name()));
-                }
-                if c.is_timeout() {
-                    m.insert("waiting_for".into(), json!(WaitFor::Connect.as_str()));
-                    m.insert("vbuckets".into(), vbs_json(&c.vbuckets));
-                }
-                if let ConnectCause::FeaturesRefused { missing } = &c.source {
-                    let names: Vec<&str> = missing.iter().map(|f| f.name()).collect();
-                    m.insert("missing_features".into(), json!(names));
-                }
-            }
-            ReplError::Node {
-                side,
-                peer,
-                op,
-                vb,
-                source,
-            } => {
-                m.insert("side".into(), json!(side.as_str()));
-                m.insert("peer".into(), json!(peer));
-                m.insert("stage".into(), json!(op));
-                if let Some(vb) = vb {
-                    m.insert("vbucket".into(), json!(vb.0));
-                }
-                if let Some(s) = source.status() {
-                    m.insert("status".into(), json!(s.to_raw()));
-                    m.insert("status_name".into(), json!(s.name()));
-                }
-                if source.is_timeout() {
-                    m.insert("waiting_for".into(), json!(op));
-                    m.insert(
-                        "vbuckets".into(),
-                        vb.map_or_else(|| json!([]), |v| json!([v.0])),
-                    );
-                }
-            }
-            ReplError::UnexpectedStatus {
-                vb,
-                status,
-                peer,
-                connection,
-            } => {
-                m.insert("vbucket".into(), json!(vb.0));
-                m.insert("status".into(), json!(status));
-                m.insert("peer".into(), json!(peer));
-                m.insert("connection".into(), json!(connection));
-            }
-            ReplError::VbucketState {
-                vb,
-                peer,
-                state,
-                expected,
-            } => {
-                m.insert("vbucket".into(), json!(vb.0));
-                m.insert("peer".into(), json!(peer));
-                m.insert("state".into(), json!(state.as_str()));
-                m.insert("expected".into(), json!(expected));
-            }
-            ReplError::Diverged {
-                vb,
-                source_peer,
-                source_state,
-                source_high_seqno,
-                destination_peer,
-                destination_state,
-                destination_high_seqno,
-            } => {
-                m.insert("vbucket".into(), json!(vb.0));
-                m.insert("source".into(), json!(source_peer));
-                m.insert("source_state".into(), json!(source_state.as_str()));
-                m.insert("source_high_seqno".into(), json!(source_high_seqno));
-                m.insert("destination".into(), json!(destination_peer));
-                m.insert(
-                    "destination_state".into(),
-                    json!(destination_state.as_str()),
-                );
-                m.insert(
-                    "destination_high_seqno".into(),
-                    json!(destination_high_seqno),
-                );
-            }
-            ReplError::Busy { in_progress } => {
-                m.insert("in_progress".into(), json!(in_progress.to_string()));
-            }
-            ReplError::Shut | ReplError::Interrupted => {}
-            ReplError::UnknownNode { node } => {
-                m.insert("node".into(), json!(node));
-            }
-            ReplError::NoReplicator { node, index } => {
-                m.insert("node".into(), json!(node));
-                m.insert("connection_index".into(), json!(index));
-            }
-            ReplError::Replications { errors } => {
-                // The first error gives kind and fields (the CLI contract); errors of
-                // the same kind on other connections add their vbuckets / failures.
-                let Some((node, first)) = errors.first() else {
-                    return;
-                };
-                first.fill_json(m);
-                m.insert("node".into(), json!(node));
-                let kind = first.kind();
-                for (_, e) in errors.iter().skip(1).filter(|(_, e)| e.kind() == kind) {
-                    let mut other = Map::new();
-                    e.fill_json(&mut other);
-                    for key in ["vbuckets", "failures"] {
-                        if let (Some(Value::Array(mine)), Some(Value::Array(theirs))) =
-                            (m.get_mut(key), other.remove(key))
-                        {
-                            mine.extend(theirs);
-                        }
-                    }
-                }
-                if errors.len() > 1 {
-                    let list: Vec<Value> = errors
-                        .iter()
-                        .map(|(n, e)| {
-                            let mut v = e.to_json();
-                            if let Value::Object(o) = &mut v {
-                                o.insert("node".into(), json!(n));
-                            }
-                            v
-                        })
-                        .collect();
-                    m.insert("errors".into(), Value::Array(list));
-                }
-            }
-            ReplError::Move { vb, step, source } => {
-                source.fill_json(m);
-                m.insert("move_step".into(), json!(step.as_str()));
-                m.entry("vbucket").or_insert_with(|| json!(vb.0));
-            }
+    /// A kv-client failure of a node call outside the proxy.
+    pub(crate) fn node(side: Side, op: &'static str, vb: Option<Vbid>, e: ClientError) -> Self {
+        let peer = client_peer(&e).unwrap_or_default();
+        ReplError::Node {
+            side,
+            peer,
+            op,
+            vb,
+            source: Arc::new(e),
         }
     }
-}
-
-fn failure_json(f: &StreamFailure) -> Value {
-    json!({
-        "vbucket": f.vb.0,
-        "status": f.status.to_raw(),
-        "status_name": f.status.name(),
-        "side": f.side.as_str(),
-        "op": match f.op { StreamOp::AddStream => "add_stream", StreamOp::CloseStream => "close_stream" },
-        "opaque": f.opaque.0,
-    })
-}
-
-fn vbs_json(vbs: &[Vbid]) -> Value {
-    Value::Array(vbs.iter().map(|v| json!(v.0)).collect())
 }
 
 /// The peer a client error names.
@@ -894,9 +635,11 @@ pub(crate) fn client_peer(e: &ClientError) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::error::Error as _;
     use std::time::Duration;
 
     use super::*;
+    use crate::core::StreamOp;
 
     fn peers() -> Peers {
         Peers {
@@ -905,94 +648,41 @@ mod tests {
         }
     }
 
-    fn keys(v: &Value) -> Vec<String> {
-        let mut k: Vec<String> = v
-            .as_object()
-            .map(|o| o.keys().cloned().collect())
-            .unwrap_or_default();
-        k.sort();
-        k
-    }
-
-    fn assert_common(v: &Value, kind: &str) {
-        assert_eq!(v["kind"], kind, "{v}");
-        assert!(v["message"].as_str().is_some_and(|s| !s.is_empty()), "{v}");
-    }
-
     #[test]
-    fn unexpected_stream_end_json_names_vbucket_stream_opaque_and_reason() {
+    fn an_unexpected_stream_end_names_the_producer() {
         let e = ReplError::from_setup(
             SetupError::UnexpectedStreamEnd {
                 vb: Vbid(5),
-                opaque: Opaque(0x0000_0007),
+                opaque: Opaque(7),
                 reason: EndReason::StateChanged,
             },
             &peers(),
         );
-        let v = e.to_json();
-        assert_common(&v, "unexpected_stream_end");
-        assert_eq!(v["vbucket"], 5);
-        assert_eq!(v["stream_opaque"], 7);
-        assert_eq!(v["reason"], 2);
-        assert_eq!(v["reason_name"], "STATE_CHANGED");
-        assert_eq!(v["peer"], "127.0.0.1:2");
-    }
-
-    #[test]
-    fn add_stream_failed_json_lists_failures() {
-        let e = ReplError::from_setup(
-            SetupError::StreamsFailed {
-                failures: vec![
-                    StreamFailure {
-                        op: StreamOp::AddStream,
-                        vb: Vbid(3),
-                        side: Side::Consumer,
-                        opaque: Opaque(0x8000_0000),
-                        status: Status::NotMyVbucket,
-                    },
-                    StreamFailure {
-                        op: StreamOp::AddStream,
-                        vb: Vbid(4),
-                        side: Side::Consumer,
-                        opaque: Opaque(0x8000_0001),
-                        status: Status::KeyEexists,
-                    },
-                ],
-            },
-            &peers(),
+        assert!(
+            matches!(&e, ReplError::UnexpectedStreamEnd { vb: Vbid(5), opaque: Opaque(7), reason: EndReason::StateChanged, peer } if peer == "127.0.0.1:2"),
+            "{e:?}"
         );
-        let v = e.to_json();
-        assert_common(&v, "add_stream_failed");
-        assert_eq!(v["failures"][0]["vbucket"], 3);
-        assert_eq!(v["failures"][0]["status"], 7);
-        assert_eq!(v["failures"][1]["vbucket"], 4);
-        assert_eq!(v["failures"][1]["status"], 2);
-        assert_eq!(v["failures"].as_array().map(Vec::len), Some(2));
     }
 
     #[test]
-    fn close_stream_failed_json_lists_failures_with_side() {
-        let e = ReplError::from_setup(
-            SetupError::StreamsFailed {
-                failures: vec![StreamFailure {
-                    op: StreamOp::CloseStream,
-                    vb: Vbid(9),
-                    side: Side::Producer,
-                    opaque: Opaque(0x8000_0003),
-                    status: Status::Einval,
-                }],
-            },
-            &peers(),
+    fn failed_stream_commands_name_both_peers() {
+        let f = StreamFailure {
+            op: StreamOp::AddStream,
+            vb: Vbid(3),
+            side: Side::Consumer,
+            opaque: Opaque(0x8000_0000),
+            status: Status::NotMyVbucket,
+        };
+        let e = ReplError::from_setup(SetupError::StreamsFailed { failures: vec![f] }, &peers());
+        assert!(
+            matches!(&e, ReplError::StreamsFailed { failures, consumer, producer }
+                if failures == &[f] && consumer == "127.0.0.1:1" && producer == "127.0.0.1:2"),
+            "{e:?}"
         );
-        let v = e.to_json();
-        assert_common(&v, "close_stream_failed");
-        assert_eq!(v["failures"][0]["vbucket"], 9);
-        assert_eq!(v["failures"][0]["status"], 4);
-        assert_eq!(v["failures"][0]["side"], "producer");
     }
 
     #[test]
-    fn timeout_json_names_what_and_vbuckets() {
+    fn a_timeout_names_the_peer_that_owes_the_answer() {
         let e = ReplError::from_setup(
             SetupError::Timeout {
                 waiting_for: WaitingFor::AddStream,
@@ -1001,262 +691,152 @@ mod tests {
             },
             &peers(),
         );
-        let v = e.to_json();
-        assert_common(&v, "timeout");
-        assert_eq!(v["waiting_for"], "add_stream");
-        assert_eq!(v["vbuckets"], json!([1, 2]));
-        assert_eq!(v["peer"], json!(peers().consumer));
+        assert!(
+            matches!(&e, ReplError::Timeout { waiting_for: WaitFor::AddStream, vbuckets, peer: Some(p) }
+                if vbuckets == &[Vbid(1), Vbid(2)] && p == "127.0.0.1:1"),
+            "{e:?}"
+        );
         // Issue #8 item 9: a producer CLOSE_STREAM that is late names the producer.
-        let v = ReplError::from_conn(
+        let e = ReplError::from_conn(
             &ConnError::Timeout {
                 waiting_for: WaitingFor::CloseStream,
                 vbuckets: vec![Vbid(3)],
                 side: Side::Producer,
             },
             &peers(),
-        )
-        .to_json();
-        assert_eq!(v["waiting_for"], "close_stream");
-        assert_eq!(v["peer"], json!(peers().producer));
-        for (w, s) in [
-            (WaitFor::Connect, "connect"),
-            (WaitFor::CloseStream, "close_stream"),
-            (WaitFor::Takeover, "takeover"),
-            (WaitFor::DataMove, "data_move"),
-        ] {
-            let v = ReplError::Timeout {
-                waiting_for: w,
-                vbuckets: vec![],
-                peer: None,
-            }
-            .to_json();
-            assert_common(&v, "timeout");
-            assert_eq!(v["waiting_for"], s);
-            assert_eq!(v["vbuckets"], json!([]));
-        }
+        );
+        assert!(
+            matches!(&e, ReplError::Timeout { waiting_for: WaitFor::CloseStream, peer: Some(p), .. } if p == "127.0.0.1:2"),
+            "{e:?}"
+        );
     }
 
     #[test]
-    fn connection_closed_json_names_side() {
-        let v = ReplError::from_setup(
+    fn a_close_seen_by_the_core_names_the_side_and_has_no_source() {
+        let e = ReplError::from_setup(
             SetupError::ConnectionClosed {
                 side: Side::Producer,
             },
             &peers(),
-        )
-        .to_json();
-        assert_common(&v, "connection_closed");
-        assert_eq!(v["side"], "producer");
-        assert_eq!(v["peer"], "127.0.0.1:2");
+        );
+        assert!(
+            matches!(&e, ReplError::ConnectionClosed { side: Side::Producer, peer, source: None } if peer == "127.0.0.1:2"),
+            "{e:?}"
+        );
+        assert!(e.source().is_none());
     }
 
     #[test]
-    fn protocol_error_json_from_unknown_opaque() {
-        let v = ReplError::from_conn(
-            &ConnError::UnknownOpaque {
-                side: Side::Consumer,
-                opcode: mcbp::Opcode::DcpAddStream,
-                opaque: Opaque(0x1234),
+    fn a_protocol_error_wraps_the_cores_error_once() {
+        let core = ConnError::UnknownOpaque {
+            side: Side::Consumer,
+            opcode: mcbp::Opcode::DcpAddStream,
+            opaque: Opaque(0x1234),
+        };
+        for e in [
+            ReplError::from_conn(&core, &peers()),
+            ReplError::from_setup(SetupError::Protocol(core.clone()), &peers()),
+            ReplError::from_setup(SetupError::TornDown(core.clone()), &peers()),
+        ] {
+            let ReplError::Protocol {
+                side,
+                peer,
+                opaque,
+                cause: ProtocolCause::Core(c),
+                ..
+            } = &e
+            else {
+                panic!("wrong error {e:?}");
+            };
+            assert_eq!(
+                (*side, peer.as_str(), *opaque),
+                (Side::Consumer, "127.0.0.1:1", Some(Opaque(0x1234)))
+            );
+            assert_eq!(c, &core);
+            assert_eq!(e.source().map(ToString::to_string), Some(core.to_string()));
+        }
+    }
+
+    #[test]
+    fn socket_failures_keep_the_io_error_as_the_source() {
+        let io = Arc::new(io::Error::from(io::ErrorKind::ConnectionReset));
+        let e = ReplError::from_io(&IoFailure::Io(Side::Producer, Arc::clone(&io)), &peers());
+        let ReplError::ConnectionClosed {
+            side: Side::Producer,
+            peer,
+            source: Some(src),
+        } = &e
+        else {
+            panic!("wrong error {e:?}");
+        };
+        assert_eq!(peer, "127.0.0.1:2");
+        assert!(
+            Arc::ptr_eq(src, &io),
+            "the same io::Error, not a copy of its text"
+        );
+        assert_eq!(e.source().map(ToString::to_string), Some(io.to_string()));
+
+        let kind_of = |f: IoFailure| match ReplError::from_io(&f, &peers()) {
+            ReplError::ConnectionClosed {
+                source: Some(src), ..
+            } => (src.kind(), src.to_string()),
+            other => panic!("wrong error {other:?}"),
+        };
+        assert_eq!(
+            kind_of(IoFailure::Eof(Side::Consumer)),
+            (io::ErrorKind::UnexpectedEof, "closed by peer".to_string())
+        );
+        let (kind, text) = kind_of(IoFailure::WriteStalled(
+            Side::Consumer,
+            Duration::from_secs(2),
+        ));
+        assert_eq!(kind, io::ErrorKind::TimedOut);
+        assert!(text.contains("the node stopped reading"), "{text}");
+        assert!(matches!(
+            ReplError::from_io(&IoFailure::ActorGone(Side::Consumer), &peers()),
+            ReplError::Interrupted
+        ));
+    }
+
+    #[test]
+    fn a_corrupt_stream_keeps_the_decode_error_as_the_source() {
+        let d = DecodeError::BodyTooLarge {
+            magic: mcbp::Magic::ClientRequest,
+            opcode: 0x57,
+            body_len: 99,
+            max: 10,
+        };
+        let e = ReplError::from_io(&IoFailure::Decode(Side::Consumer, d.clone()), &peers());
+        assert!(
+            matches!(&e, ReplError::Protocol { side: Side::Consumer, cause: ProtocolCause::Decode(x), .. } if x == &d),
+            "{e:?}"
+        );
+        let cause = e.source().expect("the cause");
+        assert_eq!(cause.to_string(), "corrupt stream");
+        assert_eq!(cause.source().map(ToString::to_string), Some(d.to_string()));
+    }
+
+    #[test]
+    fn a_takeover_refusal_names_the_consumer() {
+        let e = ReplError::from_conn(
+            &ConnError::TakeoverFailed {
+                vb: Vbid(1),
+                opaque: Opaque(9),
+                status: Status::Einval,
             },
             &peers(),
-        )
-        .to_json();
-        assert_common(&v, "protocol_error");
-        assert_eq!(v["side"], "consumer");
-        assert_eq!(v["opaque"], 0x1234);
+        );
+        assert!(
+            matches!(&e, ReplError::TakeoverFailed { vb: Vbid(1), step: TakeoverStep::SetVbucketState, status: Status::Einval, peer, .. } if peer == "127.0.0.1:1"),
+            "{e:?}"
+        );
     }
 
     #[test]
-    fn protocol_error_json_from_refused_hello_and_dcp_open() {
-        let hello = ReplError::Connect(ConnectError {
-            side: Side::Producer,
-            peer: "p".into(),
-            stage: Stage::Hello,
-            status: Some(Status::Success),
-            vbuckets: Vec::new(),
-            source: ConnectCause::FeaturesRefused {
-                missing: vec![Feature::Xattr],
-            },
-        })
-        .to_json();
-        assert_common(&hello, "protocol_error");
-        assert_eq!(hello["status"], 0);
-        assert_eq!(hello["side"], "producer");
-        assert_eq!(hello["stage"], "hello");
-        assert_eq!(hello["missing_features"], json!(["XATTR"]));
-        let open = ReplError::Connect(ConnectError {
-            side: Side::Consumer,
-            peer: "c".into(),
-            stage: Stage::DcpOpen,
-            status: Some(Status::Eaccess),
-            vbuckets: Vec::new(),
-            source: ConnectCause::Client(Arc::new(ClientError::Status {
-                peer: "c".into(),
-                opcode: mcbp::Opcode::DcpOpen,
-                status: Status::Eaccess,
-                context: String::new(),
-            })),
-        })
-        .to_json();
-        assert_common(&open, "protocol_error");
-        assert_eq!(open["stage"], "dcp_open");
-        assert_eq!(open["status"], 0x24);
-        assert_eq!(open["side"], "consumer");
-    }
-
-    #[test]
-    fn connect_timeout_json_is_a_timeout_waiting_for_connect() {
-        let v = ReplError::Connect(ConnectError {
-            side: Side::Producer,
-            peer: "p".into(),
-            stage: Stage::Connect,
-            status: None,
-            vbuckets: vec![Vbid(3), Vbid(7)],
-            source: ConnectCause::Client(Arc::new(ClientError::Timeout {
-                peer: "p".into(),
-                op: "connect",
-                after: Duration::from_secs(1),
-            })),
-        })
-        .to_json();
-        assert_common(&v, "timeout");
-        assert_eq!(v["waiting_for"], "connect");
-        assert_eq!(v["vbuckets"], json!([3, 7]));
-        assert_eq!(v["stage"], "connect");
-    }
-
-    #[test]
-    fn auth_json() {
-        let v = ReplError::Connect(ConnectError {
-            side: Side::Consumer,
-            peer: "c".into(),
-            stage: Stage::Sasl,
-            status: Some(Status::AuthError),
-            vbuckets: Vec::new(),
-            source: ConnectCause::Client(Arc::new(ClientError::Auth {
-                peer: "c".into(),
-                user: "u".into(),
-                mechanism: "PLAIN".into(),
-                status: Status::AuthError,
-            })),
-        })
-        .to_json();
-        assert_common(&v, "auth");
-        assert_eq!(v["stage"], "sasl");
-        assert_eq!(v["status"], 0x20);
-    }
-
-    #[test]
-    fn unexpected_status_json_has_string_status() {
-        let v = ReplError::UnexpectedStatus {
-            vb: Vbid(12),
-            status: "stream_is_dead".into(),
-            peer: "p".into(),
-            connection: "replication:a->b:x".into(),
-        }
-        .to_json();
-        assert_common(&v, "unexpected_status");
-        assert_eq!(v["vbucket"], 12);
-        assert_eq!(v["status"], "stream_is_dead");
-    }
-
-    #[test]
-    fn interrupted_json() {
-        let v = ReplError::from_setup(SetupError::SupersededByShut, &peers()).to_json();
-        assert_common(&v, "interrupted");
-        assert_eq!(keys(&v), vec!["kind", "message"]);
-    }
-
-    #[test]
-    fn move_error_json_is_the_step_error_plus_the_step() {
-        let v = ReplError::Move {
-            vb: Vbid(3),
-            step: MoveStep::DataMove,
-            source: Box::new(ReplError::Timeout {
-                waiting_for: WaitFor::DataMove,
-                vbuckets: vec![Vbid(3)],
-                peer: None,
-            }),
-        }
-        .to_json();
-        assert_common(&v, "timeout");
-        assert_eq!(v["move_step"], "data_move");
-        assert_eq!(v["waiting_for"], "data_move");
-    }
-
-    #[test]
-    fn diverged_json_names_both_copies() {
-        let v = ReplError::Move {
-            vb: Vbid(5),
-            step: MoveStep::Preflight,
-            source: Box::new(ReplError::Diverged {
-                vb: Vbid(5),
-                source_peer: "a:1".into(),
-                source_state: VbState::Active,
-                source_high_seqno: 50,
-                destination_peer: "b:2".into(),
-                destination_state: VbState::Active,
-                destination_high_seqno: 60,
-            }),
-        }
-        .to_json();
-        assert_common(&v, "diverged");
-        assert_eq!(v["move_step"], "preflight");
-        assert_eq!(v["vbucket"], 5);
-        assert_eq!(v["source"], "a:1");
-        assert_eq!(v["destination"], "b:2");
-        assert_eq!(v["source_high_seqno"], 50);
-        assert_eq!(v["destination_state"], "active");
-    }
-
-    #[test]
-    fn replications_json_takes_the_first_kind_and_merges_vbuckets() {
-        let t = |vbs: &[u16]| ReplError::Timeout {
-            waiting_for: WaitFor::AddStream,
-            vbuckets: vbs.iter().copied().map(Vbid).collect(),
-            peer: None,
-        };
-        let v = ReplError::Replications {
-            errors: vec![("a".into(), t(&[0, 2])), ("a".into(), t(&[1]))],
-        }
-        .to_json();
-        assert_common(&v, "timeout");
-        assert_eq!(v["waiting_for"], "add_stream");
-        assert_eq!(v["vbuckets"], json!([0, 2, 1]));
-        assert_eq!(v["node"], "a");
-        assert_eq!(v["errors"].as_array().map(Vec::len), Some(2));
-    }
-
-    #[test]
-    fn every_number_is_an_integer() {
-        fn walk(v: &Value) {
-            match v {
-                Value::Number(n) => assert!(n.is_u64() || n.is_i64(), "{n}"),
-                Value::Array(a) => a.iter().for_each(walk),
-                Value::Object(o) => o.values().for_each(walk),
-                _ => {}
-            }
-        }
-        for e in [
-            ReplError::from_setup(
-                SetupError::UnexpectedStreamEnd {
-                    vb: Vbid(1),
-                    opaque: Opaque(u32::MAX),
-                    reason: EndReason::Unknown(u32::MAX),
-                },
-                &peers(),
-            ),
-            ReplError::from_setup(
-                SetupError::TakeoverFailed {
-                    vb: Vbid(1),
-                    opaque: Opaque(1),
-                    status: Status::Einval,
-                    step: TakeoverStep::SetVbucketState,
-                },
-                &peers(),
-            ),
-        ] {
-            walk(&e.to_json());
-        }
+    fn a_set_up_superseded_by_a_shut_is_interrupted() {
+        assert!(matches!(
+            ReplError::from_setup(SetupError::SupersededByShut, &peers()),
+            ReplError::Interrupted
+        ));
     }
 }

@@ -16,19 +16,20 @@
 //!   [`core::ConsumerConn`], plus [`replicator::wait_for_data_move`] (§7).
 //! * [`manager`]: [`ReplicationManager`], desired incoming map -> replicators (§8).
 //! * [`mover`]: [`mover::move_vbucket`], one vbucket move built on the above (§9.2).
-//! * [`error`]: [`ReplError`], the one error type of the public API, with
-//!   [`ReplError::to_json`] for the CLI.
+//! * [`error`]: [`ReplError`], the one error type of the public API; core and
+//!   socket errors are wrapped into it once, with peer addresses.
 
 #![warn(missing_docs)]
 
 pub mod core;
 pub mod error;
 pub mod io;
+mod lock;
 pub mod manager;
 pub mod mover;
 pub mod replicator;
 
-pub use error::{ConnectCause, ConnectError, MoveStep, ReplError, Stage, WaitFor};
+pub use error::{ConnectCause, ConnectError, MoveStep, ProtocolCause, ReplError, Stage, WaitFor};
 
 pub use manager::{ManagerConfig, ReplicationManager, ReplicationMap};
 pub use mover::{move_vbucket, MoveConfig, MoveReport};

@@ -34,6 +34,7 @@ use tracing::{debug, info, warn};
 use crate::core::CoreConfig;
 use crate::error::ReplError;
 use crate::io::ProxyConfig;
+use crate::lock::lock;
 use crate::replicator::{
     Replicator, ReplicatorConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_SHUT_TIMEOUT,
 };
@@ -162,9 +163,7 @@ impl ReplicationManager {
 
     /// Adds or changes a node's KV address (used by replicators started later).
     pub fn set_node_address(&self, node: impl Into<String>, addr: impl Into<String>) {
-        if let Ok(mut n) = self.nodes.lock() {
-            n.insert(node.into(), addr.into());
-        }
+        lock(&self.nodes).insert(node.into(), addr.into());
     }
 
     /// The connection count N.
@@ -267,22 +266,17 @@ impl ReplicationManager {
         }
         let actual = self.get_actual_replications();
         info!(bucket = %self.config.bucket, from = self.connection_count(), to = n, "changing connection count");
-        let all: Vec<Replicator> = self
-            .slots
-            .lock()
-            .map(|mut m| {
-                std::mem::take(&mut m.slots)
-                    .into_values()
-                    .filter_map(|s| match s {
-                        Slot::Running(r) => Some(r),
-                        Slot::Starting(t) => {
-                            t.cancel();
-                            None
-                        }
-                    })
-                    .collect()
+        let taken = std::mem::take(&mut lock(&self.slots).slots);
+        let all: Vec<Replicator> = taken
+            .into_values()
+            .filter_map(|s| match s {
+                Slot::Running(r) => Some(r),
+                Slot::Starting(t) => {
+                    t.cancel();
+                    None
+                }
             })
-            .unwrap_or_default();
+            .collect();
         shut_all(all, None).await;
         self.connection_count.store(n, Ordering::Release);
         self.apply(actual).await
@@ -300,7 +294,7 @@ impl ReplicationManager {
         let r = match self.replicator(producer, index) {
             Some(r) if r.is_running() => r,
             _ => {
-                let epoch = self.slots.lock().map(|s| s.epoch(producer)).unwrap_or(0);
+                let epoch = lock(&self.slots).epoch(producer);
                 self.start_replicator(producer, index, epoch).await?
             }
         };
@@ -336,13 +330,10 @@ impl ReplicationManager {
     /// The replicator for (producer node, connection index), if it exists.
     #[must_use]
     pub fn replicator(&self, node: &str, index: u32) -> Option<Replicator> {
-        self.slots
-            .lock()
-            .ok()
-            .and_then(|m| match m.slots.get(&(node.to_string(), index)) {
-                Some(Slot::Running(r)) => Some(r.clone()),
-                _ => None,
-            })
+        match lock(&self.slots).slots.get(&(node.to_string(), index)) {
+            Some(Slot::Running(r)) => Some(r.clone()),
+            _ => None,
+        }
     }
 
     /// Every replicator, by (producer node, connection index).
@@ -441,20 +432,17 @@ impl ReplicationManager {
 
     /// Every node with a slot.
     fn known_nodes(&self) -> BTreeSet<String> {
-        self.slots
-            .lock()
-            .map(|m| m.slots.keys().map(|(n, _)| n.clone()).collect())
-            .unwrap_or_default()
+        lock(&self.slots)
+            .slots
+            .keys()
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// Evicts `nodes` (bumping their epochs), abandons their starts and stops their
     /// replicators: gracefully for at most `grace`, then aborted.
     async fn stop_slots(&self, nodes: &BTreeSet<String>, grace: Duration) {
-        let evicted = self
-            .slots
-            .lock()
-            .map(|mut m| m.evict(nodes))
-            .unwrap_or_default();
+        let evicted = lock(&self.slots).evict(nodes);
         let mut running = Vec::new();
         for slot in evicted {
             match slot {
@@ -466,18 +454,14 @@ impl ReplicationManager {
     }
 
     fn snapshot(&self) -> Vec<(Key, Replicator)> {
-        self.slots
-            .lock()
-            .map(|m| {
-                m.slots
-                    .iter()
-                    .filter_map(|(k, s)| match s {
-                        Slot::Running(r) => Some((k.clone(), r.clone())),
-                        Slot::Starting(_) => None,
-                    })
-                    .collect()
+        lock(&self.slots)
+            .slots
+            .iter()
+            .filter_map(|(k, s)| match s {
+                Slot::Running(r) => Some((k.clone(), r.clone())),
+                Slot::Starting(_) => None,
             })
-            .unwrap_or_default()
+            .collect()
     }
 
     /// Registers a slot for (node, index) — unless a stop path evicted the node
@@ -499,9 +483,7 @@ impl ReplicationManager {
             Start,
         }
         let next = {
-            let Ok(mut m) = self.slots.lock() else {
-                return Err(ReplError::Interrupted);
-            };
+            let mut m = lock(&self.slots);
             if m.epoch(node) != epoch {
                 debug!(%node, index, "node stopped meanwhile: not starting");
                 return Err(ReplError::Interrupted);
@@ -526,12 +508,7 @@ impl ReplicationManager {
             () = token.cancelled() => Err(ReplError::Interrupted),
             r = Replicator::start(cfg) => r,
         };
-        let Ok(mut m) = self.slots.lock() else {
-            if let Ok(r) = started {
-                r.abort();
-            }
-            return Err(ReplError::Interrupted);
-        };
+        let mut m = lock(&self.slots);
         let ours = matches!(m.slots.get(&key), Some(Slot::Starting(t)) if !t.is_cancelled() && !token.is_cancelled());
         match started {
             Ok(r) if ours => {
@@ -554,11 +531,12 @@ impl ReplicationManager {
     async fn wait_started(&self, key: &Key) -> Result<Replicator, ReplError> {
         let deadline = tokio::time::Instant::now() + self.config.connect_timeout * 2;
         loop {
-            match self.slots.lock().ok().and_then(|m| match m.slots.get(key) {
+            let slot = match lock(&self.slots).slots.get(key) {
                 Some(Slot::Running(r)) => Some(Some(r.clone())),
                 Some(Slot::Starting(_)) => None,
                 None => Some(None),
-            }) {
+            };
+            match slot {
                 Some(Some(r)) => return Ok(r),
                 Some(None) => return Err(ReplError::Interrupted),
                 None => {}
@@ -575,7 +553,7 @@ impl ReplicationManager {
     }
 
     fn resolve(&self, node: &str) -> Option<String> {
-        self.nodes.lock().ok().and_then(|n| n.get(node).cloned())
+        lock(&self.nodes).get(node).cloned()
     }
 
     fn replicator_config(&self, node: &str, addr: String, index: u32) -> ReplicatorConfig {
@@ -606,24 +584,21 @@ impl ReplicationManager {
         // Reap dead connections and stop the ones no longer needed; note the epochs
         // this operation works under.
         let mut to_stop = Vec::new();
-        let epochs: BTreeMap<String, u64> = match self.slots.lock() {
-            Ok(mut m) => {
-                let keys: Vec<Key> = m.slots.keys().cloned().collect();
-                for key in keys {
-                    let unneeded = !desired.contains_key(&key.0) || key.1 >= k;
-                    let dead =
-                        matches!(m.slots.get(&key), Some(Slot::Running(r)) if !r.is_running());
-                    if dead || unneeded {
-                        match m.slots.remove(&key) {
-                            Some(Slot::Running(r)) if !dead => to_stop.push(r),
-                            Some(Slot::Starting(t)) => t.cancel(),
-                            _ => debug!(node = %key.0, index = key.1, "reaping a dead replicator"),
-                        }
+        let epochs: BTreeMap<String, u64> = {
+            let mut m = lock(&self.slots);
+            let keys: Vec<Key> = m.slots.keys().cloned().collect();
+            for key in keys {
+                let unneeded = !desired.contains_key(&key.0) || key.1 >= k;
+                let dead = matches!(m.slots.get(&key), Some(Slot::Running(r)) if !r.is_running());
+                if dead || unneeded {
+                    match m.slots.remove(&key) {
+                        Some(Slot::Running(r)) if !dead => to_stop.push(r),
+                        Some(Slot::Starting(t)) => t.cancel(),
+                        _ => debug!(node = %key.0, index = key.1, "reaping a dead replicator"),
                     }
                 }
-                desired.keys().map(|n| (n.clone(), m.epoch(n))).collect()
             }
-            Err(_) => BTreeMap::new(),
+            desired.keys().map(|n| (n.clone(), m.epoch(n))).collect()
         };
         shut_all(to_stop, None).await;
 

@@ -45,7 +45,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::core::{takeover_connection_name, CoreConfig, Side};
-use crate::error::{MoveStep, ReplError, WaitFor};
+use crate::error::{MoveStep, ProtocolCause, ReplError, WaitFor};
 use crate::replicator::{
     wait_for_data_move, DataMoveWait, Replicator, ReplicatorConfig, DATA_MOVE_POLL_INTERVAL,
     DEFAULT_DONE_LIMIT,
@@ -536,10 +536,10 @@ async fn failover_log(
             peer: c.peer().to_string(),
             vb: Some(vb),
             opaque: Some(opaque),
-            detail: format!(
+            cause: ProtocolCause::Malformed(format!(
                 "failover log of {} bytes (not a multiple of 16)",
                 value.len()
-            ),
+            )),
         });
     }
     let be = |b: &[u8]| b.iter().fold(0u64, |acc, x| (acc << 8) | u64::from(*x));
@@ -776,7 +776,9 @@ mod tests {
         match plan(&cfg(), &src, &dst) {
             Next::Settled(s) => format!("{s:?}"),
             Next::Set(side, state) => format!("{side} {state}"),
-            Next::Refuse(e) => e.kind().to_string(),
+            Next::Refuse(ReplError::Diverged { .. }) => "diverged".into(),
+            Next::Refuse(ReplError::VbucketState { .. }) => "vbucket_state".into(),
+            Next::Refuse(e) => format!("{e:?}"),
         }
     }
 

@@ -288,8 +288,7 @@ impl Replicator {
     /// and our takeover ADD_STREAM.
     ///
     /// # Errors
-    /// As [`Self::setup_replication`], plus [`ReplError::TakeoverFailed`] and
-    /// [`ReplError::TakeoverOnOpenStream`].
+    /// As [`Self::setup_replication`], plus [`ReplError::TakeoverFailed`].
     pub async fn takeover(&self, vb: Vbid) -> Result<(), ReplError> {
         self.call(WaitFor::Takeover, |reply| Command::Takeover { vb, reply })
             .await
@@ -760,13 +759,9 @@ impl Actor {
             debug!(reply = to.0, ?result, "reply for nobody");
             return;
         };
-        let result = result.map(drop).map_err(|e| {
-            let mapped = ReplError::from_setup(e, &self.peers);
-            match (closed_as, &mapped) {
-                (Some(precise), ReplError::ConnectionClosed { .. }) => precise.clone(),
-                _ => mapped,
-            }
-        });
+        let result = result
+            .map(drop)
+            .map_err(|e| ReplError::from_setup(e, &self.peers).or_precise(closed_as));
         match p {
             Pending::Shut(reply) => {
                 self.finished = Some(());
@@ -789,7 +784,7 @@ impl Actor {
             let actions = self.core.handle(now(), ev.event);
             self.perform_offline(actions, None, &mut first);
         }
-        let precise = failure.as_ref().map(|f| f.to_repl_error(&self.peers));
+        let precise = failure.as_ref().map(|f| ReplError::from_io(f, &self.peers));
         let side = failure.as_ref().map_or(Side::Consumer, IoFailure::side);
         let actions = self.core.handle(now(), Event::ConnectionClosed { side });
         self.perform_offline(actions, precise.as_ref(), &mut first);
@@ -808,11 +803,7 @@ impl Actor {
                 Action::Reply(to, result) => self.reply(to, result, closed_as),
                 Action::Close(e) => {
                     if first.is_none() {
-                        let mapped = ReplError::from_conn(&e, &self.peers);
-                        *first = Some(match (closed_as, &mapped) {
-                            (Some(p), ReplError::ConnectionClosed { .. }) => p.clone(),
-                            _ => mapped,
-                        });
+                        *first = Some(ReplError::from_conn(&e, &self.peers).or_precise(closed_as));
                     }
                 }
                 Action::ForwardToProducer(_)

@@ -18,7 +18,7 @@ use anyhow::{bail, ensure, Context};
 use e2e_support::*;
 use mcbp::dcp::{StreamEnd, StreamReq};
 use mcbp::{Cas, Datatype, Message, Opcode, Status, VbState, Vbid};
-use replication::core::Side;
+use replication::core::{Side, StreamOp};
 use replication::{
     move_vbucket, ManagerConfig, MoveConfig, MoveStep, ReplError, ReplicationManager,
     ReplicationMap, Replicator, WaitFor,
@@ -174,7 +174,6 @@ async fn seed_race_stream_end_before_the_add_stream_answer_fails_the_setup_then_
     let err = expect_err("the set-up", r.setup_replication(vbs([V, W]))).await?;
     let elapsed = t0.elapsed();
     assert!(elapsed < FAIL_FAST, "failed only after {elapsed:?}");
-    assert_eq!(err.kind(), "unexpected_stream_end", "{err}");
     let ReplError::UnexpectedStreamEnd {
         vb, opaque, reason, ..
     } = &err
@@ -202,14 +201,6 @@ async fn seed_race_stream_end_before_the_add_stream_answer_fails_the_setup_then_
     assert_eq!(ends[0].vbucket, Vbid(V));
     assert_eq!(ends[0].opaque, req_v[0].opaque);
     assert_eq!(*opaque, req_v[0].opaque);
-    assert_eq!(
-        err.to_json().as_object().map(|m| (
-            m["vbucket"].clone(),
-            m["stream_opaque"].clone(),
-            m["reason"].clone()
-        )),
-        Some((json!(V), json!(req_v[0].opaque.0), json!(2)))
-    );
 
     // Torn down: closed() reports the same error, both sockets are closed (the
     // replicator closed the producer connection; the consumer node dropped its DCP
@@ -303,7 +294,6 @@ async fn lost_add_stream_answer_times_out_naming_the_vbucket_then_a_retry_succee
         elapsed >= Duration::from_millis(900) && elapsed < FAIL_FAST,
         "{elapsed:?}"
     );
-    assert_eq!(err.kind(), "timeout", "{err}");
     match &err {
         ReplError::Timeout {
             waiting_for,
@@ -315,9 +305,6 @@ async fn lost_add_stream_answer_times_out_naming_the_vbucket_then_a_retry_succee
         }
         other => bail!("wrong error {other:?}"),
     }
-    let j = err.to_json();
-    assert_eq!(j["waiting_for"], json!("add_stream"));
-    assert_eq!(j["vbuckets"], json!([V]));
     assert!(matches!(
         closed_with(&r).await?,
         Err(ReplError::Timeout { .. })
@@ -349,7 +336,6 @@ async fn stream_request_refused_with_etmpfail_fails_the_setup_with_add_stream_fa
     let t0 = Instant::now();
     let err = expect_err("the set-up", r.setup_replication(vbs([V, W]))).await?;
     assert!(t0.elapsed() < FAIL_FAST, "{:?}", t0.elapsed());
-    assert_eq!(err.kind(), "add_stream_failed", "{err}");
     let ReplError::StreamsFailed { failures, .. } = &err else {
         bail!("wrong error {err:?}");
     };
@@ -357,9 +343,8 @@ async fn stream_request_refused_with_etmpfail_fails_the_setup_with_add_stream_fa
     assert_eq!(failures[0].vb, Vbid(V));
     assert_eq!(failures[0].status, Status::Etmpfail);
     assert_eq!(failures[0].status.to_raw(), 0x86);
-    let j = err.to_json();
-    assert_eq!(j["failures"][0]["vbucket"], json!(V));
-    assert_eq!(j["failures"][0]["status"], json!(0x86));
+    assert_eq!(failures[0].op, StreamOp::AddStream);
+    assert_eq!(failures[0].side, Side::Consumer);
     // Not a teardown: the other stream is established and the pair keeps going.
     assert_eq!(r.get_partitions(), vbs([W]));
     assert!(r.is_running());
@@ -387,7 +372,6 @@ async fn producer_connection_closed_mid_setup_ends_the_replicator_then_a_new_one
     let t0 = Instant::now();
     let err = expect_err("the set-up", r.setup_replication(vbs(0..4))).await?;
     assert!(t0.elapsed() < FAIL_FAST, "{:?}", t0.elapsed());
-    assert_eq!(err.kind(), "connection_closed", "{err}");
     assert!(
         matches!(
             &err,
@@ -398,7 +382,6 @@ async fn producer_connection_closed_mid_setup_ends_the_replicator_then_a_new_one
         ),
         "{err:?}"
     );
-    assert_eq!(err.to_json()["side"], json!("producer"));
     match closed_with(&r).await? {
         Err(ReplError::ConnectionClosed {
             side: Side::Producer,
@@ -613,12 +596,14 @@ async fn move_vbucket_under_writes_loses_no_acknowledged_write() -> anyhow::Resu
         .await
         .context("the refused move hangs")?
         .expect_err("the source is dead");
-    let ReplError::Move { vb, step, .. } = &err else {
+    let ReplError::Move { vb, step, source } = &err else {
         bail!("wrong error {err:?}");
     };
     assert_eq!((*vb, *step), (dead, MoveStep::Preflight), "{err}");
-    assert_eq!(err.kind(), "vbucket_state", "{err}");
-    assert_eq!(err.to_json()["state"], "dead");
+    assert!(
+        matches!(&**source, ReplError::VbucketState { vb: v, state: VbState::Dead, .. } if *v == dead),
+        "{err:?}"
+    );
     assert_eq!(
         b.vb_state(dead),
         VbState::Dead,

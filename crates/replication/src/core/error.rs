@@ -185,13 +185,6 @@ pub enum SetupError {
     /// (§5.6 IMPROVE: the superseded caller is answered at once).
     #[error("stream set-up superseded by a shut")]
     SupersededByShut,
-    /// A takeover was requested for a vbucket that has a replication stream open
-    /// (close it first, §7.3). Nothing was sent.
-    #[error("takeover of {vb} refused: a replication stream is open for it")]
-    TakeoverOnOpenStream {
-        /// The vbucket.
-        vb: Vbid,
-    },
     /// The consumer node answered a takeover step with an error status. After an
     /// ADD_STREAM error the pair stays up; after a SET_VBUCKET_STATE error it is torn
     /// down (the consumer's vbucket state is unknown).

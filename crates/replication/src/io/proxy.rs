@@ -44,8 +44,8 @@ use tracing::{debug, Instrument};
 use crate::core::{
     classify_from_producer, route_from_consumer, Event, ProducerDecision, Route, Side,
 };
-use crate::error::{Peers, ReplError};
 use crate::io::connect::Connected;
+use crate::lock::lock;
 
 /// How long teardown keeps writing what was already read (issue #8 item 7).
 pub const TEARDOWN_FLUSH: Duration = Duration::from_millis(100);
@@ -118,15 +118,15 @@ impl Liveness {
     }
 }
 
-/// Why a socket task stopped the pair.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Why a socket task stopped the pair ([`crate::error::ReplError::from_io`] adds the peer).
+#[derive(Clone, Debug)]
 pub(crate) enum IoFailure {
     /// The node closed its socket.
     Eof(Side),
     /// Reading or writing failed.
-    Io(Side, String),
+    Io(Side, Arc<std::io::Error>),
     /// The byte stream cannot be framed (or a frame exceeds the cap).
-    Decode(Side, String),
+    Decode(Side, DecodeError),
     /// The actor went away (only during teardown).
     ActorGone(Side),
     /// A write to this side's node made no progress for the stall bound.
@@ -144,36 +144,8 @@ impl IoFailure {
         }
     }
 
-    pub(crate) fn to_repl_error(&self, peers: &Peers) -> ReplError {
-        let side = self.side();
-        let peer = peers.of(side).to_string();
-        match self {
-            IoFailure::Eof(_) => ReplError::ConnectionClosed {
-                side,
-                peer,
-                detail: Some("closed by peer".into()),
-            },
-            IoFailure::Io(_, e) => ReplError::ConnectionClosed {
-                side,
-                peer,
-                detail: Some(e.clone()),
-            },
-            IoFailure::Decode(_, e) => ReplError::Protocol {
-                side,
-                peer,
-                vb: None,
-                opaque: None,
-                detail: format!("corrupt stream: {e}"),
-            },
-            IoFailure::ActorGone(_) => ReplError::Interrupted,
-            IoFailure::WriteStalled(_, after) => ReplError::ConnectionClosed {
-                side,
-                peer,
-                detail: Some(format!(
-                    "no write progress for {after:?}: the node stopped reading"
-                )),
-            },
-        }
+    fn io(side: Side, e: std::io::Error) -> IoFailure {
+        IoFailure::Io(side, Arc::new(e))
     }
 }
 
@@ -201,7 +173,8 @@ impl PairShared {
 
     /// Records the first failure and tears the pair down.
     fn fail(&self, f: IoFailure) {
-        if let Ok(mut slot) = self.failure.lock() {
+        {
+            let mut slot = lock(&self.failure);
             if slot.is_none() && !self.teardown.is_cancelled() {
                 debug!(side = %f.side(), failure = ?f, "socket task failed");
                 *slot = Some(f);
@@ -220,7 +193,7 @@ impl PairShared {
     }
 
     pub(crate) fn take_failure(&self) -> Option<IoFailure> {
-        self.failure.lock().ok().and_then(|mut s| s.take())
+        lock(&self.failure).take()
     }
 }
 
@@ -396,9 +369,7 @@ impl Reader {
                 r = self.reader.fill() => match r {
                     Ok(_) => {}
                     Err(ReadError::Closed) => return Stop::Fail(IoFailure::Eof(self.side)),
-                    Err(ReadError::Io(e)) => {
-                        return Stop::Fail(IoFailure::Io(self.side, e.to_string()))
-                    }
+                    Err(ReadError::Io(e)) => return Stop::Fail(IoFailure::io(self.side, e)),
                     Err(ReadError::Decode(e)) => return Stop::Fail(decode_failure(self.side, &e)),
                 },
             }
@@ -463,7 +434,7 @@ impl Reader {
                     match self.reader.get_ref().as_ref().take_error() {
                         Ok(None) => {}
                         Ok(Some(e)) | Err(e) => {
-                            return Err(Stop::Fail(IoFailure::Io(self.side, e.to_string())));
+                            return Err(Stop::Fail(IoFailure::io(self.side, e)));
                         }
                     }
                 }
@@ -473,7 +444,7 @@ impl Reader {
 }
 
 fn decode_failure(side: Side, e: &DecodeError) -> IoFailure {
-    IoFailure::Decode(side, e.to_string())
+    IoFailure::Decode(side, e.clone())
 }
 
 /// Writes queued batches; a write without progress for the stall bound fails the
@@ -533,7 +504,10 @@ async fn run_writer(
 fn write_failure(side: Side, e: WriteError, stall: Duration) -> IoFailure {
     match e {
         WriteError::Stalled(_) => IoFailure::WriteStalled(side, stall),
-        WriteError::Closed => IoFailure::Io(side, "write returned 0".into()),
-        WriteError::Io(e) => IoFailure::Io(side, e.to_string()),
+        WriteError::Closed => IoFailure::io(
+            side,
+            std::io::Error::new(std::io::ErrorKind::WriteZero, "write returned 0"),
+        ),
+        WriteError::Io(e) => IoFailure::io(side, e),
     }
 }
