@@ -966,7 +966,7 @@ mod tests {
                 ],
             },
             ReplError::Replications {
-                errors: vec![("a".into(), v[14].clone())],
+                errors: vec![("a".into(), v[13].clone())],
             },
             move_err(
                 3,
@@ -993,13 +993,13 @@ mod tests {
                     in_progress: Operation::SetupStreams,
                 },
             ),
-            move_err(9, MoveStep::Finalize, v[32].clone()),
-            move_err(9, MoveStep::Repair, v[16].clone()),
+            move_err(9, MoveStep::Finalize, v[31].clone()),
+            move_err(9, MoveStep::Repair, v[15].clone()),
             move_err(
                 9,
                 MoveStep::Replicate,
                 ReplError::Replications {
-                    errors: vec![("a".into(), v[28].clone())],
+                    errors: vec![("a".into(), v[27].clone())],
                 },
             ),
             move_err(9, MoveStep::SetReplica, v[4].clone()),

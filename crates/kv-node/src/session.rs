@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use kv_engine::{ArithOp, ConcatOp, Counter, Document, EngineError, Item, MutationInfo, StoreOp};
 use mcbp::kv::{
     Arithmetic, Concat, Delete, Feature, Flush, Get, GetAllVbSeqnos, GetClusterConfig, GetErrorMap,
@@ -20,11 +20,11 @@ use mcbp::kv::{
     Stat, StatResponse, Store, Touch,
 };
 use mcbp::{
-    BareRequest, BodyError, Cas, Datatype, Frame, FrameDecoder, Magic, Message, Opcode, Response,
-    Seqno, Status, VbState, Vbid,
+    BareRequest, BodyError, Cas, Datatype, Frame, Magic, Message, Opcode, Response, Seqno, Status,
+    VbState, Vbid,
 };
+use mcbp_conn::{FrameReader, FrameWriter, ReadConfig, ReadError, WriteError};
 use sasl::{ScramMech, ScramServer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -108,32 +108,31 @@ async fn handle_connection(
 /// Output capacity a connection keeps once its buffer has drained.
 const OUT_KEEP: usize = 1024 * 1024;
 
-/// Writes all of `out` before the connection closes or changes hands. Returns
-/// `false` if shutdown came first.
+/// Writes everything pending before the connection closes or changes hands.
+/// Returns `false` if shutdown came first.
 ///
 /// # Errors
-/// A write failed, or made no progress for `idle`.
+/// A write failed, or made no progress for the idle timeout (the writer's stall
+/// bound).
 async fn write_out(
-    wr: &mut OwnedWriteHalf,
-    out: &mut BytesMut,
-    idle: std::time::Duration,
+    w: &mut FrameWriter<OwnedWriteHalf>,
     shutdown: &CancellationToken,
 ) -> Result<bool, SessionEnd> {
-    while !out.is_empty() {
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return Ok(false),
-            r = tokio::time::timeout(idle, wr.write(out)) => match r {
-                Err(_) => return Err(SessionEnd::WriteStalled(idle)),
-                Ok(Ok(0)) => {
-                    return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into())
-                }
-                Ok(Ok(n)) => out.advance(n),
-                Ok(Err(e)) => return Err(e.into()),
-            },
+    tokio::select! {
+        biased;
+        () = shutdown.cancelled() => Ok(false),
+        r = w.flush() => r.map(|()| true).map_err(SessionEnd::from),
+    }
+}
+
+impl From<WriteError> for SessionEnd {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Stalled(d) => SessionEnd::WriteStalled(d),
+            WriteError::Closed => std::io::Error::from(std::io::ErrorKind::WriteZero).into(),
+            WriteError::Io(e) => e.into(),
         }
     }
-    Ok(true)
 }
 
 /// Why a connection ended abnormally (logged; never affects other connections).
@@ -220,14 +219,18 @@ impl Session {
     /// timeout ends the connection, as does silence with nothing to write.
     async fn run(
         &mut self,
-        mut rd: OwnedReadHalf,
-        mut wr: OwnedWriteHalf,
+        rd: OwnedReadHalf,
+        wr: OwnedWriteHalf,
         shutdown: CancellationToken,
     ) -> Result<(), SessionEnd> {
-        let decoder = FrameDecoder::default();
-        let mut inbuf = BytesMut::with_capacity(16 * 1024);
-        let mut out = BytesMut::with_capacity(16 * 1024);
         let idle = self.state.config.idle_timeout;
+        let read = ReadConfig {
+            read_chunk: 16 * 1024,
+            ..ReadConfig::default()
+        };
+        let mut reader = FrameReader::new(rd, BytesMut::with_capacity(16 * 1024), read);
+        // The writer's queue bound is enforced here (`max_out`), not by the writer.
+        let mut writer = FrameWriter::new(wr, usize::MAX, idle);
         let max_out = self.state.config.max_conn_output.max(1);
         // Last time the client sent or took something.
         let mut last_activity = Instant::now();
@@ -235,28 +238,29 @@ impl Session {
         let mut write_since = Instant::now();
         let mut read_closed = false;
         loop {
-            let had_output = !out.is_empty();
-            while out.len() < max_out {
-                let frame = match decoder.decode(&mut inbuf) {
+            let had_output = !writer.is_empty();
+            while writer.queued() < max_out {
+                let frame = match reader.next_buffered() {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
                     Err(e) => {
                         warn!(peer = %self.peer, error = %e, "malformed frame; closing connection");
-                        let _ = write_out(&mut wr, &mut out, idle, &shutdown).await;
+                        let _ = write_out(&mut writer, &shutdown).await;
                         return Err(e.into());
                     }
                 };
-                match self.handle(frame, &mut out).await {
+                match self.handle(frame, writer.staging()).await {
                     Flow::Continue => {}
                     Flow::Close => {
-                        write_out(&mut wr, &mut out, idle, &shutdown).await?;
+                        write_out(&mut writer, &shutdown).await?;
                         return Ok(());
                     }
                     Flow::Dcp(open) => {
-                        if !write_out(&mut wr, &mut out, idle, &shutdown).await? {
+                        if !write_out(&mut writer, &shutdown).await? {
                             return Ok(());
                         }
-                        return crate::dcp::run(&self.dcp_peer(), open, rd, wr, inbuf, shutdown)
+                        let wr = writer.into_inner();
+                        return crate::dcp::run(&self.dcp_peer(), open, reader, wr, shutdown)
                             .await
                             .map_err(|e| SessionEnd::Dcp(e.to_string()));
                     }
@@ -265,21 +269,21 @@ impl Session {
             self.state
                 .counters
                 .conn_output_high_water
-                .fetch_max(out.len(), Ordering::Relaxed);
-            if out.is_empty() {
+                .fetch_max(writer.queued(), Ordering::Relaxed);
+            if writer.is_empty() {
                 if read_closed {
                     return Ok(());
                 }
                 // A burst of large answers must not pin its buffer for the
                 // connection's lifetime.
-                if out.capacity() > OUT_KEEP {
-                    out = BytesMut::with_capacity(16 * 1024);
+                if writer.staging().capacity() > OUT_KEEP {
+                    *writer.staging() = BytesMut::with_capacity(16 * 1024);
                 }
             } else if !had_output {
                 write_since = Instant::now();
             }
-            let can_read = !read_closed && out.len() < max_out;
-            let (deadline, why) = if out.is_empty() {
+            let can_read = !read_closed && writer.queued() < max_out && reader.can_read();
+            let (deadline, why) = if writer.is_empty() {
                 (last_activity + idle, SessionEnd::Idle(idle))
             } else {
                 (write_since + idle, SessionEnd::WriteStalled(idle))
@@ -287,20 +291,17 @@ impl Session {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(()),
-                r = wr.write(&out), if !out.is_empty() => {
-                    let n = r?;
-                    if n == 0 {
-                        return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
-                    }
-                    out.advance(n);
+                r = writer.write_some(), if !writer.is_empty() => {
+                    r?;
                     write_since = Instant::now();
                     last_activity = write_since;
                 }
-                r = rd.read_buf(&mut inbuf), if can_read => match r {
+                r = reader.fill(), if can_read => match r {
                     // The client may half-close and still read: answer what it sent.
-                    Ok(0) => read_closed = true,
                     Ok(_) => last_activity = Instant::now(),
-                    Err(e) => return Err(e.into()),
+                    Err(ReadError::Closed) => read_closed = true,
+                    Err(ReadError::Io(e)) => return Err(e.into()),
+                    Err(ReadError::Decode(e)) => return Err(e.into()),
                 },
                 () = tokio::time::sleep_until(deadline) => return Err(why),
             }

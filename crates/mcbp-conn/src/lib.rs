@@ -209,8 +209,8 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         }
     }
 
-    /// A buffer to encode frames into; what is appended is queued after everything
-    /// queued before.
+    /// A buffer to encode frames into; what is appended is written after everything
+    /// queued before. While nothing is queued, its length is the pending output.
     pub fn staging(&mut self) -> &mut BytesMut {
         &mut self.staged
     }
@@ -247,21 +247,31 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// [`WriteError::Stalled`] after `stall_timeout` without progress,
     /// [`WriteError::Closed`], [`WriteError::Io`].
     pub async fn write_some(&mut self) -> Result<usize, WriteError> {
-        self.stage_to_queue();
-        let Some(front) = self.queue.front_mut() else {
-            return Ok(0);
+        // Staged bytes are written in place while nothing else is queued, so a
+        // shell that only stages sees its pending output in `staging().len()`.
+        let from_queue = !self.queue.is_empty();
+        let chunk: &[u8] = match self.queue.front() {
+            Some(front) => front,
+            None if !self.staged.is_empty() => &self.staged,
+            None => return Ok(0),
         };
-        let n = match tokio::time::timeout(self.stall_timeout, self.wr.write(front)).await {
+        let n = match tokio::time::timeout(self.stall_timeout, self.wr.write(chunk)).await {
             Err(_) => return Err(WriteError::Stalled(self.stall_timeout)),
             Ok(Err(e)) => return Err(WriteError::Io(e)),
             Ok(Ok(0)) => return Err(WriteError::Closed),
             Ok(Ok(n)) => n,
         };
-        front.advance(n);
-        if front.is_empty() {
-            self.queue.pop_front();
+        if from_queue {
+            if let Some(front) = self.queue.front_mut() {
+                front.advance(n);
+                if front.is_empty() {
+                    self.queue.pop_front();
+                }
+            }
+            self.queued -= n;
+        } else {
+            self.staged.advance(n);
         }
-        self.queued -= n;
         Ok(n)
     }
 

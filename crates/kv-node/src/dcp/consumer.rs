@@ -913,8 +913,7 @@ pub(super) async fn run(
                 faults: &state.faults,
                 unix_now: crate::state::now(),
             };
-            let mut actions: VecDeque<Action> =
-                core.handle_frame(t, &f, ctx, &mut wire.out)?.into();
+            let mut actions: VecDeque<Action> = core.handle_frame(t, &f, ctx, wire.out())?.into();
             while let Some(a) = actions.pop_front() {
                 match a {
                     Action::Rollback { vb, opaque, to } => {
@@ -930,7 +929,7 @@ pub(super) async fn run(
                             unix_now: crate::state::now(),
                             ..ctx
                         };
-                        actions.extend(core.rollback_done(vb, opaque, res, ctx, &mut wire.out));
+                        actions.extend(core.rollback_done(vb, opaque, res, ctx, wire.out()));
                     }
                     Action::SetVbState { vb, state: st } => {
                         state
@@ -954,7 +953,7 @@ pub(super) async fn run(
         if core.take_changed() {
             entry.notify_change();
         }
-        core.on_timer(now(), &mut wire.out)?;
+        core.on_timer(now(), wire.out())?;
         info.publish(
             core.stream_infos(),
             core.acker().unacked(),

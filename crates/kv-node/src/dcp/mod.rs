@@ -30,9 +30,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use mcbp::dcp::OpenFlags;
 use mcbp::{Frame, Opaque, Opcode, Status, Vbid};
+use mcbp_conn::FrameReader;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -160,9 +160,8 @@ pub(crate) fn accept_open(
 pub(crate) async fn run(
     s: &DcpPeer,
     open: DcpOpen,
-    rd: OwnedReadHalf,
+    reader: FrameReader<OwnedReadHalf>,
     wr: OwnedWriteHalf,
-    inbuf: BytesMut,
     shutdown: CancellationToken,
 ) -> Result<(), DcpError> {
     let side = if open.flags.has(OpenFlags::PRODUCER) {
@@ -173,7 +172,7 @@ pub(crate) async fn run(
     let info = Arc::new(ConnInfo::new(open.reg_id, open.name.clone(), side, s.peer));
     let entry = open.bucket.clone();
     entry.dcp.register(info.clone());
-    let wire = wire::Wire::new(rd, wr, inbuf, open.close_after_frames);
+    let wire = wire::Wire::new(reader, wr, open.close_after_frames);
     let res = match side {
         Side::Producer => producer::run(s, &open, &info, wire, &shutdown).await,
         Side::Consumer => consumer::run(s, &open, &info, wire, &shutdown).await,

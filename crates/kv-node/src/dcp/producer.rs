@@ -804,7 +804,7 @@ pub(super) async fn run(
         let t = now();
         wire.check_stall(&state.faults, t);
         while let Some(f) = wire.next_frame(t)? {
-            let actions = core.handle_frame(t, &f, ctx, &mut wire.out)?;
+            let actions = core.handle_frame(t, &f, ctx, wire.out())?;
             for a in actions {
                 match a {
                     Action::SetVbState { vb, state: st } => {
@@ -820,13 +820,13 @@ pub(super) async fn run(
                 }
             }
         }
-        core.on_timer(t, &mut wire.out)?;
+        core.on_timer(t, wire.out())?;
         // Register for the change notification before reading the engine, so a
         // change between the read and the wait is not lost.
         let changed = entry.changed.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        core.fill(ctx, &mut wire.out, OUT_BUDGET);
+        core.fill(ctx, wire.out(), OUT_BUDGET);
         info.publish(
             core.stream_infos(),
             core.window().outstanding(),

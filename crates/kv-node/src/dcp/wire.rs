@@ -1,14 +1,14 @@
-//! The socket half shared by both DCP shells: framing, a bounded output buffer
-//! flushed from inside the select loop (so a peer that stops reading never blocks
-//! timers or cancellation), and the two connection-level faults (`close_after_frames`,
-//! `stall`).
+//! The socket half shared by both DCP shells: mcbp-conn's framed halves (bounded
+//! input, output flushed from inside the select loop so a peer that stops reading
+//! never blocks timers or cancellation), plus the two connection-level faults
+//! (`close_after_frames`, `stall`).
 
 use std::collections::HashSet;
 use std::time::Instant;
 
-use bytes::{Buf, BytesMut};
-use mcbp::{Frame, FrameDecoder};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::BytesMut;
+use mcbp::Frame;
+use mcbp_conn::{FrameReader, FrameWriter, ReadError, WriteError};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::futures::Notified;
 use tokio_util::sync::CancellationToken;
@@ -16,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 use super::ConnError;
 use crate::faults::{Fault, Faults};
 
-/// Stop reading while this much unprocessed input is buffered.
-const MAX_INBUF: usize = 4 * 1024 * 1024;
+/// A write without progress for this long ends the connection (the DCP idle and
+/// noop rules normally end it much earlier).
+const WRITE_STALL: std::time::Duration = std::time::Duration::from_secs(360);
 
 /// What woke the shell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,11 +33,8 @@ pub(super) enum Wake {
 
 #[derive(Debug)]
 pub(super) struct Wire {
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
-    inbuf: BytesMut,
-    pub(super) out: BytesMut,
-    decoder: FrameDecoder,
+    reader: FrameReader<OwnedReadHalf>,
+    writer: FrameWriter<OwnedWriteHalf>,
     frames: u64,
     close_after: Option<u64>,
     stall_until: Option<Instant>,
@@ -49,18 +47,16 @@ pub(super) fn now() -> Instant {
 }
 
 impl Wire {
+    /// Takes over a connection from the session that accepted its DCP_OPEN: the
+    /// reader keeps whatever the session had read past the DCP_OPEN.
     pub(super) fn new(
-        rd: OwnedReadHalf,
+        reader: FrameReader<OwnedReadHalf>,
         wr: OwnedWriteHalf,
-        inbuf: BytesMut,
         close_after: Option<u64>,
     ) -> Wire {
         Wire {
-            rd,
-            wr,
-            inbuf,
-            out: BytesMut::with_capacity(64 * 1024),
-            decoder: FrameDecoder::default(),
+            reader,
+            writer: FrameWriter::new(wr, usize::MAX, WRITE_STALL),
             frames: 0,
             close_after,
             stall_until: None,
@@ -85,6 +81,11 @@ impl Wire {
         }
     }
 
+    /// Where the cores encode what they send; its length is the unsent output.
+    pub(super) fn out(&mut self) -> &mut BytesMut {
+        self.writer.staging()
+    }
+
     fn stalled(&self, now: Instant) -> bool {
         self.stall_until.is_some_and(|t| t > now)
     }
@@ -99,10 +100,7 @@ impl Wire {
                 return Err(ConnError::FaultClose(n));
             }
         }
-        let f = self
-            .decoder
-            .decode(&mut self.inbuf)
-            .map_err(ConnError::Decode)?;
+        let f = self.reader.next_buffered().map_err(ConnError::Decode)?;
         if f.is_some() {
             self.frames += 1;
         }
@@ -124,7 +122,7 @@ impl Wire {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let can_read = !stalled && self.inbuf.len() < MAX_INBUF;
+        let can_read = !stalled && self.reader.can_read();
         let sleep = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
@@ -141,18 +139,20 @@ impl Wire {
             biased;
             () = shutdown.cancelled() => Ok(Wake::Cancelled),
             () = replaced.cancelled() => Ok(Wake::Cancelled),
-            r = self.wr.write(&self.out), if !self.out.is_empty() => {
-                let n = r.map_err(ConnError::Io)?;
-                if n == 0 {
-                    return Err(ConnError::PeerClosed);
-                }
-                self.out.advance(n);
-                Ok(Wake::Wrote)
-            }
-            r = self.rd.read_buf(&mut self.inbuf), if can_read => match r {
-                Ok(0) => Err(ConnError::PeerClosed),
+            r = self.writer.write_some(), if !self.writer.is_empty() => match r {
+                Ok(_) => Ok(Wake::Wrote),
+                Err(WriteError::Closed) => Err(ConnError::PeerClosed),
+                Err(WriteError::Io(e)) => Err(ConnError::Io(e)),
+                Err(WriteError::Stalled(d)) => Err(ConnError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no write progress for {d:?}"),
+                ))),
+            },
+            r = self.reader.fill(), if can_read => match r {
                 Ok(_) => Ok(Wake::Read),
-                Err(e) => Err(ConnError::Io(e)),
+                Err(ReadError::Closed) => Err(ConnError::PeerClosed),
+                Err(ReadError::Io(e)) => Err(ConnError::Io(e)),
+                Err(ReadError::Decode(e)) => Err(ConnError::Decode(e)),
             },
             () = changed => Ok(Wake::Changed),
             () = sleep => Ok(Wake::Timer),
@@ -161,10 +161,6 @@ impl Wire {
 
     /// Best effort on the way out: what is buffered, bounded by `within`.
     pub(super) async fn flush(&mut self, within: std::time::Duration) {
-        if self.out.is_empty() {
-            return;
-        }
-        let _ = tokio::time::timeout(within, self.wr.write_all(&self.out)).await;
-        self.out.clear();
+        let _ = self.writer.flush_within(within).await;
     }
 }
