@@ -608,24 +608,12 @@ impl Actor {
                 () = self.stop.cancelled() => return Exit::Stop,
                 () = self.shared.teardown.cancelled() => return Exit::Io,
                 () = sleep_until_opt(deadline) => self.feed(Event::Timeout, None),
-                permit = to_consumer.reserve(), if !self.outbound[0].is_empty() => match permit {
-                    Ok(permit) => {
-                        if let Some(b) = self.outbound[0].pop_front() {
-                            permit.send(b);
-                        }
-                        Ok(())
-                    }
-                    Err(_) => return Exit::Io,
-                },
-                permit = to_producer.reserve(), if !self.outbound[1].is_empty() => match permit {
-                    Ok(permit) => {
-                        if let Some(b) = self.outbound[1].pop_front() {
-                            permit.send(b);
-                        }
-                        Ok(())
-                    }
-                    Err(_) => return Exit::Io,
-                },
+                permit = to_consumer.reserve(), if !self.outbound[0].is_empty() => {
+                    self.send_queued(0, permit.ok())
+                }
+                permit = to_producer.reserve(), if !self.outbound[1].is_empty() => {
+                    self.send_queued(1, permit.ok())
+                }
                 ev = self.events.recv() => match ev {
                     Some(ev) => self.feed(ev.event, ev.ack),
                     None => return Exit::Io,
@@ -654,6 +642,20 @@ impl Actor {
                 }
             }
         }
+    }
+
+    /// Moves the oldest queued frame of one side (0 consumer, 1 producer) into the
+    /// room a writer made; no room means the writer is gone.
+    fn send_queued(
+        &mut self,
+        side: usize,
+        permit: Option<mpsc::Permit<'_, Bytes>>,
+    ) -> Result<(), Exit> {
+        let permit = permit.ok_or(Exit::Io)?;
+        if let Some(b) = self.outbound[side].pop_front() {
+            permit.send(b);
+        }
+        Ok(())
     }
 
     /// A set-up or takeover waits for the one in flight; a shut goes straight in
