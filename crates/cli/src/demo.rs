@@ -111,6 +111,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         vbuckets: a.vbuckets,
         ram_quota_mb: 512,
         flush_enabled: false,
+        uuid: None,
     };
     node_a
         .state()

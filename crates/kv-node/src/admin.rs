@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::cluster::{ConfigSlot, ConfigVersion, Offer};
 use crate::faults::Fault;
 use crate::state::{BucketEntry, BucketMeta, NodeError, NodeState};
 
@@ -44,6 +45,7 @@ fn router(state: Shared) -> Router {
         .route("/buckets/{name}", get(get_bucket).delete(delete_bucket))
         .route("/buckets/{name}/vbuckets/{vb}", put(set_vbucket))
         .route("/buckets/{name}/cluster-config", put(set_cluster_config))
+        .route("/cluster-config", put(set_global_config))
         .route(
             "/faults",
             get(list_faults).post(add_fault).delete(clear_faults),
@@ -94,6 +96,12 @@ struct CreateBucket {
     initial_state: Option<String>,
     #[serde(default)]
     flush_enabled: bool,
+    /// The cluster's uuid for the bucket (N1).
+    #[serde(default)]
+    uuid: Option<String>,
+    /// A cluster config installed with the bucket (N1).
+    #[serde(default)]
+    cluster_config: Option<Value>,
 }
 
 fn default_vbuckets() -> u16 {
@@ -138,14 +146,24 @@ async fn create_bucket(
             )
         }
     };
+    let config = match req.cluster_config {
+        None => None,
+        Some(v) => match ConfigVersion::of(&v) {
+            Some(version) => Some((version, bytes::Bytes::from(v.to_string()))),
+            None => return error(StatusCode::BAD_REQUEST, BAD_CONFIG),
+        },
+    };
     let meta = BucketMeta {
         name: req.name,
         vbuckets: req.vbuckets,
         ram_quota_mb: req.ram_quota_mb,
         flush_enabled: req.flush_enabled,
+        uuid: req.uuid,
     };
     let st = state.clone();
-    let res = tokio::task::spawn_blocking(move || st.create_bucket(meta, initial)).await;
+    let res =
+        tokio::task::spawn_blocking(move || st.create_bucket_with_config(meta, initial, config))
+            .await;
     match res {
         Ok(Ok(entry)) => (StatusCode::CREATED, Json(bucket_json(&entry, false))).into_response(),
         Ok(Err(NodeError::BucketExists(n))) => {
@@ -164,6 +182,7 @@ fn bucket_json(b: &BucketEntry, with_vbuckets: bool) -> Value {
         "num_vbuckets": b.meta.vbuckets,
         "ram_quota_mb": b.meta.ram_quota_mb,
         "flush_enabled": b.meta.flush_enabled,
+        "uuid": b.meta.uuid,
         "items": s.items,
         "mem_used": s.mem_used,
     });
@@ -280,6 +299,10 @@ async fn set_vbucket(
     }
 }
 
+const BAD_CONFIG: &str =
+    "cluster config must be a JSON object with a numeric rev (and optional numeric revEpoch)";
+
+/// N2: a bucket's config only moves forward.
 async fn set_cluster_config(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -292,18 +315,38 @@ async fn set_cluster_config(
     let Some(b) = state.bucket(&name) else {
         return error(StatusCode::NOT_FOUND, format!("no bucket {name:?}"));
     };
-    match serde_json::from_slice::<Value>(&body) {
-        Ok(v) if v.get("rev").and_then(Value::as_i64).is_some() => {
-            *b.cluster_config
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                Some(bytes::Bytes::from(body.to_vec()));
-            Json(json!({"ok": true})).into_response()
-        }
-        _ => error(
-            StatusCode::BAD_REQUEST,
-            "cluster config must be a JSON object with a numeric rev",
-        ),
+    offer_config(&b.cluster_config, &body)
+}
+
+/// N3: the cluster-level config (connections without a selected bucket).
+async fn set_global_config(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = check_auth(&state, &headers) {
+        return r;
+    }
+    offer_config(&state.global_config, &body)
+}
+
+/// Newer → 200 `{"ok":true}`; the same version → 200, nothing changes; older → 409
+/// with the version kept.
+fn offer_config(slot: &ConfigSlot, body: &[u8]) -> Response {
+    let Some(version) = serde_json::from_slice::<Value>(body)
+        .ok()
+        .as_ref()
+        .and_then(ConfigVersion::of)
+    else {
+        return error(StatusCode::BAD_REQUEST, BAD_CONFIG);
+    };
+    match slot.offer(version, bytes::Bytes::copy_from_slice(body)) {
+        Offer::Installed | Offer::Same => Json(json!({"ok": true})).into_response(),
+        Offer::Stale(cur) => (
+            StatusCode::CONFLICT,
+            Json(json!({"error": "stale config", "current": [cur.epoch, cur.rev]})),
+        )
+            .into_response(),
     }
 }
 

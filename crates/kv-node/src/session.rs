@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::cluster::ConfigVersion;
 use crate::dcp::DcpPeer;
 use crate::state::{now, BucketEntry, NodeState};
 use crate::users::User;
@@ -620,18 +621,36 @@ impl Session {
     }
 
     fn cluster_config(&mut self, req: &Frame, out: &mut BytesMut) {
+        fn own_version((rev, body): (i64, Bytes)) -> (ConfigVersion, Bytes) {
+            (ConfigVersion { epoch: -1, rev }, body)
+        }
         let Some(g) = self.parse::<GetClusterConfig>(out, req) else {
             return;
         };
         let kv_port = self.state.kv_port();
-        let (rev, body) = match self.current_bucket() {
-            Some(b) => b.cluster_config(kv_port, self.state.admin_port()),
-            None => crate::cluster::cluster_level_config(kv_port, self.state.admin_port()),
+        let admin_port = self.state.admin_port();
+        // The version served: the cluster layer's (revEpoch, rev), or the node's own
+        // config at epoch -1.
+        let (version, body) = match self.current_bucket() {
+            Some(b) => match b.cluster_config.get() {
+                Some(c) => c,
+                None => own_version(b.cluster_config(kv_port, admin_port)),
+            },
+            None => match self.state.global_config.get() {
+                Some(c) => c,
+                None => own_version(crate::cluster::cluster_level_config(kv_port, admin_port)),
+            },
         };
-        let body = match g.known {
-            Some((_, known_rev)) if known_rev >= rev => Bytes::new(),
-            _ => body,
-        };
+        // A config without revEpoch is compared by rev alone: clients report some
+        // epoch of their own for it.
+        let known = g.known.is_some_and(|(epoch, rev)| {
+            if version.epoch < 0 {
+                rev >= version.rev
+            } else {
+                ConfigVersion { epoch, rev } >= version
+            }
+        });
+        let body = if known { Bytes::new() } else { body };
         Response::to_request(req, Status::Success)
             .with_value(
                 if body.is_empty() {

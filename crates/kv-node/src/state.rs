@@ -38,6 +38,9 @@ pub struct BucketMeta {
     /// Whether FLUSH is allowed.
     #[serde(default)]
     pub flush_enabled: bool,
+    /// The cluster's uuid for this bucket, when the cluster layer created it (N1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
 }
 
 /// A live bucket and what the node keeps beside the engine.
@@ -47,8 +50,8 @@ pub struct BucketEntry {
     pub meta: BucketMeta,
     /// The storage engine.
     pub bucket: Bucket,
-    /// Cluster config JSON set by the cluster layer, if any.
-    pub cluster_config: Mutex<Option<Bytes>>,
+    /// Cluster config JSON set by the cluster layer, if any (only moves forward).
+    pub cluster_config: crate::cluster::ConfigSlot,
     /// Signalled after every change to items (new seqnos for DCP producers).
     pub changed: Notify,
     /// Signalled after every flush (persisted seqnos moved).
@@ -66,22 +69,15 @@ impl BucketEntry {
     /// The config the cluster layer set, if any (NOT_MY_VBUCKET bodies carry it).
     #[must_use]
     pub fn cluster_config_if_set(&self) -> Option<Bytes> {
-        self.cluster_config
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.cluster_config.get().map(|(_, body)| body)
     }
 
     /// The bucket config to serve: the cluster layer's, or a one-node config listing
     /// this node's active vbuckets. Returns (rev, JSON).
     #[must_use]
     pub fn cluster_config(&self, kv_port: u16, admin_port: u16) -> (i64, Bytes) {
-        if let Some(c) = self.cluster_config_if_set() {
-            let rev = serde_json::from_slice::<serde_json::Value>(&c)
-                .ok()
-                .and_then(|v| v.get("rev").and_then(serde_json::Value::as_i64))
-                .unwrap_or(0);
-            return (rev, c);
+        if let Some((version, c)) = self.cluster_config.get() {
+            return (version.rev, c);
         }
         let rev = i64::try_from(self.config_rev.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
         let states: Vec<bool> = (0..self.meta.vbuckets)
@@ -150,6 +146,9 @@ pub struct NodeState {
     pub kv_addr: Mutex<Option<SocketAddr>>,
     /// Where the admin listener is bound.
     pub admin_addr: Mutex<Option<SocketAddr>>,
+    /// The cluster-level config set by the cluster layer (N3), served by
+    /// GET_CLUSTER_CONFIG on connections without a selected bucket.
+    pub global_config: crate::cluster::ConfigSlot,
 }
 
 /// The current wall-clock time for the engine.
@@ -186,6 +185,7 @@ impl NodeState {
             started: SystemTime::now(),
             kv_addr: Mutex::new(None),
             admin_addr: Mutex::new(None),
+            global_config: crate::cluster::ConfigSlot::default(),
         }
     }
 
@@ -261,7 +261,7 @@ impl NodeState {
         Ok(Arc::new(BucketEntry {
             meta: meta.clone(),
             bucket,
-            cluster_config: Mutex::new(None),
+            cluster_config: crate::cluster::ConfigSlot::default(),
             changed: Notify::new(),
             persisted: Notify::new(),
             config_rev: AtomicU64::new(1),
@@ -278,6 +278,20 @@ impl NodeState {
         &self,
         meta: BucketMeta,
         initial_state: Option<VbState>,
+    ) -> Result<Arc<BucketEntry>, NodeError> {
+        self.create_bucket_with_config(meta, initial_state, None)
+    }
+
+    /// [`Self::create_bucket`], with the cluster layer's config installed before the
+    /// bucket becomes visible (N1).
+    ///
+    /// # Errors
+    /// As [`Self::create_bucket`].
+    pub fn create_bucket_with_config(
+        &self,
+        meta: BucketMeta,
+        initial_state: Option<VbState>,
+        cluster_config: Option<(crate::cluster::ConfigVersion, Bytes)>,
     ) -> Result<Arc<BucketEntry>, NodeError> {
         let mut map = self
             .buckets
@@ -296,6 +310,11 @@ impl NodeState {
                     .set_state(Vbid(vb), state)
                     .map_err(NodeError::Engine)?;
             }
+        }
+        // Installed before the bucket is visible: a cluster-managed bucket never
+        // serves the one-node default config (N1).
+        if let Some((version, body)) = cluster_config {
+            let _ = entry.cluster_config.offer(version, body);
         }
         map.insert(meta.name.clone(), entry.clone());
         drop(map);

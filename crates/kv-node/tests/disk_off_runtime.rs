@@ -110,6 +110,7 @@ impl SlowDiskNode {
                 vbuckets: 4,
                 ram_quota_mb: 64,
                 flush_enabled: false,
+                uuid: None,
             },
             Some(initial),
         )?;

@@ -57,6 +57,7 @@ impl TestNode {
                 vbuckets,
                 ram_quota_mb: 64,
                 flush_enabled: true,
+                uuid: None,
             },
             state,
         )?;
