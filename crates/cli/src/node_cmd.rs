@@ -46,6 +46,10 @@ pub(crate) struct NodeArgs {
     /// Group-commit interval in milliseconds.
     #[arg(long, default_value_t = 20)]
     flush_interval_ms: u64,
+    /// Reopen every vbucket `dead` (data kept) instead of in its last state: a
+    /// cluster member's fenced start; the cluster layer then applies its map.
+    #[arg(long)]
+    fenced_start: bool,
 }
 
 pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
@@ -57,6 +61,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     cfg.idle_timeout = std::time::Duration::from_secs(args.idle_timeout);
     cfg.max_connections = args.max_connections;
     cfg.flush_interval = std::time::Duration::from_millis(args.flush_interval_ms);
+    cfg.restore_vbucket_states = !args.fenced_start;
     if let Some(path) = &args.config {
         cfg.apply_file(path)?;
     }

@@ -147,3 +147,59 @@ async fn the_cluster_level_config_is_served_without_a_bucket_and_only_moves_forw
     assert_eq!(config(&mut c, None).await?, Some(global));
     Ok(())
 }
+
+async fn vb_state(n: &NodeProcess, vb: usize) -> anyhow::Result<String> {
+    let v: Value = serde_json::from_str(&n.admin_call("GET", "/buckets/b", None, 200).await?)?;
+    Ok(v["vbuckets"][vb]["state"]
+        .as_str()
+        .unwrap_or("?")
+        .to_string())
+}
+
+/// N6: `--fenced-start` reopens every vbucket dead with its data kept; the data is
+/// served again once a vbucket is made active.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_start_reopens_every_vbucket_dead_and_keeps_the_data() -> anyhow::Result<()> {
+    let n = NodeProcess::start(&conduit(), PW, &[])?;
+    let body = json!({"name": "b", "vbuckets": 4, "ram_quota_mb": 32, "initial_state": "active"});
+    n.admin_call("POST", "/buckets", Some(&body.to_string()), 201)
+        .await?;
+    let mut c = n.client("b").await?;
+    c.store(
+        mcbp::Opcode::Set,
+        mcbp::Vbid(2),
+        b"k",
+        b"v",
+        0,
+        0,
+        mcbp::Cas(0),
+        mcbp::Datatype::RAW,
+    )
+    .await?;
+    drop(c);
+    // A plain restart restores the states.
+    let dir = n.terminate()?;
+    let n = NodeProcess::start_in(dir, &conduit(), PW, &[])?;
+    assert_eq!(vb_state(&n, 2).await?, "active");
+    // A fenced one does not, and keeps the data.
+    let dir = n.terminate()?;
+    let n = NodeProcess::start_in(dir, &conduit(), PW, &["--fenced-start"])?;
+    for vb in 0..4 {
+        assert_eq!(vb_state(&n, vb).await?, "dead", "vb {vb}");
+    }
+    let mut c = n.client("b").await?;
+    assert_eq!(
+        c.get(mcbp::Vbid(2), b"k").await.expect_err("dead").status(),
+        Some(mcbp::Status::NotMyVbucket)
+    );
+    n.admin_call(
+        "PUT",
+        "/buckets/b/vbuckets/2",
+        Some(r#"{"state":"active"}"#),
+        200,
+    )
+    .await?;
+    let got = c.get(mcbp::Vbid(2), b"k").await?.expect("data kept");
+    assert_eq!(&got.value[..], b"v");
+    Ok(())
+}

@@ -47,6 +47,11 @@ pub struct NodeConfig {
     /// Tests only: run by every bucket on the committing thread right before each
     /// commit (see [`kv_engine::CommitHook`]).
     pub commit_hook: Option<kv_engine::CommitHook>,
+    /// Reopen vbuckets in the states they had (default). When false every vbucket
+    /// of every bucket reopens `dead`, data kept: the fenced start of a cluster
+    /// member, which serves nothing until the cluster layer applies its map
+    /// (`cluster.md` N6).
+    pub restore_vbucket_states: bool,
 }
 
 /// DCP settings of a node.
@@ -108,6 +113,7 @@ impl NodeConfig {
             expiry_pager_interval: Duration::from_secs(10),
             tombstone_purge_age: Duration::from_secs(3 * 24 * 3600),
             seqno_persistence_timeout: Duration::from_secs(30),
+            restore_vbucket_states: true,
             dcp: DcpConfig::default(),
             rng_seed: None,
             commit_hook: None,

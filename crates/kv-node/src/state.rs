@@ -451,7 +451,19 @@ impl NodeState {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for meta in metas {
             let entry = self.open_bucket(&meta).map_err(NodeError::Engine)?;
-            info!(bucket = %meta.name, clean = entry.bucket.opened_after_clean_shutdown(), "bucket reopened");
+            if !self.config.restore_vbucket_states {
+                // N6 fenced start: nothing is served until the map says so.
+                for vb in 0..meta.vbuckets {
+                    if entry.bucket.vbucket_state(Vbid(vb)).ok() != Some(VbState::Dead) {
+                        entry
+                            .bucket
+                            .set_state(Vbid(vb), VbState::Dead)
+                            .map_err(NodeError::Engine)?;
+                    }
+                }
+            }
+            info!(bucket = %meta.name, clean = entry.bucket.opened_after_clean_shutdown(),
+                fenced = !self.config.restore_vbucket_states, "bucket reopened");
             map.insert(meta.name.clone(), entry);
         }
         Ok(())
