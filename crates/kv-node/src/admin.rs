@@ -29,7 +29,30 @@ type Shared = Arc<NodeState>;
 
 /// Serves the admin API until shutdown.
 pub(crate) async fn serve(state: Shared, listener: TcpListener, shutdown: CancellationToken) {
-    let app = router(state);
+    let mut app = router(state.clone());
+    if let Some(ext) = state.config.admin_extension.clone() {
+        // A fallback, not a merge: the node's own routes win and an overlap can
+        // never make the server refuse to start.
+        let public = Arc::new(ext.public);
+        let guarded = ext.router.layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let state = state.clone();
+                let public = public.clone();
+                async move {
+                    let open = public
+                        .iter()
+                        .any(|(m, p)| m == req.method() && p == req.uri().path());
+                    if !open {
+                        if let Err(denied) = check_auth(&state, req.headers()) {
+                            return denied;
+                        }
+                    }
+                    next.run(req).await
+                }
+            },
+        ));
+        app = app.fallback_service(guarded);
+    }
     let res = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;

@@ -47,11 +47,33 @@ pub struct NodeConfig {
     /// Tests only: run by every bucket on the committing thread right before each
     /// commit (see [`kv_engine::CommitHook`]).
     pub commit_hook: Option<kv_engine::CommitHook>,
+    /// Extra admin routes the node serves on its admin port (the cluster layer's,
+    /// `cluster.md` N7).
+    pub admin_extension: Option<AdminExtension>,
     /// Reopen vbuckets in the states they had (default). When false every vbucket
     /// of every bucket reopens `dead`, data kept: the fenced start of a cluster
     /// member, which serves nothing until the cluster layer applies its map
     /// (`cluster.md` N6).
     pub restore_vbucket_states: bool,
+}
+
+/// Routes another layer adds to the node's admin port (N7). They are reached only
+/// when no route of the node's own matches, and only with admin credentials —
+/// except the `(method, path)` pairs listed as public.
+#[derive(Clone)]
+pub struct AdminExtension {
+    /// The routes, with their own state applied.
+    pub router: axum::Router,
+    /// Routes served without authentication (e.g. `GET /pools`).
+    pub public: Vec<(axum::http::Method, String)>,
+}
+
+impl std::fmt::Debug for AdminExtension {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminExtension")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
+    }
 }
 
 /// DCP settings of a node.
@@ -114,6 +136,7 @@ impl NodeConfig {
             tombstone_purge_age: Duration::from_secs(3 * 24 * 3600),
             seqno_persistence_timeout: Duration::from_secs(30),
             restore_vbucket_states: true,
+            admin_extension: None,
             dcp: DcpConfig::default(),
             rng_seed: None,
             commit_hook: None,

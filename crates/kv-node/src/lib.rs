@@ -24,6 +24,6 @@ mod xattr;
 /// this name for existing callers).
 pub use sasl as scram;
 
-pub use config::{BucketUserConfig, ConfigError, DcpConfig, NodeConfig};
+pub use config::{AdminExtension, BucketUserConfig, ConfigError, DcpConfig, NodeConfig};
 pub use node::Node;
 pub use state::{BucketEntry, BucketMeta, NodeCounters, NodeError, NodeState};
