@@ -69,6 +69,7 @@ fn router(state: Shared) -> Router {
         .route("/buckets/{name}/vbuckets/{vb}", put(set_vbucket))
         .route("/buckets/{name}/cluster-config", put(set_cluster_config))
         .route("/cluster-config", put(set_global_config))
+        .route("/users/{name}", put(put_user).delete(delete_user))
         .route(
             "/faults",
             get(list_faults).post(add_fault).delete(clear_faults),
@@ -317,6 +318,85 @@ async fn set_vbucket(
         tokio::task::spawn_blocking(move || st.set_vbucket_state(&b, Vbid(vb), vb_state)).await;
     match res {
         Ok(Ok(())) => Json(json!({"vb": vb, "state": vb_state.as_str()})).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutUser {
+    password: String,
+    role: String,
+}
+
+/// N5: adds or replaces an admin user; only derived credentials are stored.
+async fn put_user(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = check_auth(&state, &headers) {
+        return r;
+    }
+    let req: PutUser = match json_body(&body, "user") {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    if let Err(why) = valid_user(&name, &req) {
+        return error(StatusCode::BAD_REQUEST, why);
+    }
+    if state.is_own_user(&name) {
+        return error(
+            StatusCode::CONFLICT,
+            format!("{name:?} is one of the node's own users"),
+        );
+    }
+    let st = state.clone();
+    match tokio::task::spawn_blocking(move || st.put_admin_user(&name, &req.password)).await {
+        Ok(Ok(())) => Json(json!({"ok": true})).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+fn valid_user(name: &str, req: &PutUser) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 128 {
+        return Err("a user name has 1 to 128 characters");
+    }
+    if name.contains(':') || name.chars().any(char::is_control) {
+        return Err("a user name has no ':' and no control characters");
+    }
+    if req.password.is_empty() || req.password.len() > 512 {
+        return Err("a password has 1 to 512 characters");
+    }
+    if req.role != "admin" {
+        return Err("role must be \"admin\"");
+    }
+    Ok(())
+}
+
+/// N5: removes a user added through this API.
+async fn delete_user(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(r) = check_auth(&state, &headers) {
+        return r;
+    }
+    if state.is_own_user(&name) {
+        return error(
+            StatusCode::CONFLICT,
+            format!("{name:?} is one of the node's own users"),
+        );
+    }
+    let st = state.clone();
+    let who = name.clone();
+    match tokio::task::spawn_blocking(move || st.delete_user(&who)).await {
+        Ok(Ok(true)) => Json(json!({"ok": true})).into_response(),
+        Ok(Ok(false)) => error(StatusCode::NOT_FOUND, format!("no user {name:?}")),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

@@ -76,12 +76,15 @@ impl Node {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(admin_addr);
         let state2 = state.clone();
         // Reopening buckets reads every item: blocking work.
-        tokio::task::spawn_blocking(move || state2.load_buckets())
-            .await
-            .map_err(|e| NodeError::Io {
-                what: "loading buckets",
-                source: std::io::Error::other(e.to_string()),
-            })??;
+        tokio::task::spawn_blocking(move || {
+            state2.load_users()?;
+            state2.load_buckets()
+        })
+        .await
+        .map_err(|e| NodeError::Io {
+            what: "loading buckets",
+            source: std::io::Error::other(e.to_string()),
+        })??;
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(crate::session::accept_loop(

@@ -534,7 +534,7 @@ impl Session {
             let name = server.user().to_string();
             match server.finish(&a.data) {
                 Ok(v) => {
-                    let user = self.state.users.get(&name).cloned();
+                    let user = self.state.users.get(&name);
                     self.login(user);
                     Response::to_request(req, Status::Success)
                         .with_value(Datatype::RAW, v)
@@ -548,7 +548,7 @@ impl Session {
             let Some((name, password)) = sasl::plain::parse(&a.data) else {
                 return fail(self, out, "malformed PLAIN message");
             };
-            match self.state.users.authenticate(&name, &password).cloned() {
+            match self.state.users.authenticate(&name, &password) {
                 Some(user) => {
                     self.login(Some(user));
                     Self::reply(out, req, Status::Success);

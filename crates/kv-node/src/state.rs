@@ -19,7 +19,7 @@ use mcbp::{VbState, Vbid};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::NodeConfig;
 use crate::faults::Faults;
@@ -149,6 +149,8 @@ pub struct NodeState {
     /// The cluster-level config set by the cluster layer (N3), served by
     /// GET_CLUSTER_CONFIG on connections without a selected bucket.
     pub global_config: crate::cluster::ConfigSlot,
+    /// Users added through the admin API (N5), as persisted in `users.json`.
+    managed_users: Mutex<std::collections::BTreeMap<String, crate::users::StoredUser>>,
 }
 
 /// The current wall-clock time for the engine.
@@ -159,7 +161,7 @@ pub fn now() -> UnixTime {
 
 impl NodeState {
     pub(crate) fn new(config: NodeConfig) -> NodeState {
-        let mut users = Users::default();
+        let users = Users::default();
         users.insert(User::new(
             &config.admin_user,
             &config.admin_password,
@@ -186,7 +188,112 @@ impl NodeState {
             kv_addr: Mutex::new(None),
             admin_addr: Mutex::new(None),
             global_config: crate::cluster::ConfigSlot::default(),
+            managed_users: Mutex::new(std::collections::BTreeMap::new()),
         }
+    }
+
+    fn users_path(&self) -> PathBuf {
+        self.config.data_dir.join("users.json")
+    }
+
+    /// Whether `name` is one of the node's own users (start-up admin, config file):
+    /// those cannot be replaced or removed through the API.
+    #[must_use]
+    pub fn is_own_user(&self, name: &str) -> bool {
+        name == self.config.admin_user || self.config.bucket_users.iter().any(|u| u.name == name)
+    }
+
+    /// Loads the API-managed users (blocking: call it off the async workers).
+    pub(crate) fn load_users(&self) -> Result<(), NodeError> {
+        let stored: Vec<crate::users::StoredUser> = match std::fs::read_to_string(self.users_path())
+        {
+            Ok(text) => serde_json::from_str(&text).map_err(NodeError::Meta)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => {
+                return Err(NodeError::Io {
+                    what: "reading users.json",
+                    source,
+                })
+            }
+        };
+        let mut managed = self
+            .managed_users
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for s in stored {
+            if self.is_own_user(&s.name) {
+                warn!(user = %s.name, "users.json names one of the node's own users; ignored");
+                continue;
+            }
+            match User::from_stored(&s) {
+                Some(u) => {
+                    self.users.insert(u);
+                    managed.insert(s.name.clone(), s);
+                }
+                None => warn!(user = %s.name, "damaged entry in users.json; ignored"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds or replaces an admin user and persists it (blocking).
+    ///
+    /// # Errors
+    /// Writing `users.json` failed (the user is then not added).
+    pub fn put_admin_user(&self, name: &str, password: &str) -> Result<(), NodeError> {
+        let user = User::new(name, password, Role::Admin);
+        let mut managed = self
+            .managed_users
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let previous = managed.insert(name.to_string(), user.to_stored());
+        if let Err(e) = self.save_users(&managed) {
+            match previous {
+                Some(p) => managed.insert(name.to_string(), p),
+                None => managed.remove(name),
+            };
+            return Err(e);
+        }
+        self.users.insert(user);
+        Ok(())
+    }
+
+    /// Removes an API-managed user and persists the change (blocking); whether it
+    /// existed.
+    ///
+    /// # Errors
+    /// Writing `users.json` failed (the user is then kept).
+    pub fn delete_user(&self, name: &str) -> Result<bool, NodeError> {
+        let mut managed = self
+            .managed_users
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(previous) = managed.remove(name) else {
+            return Ok(false);
+        };
+        if let Err(e) = self.save_users(&managed) {
+            managed.insert(name.to_string(), previous);
+            return Err(e);
+        }
+        self.users.remove(name);
+        Ok(true)
+    }
+
+    fn save_users(
+        &self,
+        managed: &std::collections::BTreeMap<String, crate::users::StoredUser>,
+    ) -> Result<(), NodeError> {
+        let list: Vec<&crate::users::StoredUser> = managed.values().collect();
+        let text = serde_json::to_string_pretty(&list).expect("users serialize");
+        let path = self.users_path();
+        let tmp = path.with_extension("json.tmp");
+        let io = |source| NodeError::Io {
+            what: "writing users.json",
+            source,
+        };
+        std::fs::write(&tmp, text).map_err(io)?;
+        restrict_to_owner(&tmp).map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)
     }
 
     /// The bound KV port (0 before start).
@@ -525,4 +632,16 @@ pub enum NodeError {
     /// `buckets.json` is unreadable.
     #[error("buckets.json is corrupt")]
     Meta(#[source] serde_json::Error),
+}
+
+/// Credentials files are readable by the owner only.
+#[cfg(unix)]
+fn restrict_to_owner(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
+#[cfg(not(unix))]
+fn restrict_to_owner(_path: &std::path::Path) -> std::io::Result<()> {
+    Ok(())
 }

@@ -88,41 +88,137 @@ impl User {
     }
 }
 
-/// The node's users.
-#[derive(Clone, Debug, Default)]
+/// A user as the node persists it: derived SCRAM credentials only (N5).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredUser {
+    /// Name.
+    pub name: String,
+    /// Always `admin` today.
+    pub role: String,
+    /// Per mechanism (`SCRAM-SHA512` …): salt, iterations, stored and server keys
+    /// (hex).
+    pub credentials: Vec<StoredCredential>,
+}
+
+/// One mechanism's derived credential, hex-encoded.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredCredential {
+    /// The mechanism's name.
+    pub mechanism: String,
+    /// Salt.
+    pub salt: String,
+    /// PBKDF2 iterations.
+    pub iterations: u32,
+    /// H(ClientKey).
+    pub stored_key: String,
+    /// HMAC(SaltedPassword, "Server Key").
+    pub server_key: String,
+}
+
+impl User {
+    /// The persisted form (admin users only).
+    #[must_use]
+    pub fn to_stored(&self) -> StoredUser {
+        StoredUser {
+            name: self.name.clone(),
+            role: "admin".into(),
+            credentials: ScramMech::ALL
+                .into_iter()
+                .filter_map(|m| {
+                    let c = self.creds.get(&m)?;
+                    Some(StoredCredential {
+                        mechanism: m.name().to_string(),
+                        salt: hex::encode(&c.salt),
+                        iterations: c.iterations,
+                        stored_key: hex::encode(&c.stored_key),
+                        server_key: hex::encode(&c.server_key),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Back from the persisted form; `None` if it is damaged.
+    #[must_use]
+    pub fn from_stored(s: &StoredUser) -> Option<User> {
+        if s.role != "admin" {
+            return None;
+        }
+        let mut creds = HashMap::new();
+        for c in &s.credentials {
+            let mech = ScramMech::parse(c.mechanism.as_bytes())?;
+            creds.insert(
+                mech,
+                ScramCredential {
+                    salt: hex::decode(&c.salt).ok()?,
+                    iterations: c.iterations,
+                    stored_key: hex::decode(&c.stored_key).ok()?,
+                    server_key: hex::decode(&c.server_key).ok()?,
+                },
+            );
+        }
+        creds.contains_key(&ScramMech::Sha512).then(|| User {
+            name: s.name.clone(),
+            role: Role::Admin,
+            creds,
+        })
+    }
+}
+
+/// The node's users: the ones from its start-up configuration, plus the ones the
+/// cluster layer manages through the admin API (N5). Lookups clone the user; short
+/// critical sections only.
+#[derive(Debug, Default)]
 pub struct Users {
-    by_name: HashMap<String, User>,
+    by_name: std::sync::RwLock<HashMap<String, User>>,
 }
 
 impl Users {
     /// Adds or replaces a user.
-    pub fn insert(&mut self, user: User) {
-        self.by_name.insert(user.name.clone(), user);
+    pub fn insert(&self, user: User) {
+        self.write().insert(user.name.clone(), user);
+    }
+
+    /// Removes a user; whether it existed.
+    pub fn remove(&self, name: &str) -> bool {
+        self.write().remove(name).is_some()
     }
 
     /// Looks a user up.
     #[must_use]
-    pub fn get(&self, name: &str) -> Option<&User> {
-        self.by_name.get(name)
+    pub fn get(&self, name: &str) -> Option<User> {
+        self.read().get(name).cloned()
     }
 
     /// Checks a name and clear-text password; `None` for an unknown user or a
     /// wrong password (callers must not tell the two apart).
     #[must_use]
-    pub fn authenticate(&self, name: &str, password: &str) -> Option<&User> {
+    pub fn authenticate(&self, name: &str, password: &str) -> Option<User> {
         self.get(name).filter(|u| u.check_password(password))
     }
 
     /// Number of users.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.by_name.len()
+        self.read().len()
     }
 
     /// Whether there are no users.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
+        self.read().is_empty()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, User>> {
+        self.by_name
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, User>> {
+        self.by_name
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -132,7 +228,7 @@ mod tests {
 
     #[test]
     fn passwords_check_and_roles_limit_buckets() {
-        let mut users = Users::default();
+        let users = Users::default();
         users.insert(User::new("admin", "pw", Role::Admin));
         users.insert(User::new(
             "b",
@@ -145,5 +241,19 @@ mod tests {
         let b = users.get("b").expect("b exists");
         assert!(b.may_use_bucket("b") && !b.may_use_bucket("other") && !b.is_admin());
         assert!(users.get("admin").expect("admin").may_use_bucket("other"));
+    }
+
+    #[test]
+    fn a_stored_user_keeps_only_derived_credentials_and_still_authenticates() {
+        let u = User::new("ops", "pw-123", Role::Admin);
+        let stored = u.to_stored();
+        let text = serde_json::to_string(&stored).expect("json");
+        assert!(!text.contains("pw-123"));
+        let back = User::from_stored(&serde_json::from_str(&text).expect("parses")).expect("valid");
+        assert!(back.check_password("pw-123") && !back.check_password("pw-124"));
+        assert!(back.is_admin());
+        let mut damaged = stored;
+        damaged.credentials[0].salt = "zz".into();
+        assert!(User::from_stored(&damaged).is_none());
     }
 }
