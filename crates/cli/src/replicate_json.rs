@@ -52,8 +52,6 @@ pub(crate) enum Kind {
     Interrupted,
     /// A node name without an address.
     UnknownNode,
-    /// No replicator for a (node, connection index).
-    NoReplicator,
     /// Several replications failed, none reported.
     ReplicationsFailed,
 }
@@ -164,8 +162,6 @@ pub(crate) struct ErrorJson {
     in_progress: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     node: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    connection_index: Option<u32>,
     /// A move's failed step.
     #[serde(skip_serializing_if = "Option::is_none")]
     move_step: Option<&'static str>,
@@ -230,7 +226,6 @@ pub(crate) fn kind(e: &ReplError) -> Kind {
         ReplError::Shut => Kind::Shut,
         ReplError::Interrupted => Kind::Interrupted,
         ReplError::UnknownNode { .. } => Kind::UnknownNode,
-        ReplError::NoReplicator { .. } => Kind::NoReplicator,
         ReplError::Replications { errors } => match errors.first() {
             Some((_, first)) => kind(first),
             None => Kind::ReplicationsFailed,
@@ -275,7 +270,6 @@ impl ErrorJson {
             destination_high_seqno: None,
             in_progress: None,
             node: None,
-            connection_index: None,
             move_step: None,
             errors: None,
         }
@@ -456,10 +450,6 @@ impl ErrorJson {
             ReplError::Busy { in_progress } => j.in_progress = Some(in_progress.to_string()),
             ReplError::Shut | ReplError::Interrupted => {}
             ReplError::UnknownNode { node } => j.node = Some(node.clone()),
-            ReplError::NoReplicator { node, index } => {
-                j.node = Some(node.clone());
-                j.connection_index = Some(*index);
-            }
             ReplError::Replications { errors } => {
                 // The first error gives kind and fields; errors of the same kind on
                 // other connections add their vbuckets / failures.
@@ -940,10 +930,6 @@ mod tests {
             ReplError::Interrupted,
             ReplError::UnknownNode {
                 node: "n\"q".into(),
-            },
-            ReplError::NoReplicator {
-                node: "n".into(),
-                index: 2,
             },
             ReplError::Replications { errors: vec![] },
         ];

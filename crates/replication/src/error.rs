@@ -384,14 +384,6 @@ pub enum ReplError {
         /// The node name.
         node: String,
     },
-    /// The manager has no replicator for this (producer node, connection index).
-    #[error("no replicator for node {node:?} connection {index}")]
-    NoReplicator {
-        /// The producer node.
-        node: String,
-        /// The connection index.
-        index: u32,
-    },
     /// Several replicators failed in one manager operation (per producer node).
     #[error("{} replication(s) failed, first: {}", errors.len(), errors.first().map_or_else(String::new, |(n, e)| format!("{n}: {}", e.message())))]
     Replications {
