@@ -3,8 +3,6 @@
 //! it, closes it once a write has made no progress for the idle timeout, and shuts
 //! down without waiting for it.
 
-mod support;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -12,7 +10,7 @@ use bytes::BytesMut;
 use kv_node::Node;
 use mcbp::kv::Get;
 use mcbp::{Cas, Datatype, Message, Opaque, Opcode, VbState, Vbid};
-use support::*;
+use testkit::node::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -36,14 +34,14 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> anyhow::Result<
 /// A node with one active vbucket holding a large document, anonymous access, and
 /// no connection open.
 async fn node_with_big_doc(idle: Duration) -> anyhow::Result<TestNode> {
-    let n = start_with(|c| {
+    let n = TestNode::start_with(|c| {
         c.max_conn_output = OUTPUT_BOUND;
         c.idle_timeout = idle;
         c.anonymous_bucket = Some("default".to_string());
     })
     .await?;
-    n.create_bucket("default", 1, Some(VbState::Active))?;
-    let mut c = n.admin_client("default").await?;
+    n.create_bucket("default", 1, Some(VbState::Active)).await?;
+    let mut c = n.client("default").await?;
     c.store(
         Opcode::Set,
         Vbid(0),

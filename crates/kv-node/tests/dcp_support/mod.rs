@@ -1,7 +1,9 @@
 //! DCP test helpers: open producer/consumer connections on real nodes and splice
 //! them with a trivial byte pump (the real proxy is the replication layer's job).
 //! The test injects ADD_STREAM / CLOSE_STREAM and receives their answers; every
-//! frame that passes is logged for assertions.
+//! frame that passes is logged for assertions. The node fixture and the bounded
+//! waits are testkit's; this adds the DCP splice and item comparisons these tests
+//! need.
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::BTreeMap;
@@ -18,7 +20,8 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-use crate::support::{TestNode, BOUND};
+use testkit::node::{TestNode, BOUND};
+pub use testkit::wait_until;
 
 /// Which way a frame went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +40,7 @@ pub async fn dcp_conn(
     name: &str,
     producer: bool,
 ) -> anyhow::Result<(TcpStream, BytesMut)> {
-    let mut c = node.admin_client(bucket).await?;
+    let mut c = node.client(bucket).await?;
     c.hello(
         "dcp-test",
         &[Feature::Json, Feature::Xattr, Feature::Snappy],
@@ -210,37 +213,13 @@ impl Splice {
     }
 }
 
-/// Waits (bounded) until `cond` holds, polling.
-pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + BOUND;
-    while !cond() {
-        if tokio::time::Instant::now() > deadline {
-            anyhow::bail!("timed out waiting until {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
-}
-
 /// Every stored version of a vbucket (items and tombstones), by seqno.
 pub fn items(node: &TestNode, bucket: &str, vb: u16) -> Vec<Item> {
-    node.node
-        .state()
-        .bucket(bucket)
-        .expect("bucket")
-        .bucket
-        .items_since(Vbid(vb), Seqno(0), usize::MAX)
-        .expect("vbucket")
+    node.items(bucket, Vbid(vb))
 }
 
 pub fn high_seqno(node: &TestNode, bucket: &str, vb: u16) -> Seqno {
-    node.node
-        .state()
-        .bucket(bucket)
-        .expect("bucket")
-        .bucket
-        .high_seqno(Vbid(vb))
-        .expect("vbucket")
+    node.high_seqno(bucket, Vbid(vb))
 }
 
 /// Asserts the replica holds exactly the active's versions: keys, values, CAS,
