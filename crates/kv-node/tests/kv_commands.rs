@@ -635,12 +635,7 @@ async fn shutdown_does_not_wait_for_a_pending_seqno_persistence() -> anyhow::Res
             .seqno_persistence_waiting
             .load(std::sync::atomic::Ordering::Relaxed)
     };
-    timeout(BOUND, async {
-        while waiting() == 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    })
-    .await?;
+    testkit::wait_until("a SEQNO_PERSISTENCE waits", || waiting() != 0).await?;
     let TestNode { node, dir: _dir } = n;
     timeout(std::time::Duration::from_secs(5), node.shutdown())
         .await
