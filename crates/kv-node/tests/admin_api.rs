@@ -1,13 +1,12 @@
 //! The admin HTTP API: the routes scripts and tests rely on.
 
-mod support;
-
 use serde_json::Value;
-use support::*;
+use testkit::http;
+use testkit::node::*;
 
 #[tokio::test]
 async fn bucket_routes_create_list_inspect_change_and_delete() -> anyhow::Result<()> {
-    let n = start().await?;
+    let n = TestNode::start().await?;
     let a = n.node.admin_addr();
     let auth = Some((ADMIN, PASSWORD));
     assert_eq!(http(a, "GET", "/health", None, None).await?.0, 200);
@@ -107,7 +106,7 @@ async fn bucket_routes_create_list_inspect_change_and_delete() -> anyhow::Result
 
 #[tokio::test]
 async fn initial_state_and_fault_routes() -> anyhow::Result<()> {
-    let n = start().await?;
+    let n = TestNode::start().await?;
     let a = n.node.admin_addr();
     let auth = Some((ADMIN, PASSWORD));
     let body = r#"{"name":"b","vbuckets":4,"ram_quota_mb":16,"initial_state":"replica"}"#;
@@ -120,7 +119,7 @@ async fn initial_state_and_fault_routes() -> anyhow::Result<()> {
         .all(|vb| vb["state"] == "replica"));
     // Fault routes exist only with fault injection enabled.
     assert_eq!(http(a, "GET", "/faults", auth, None).await?.0, 404);
-    let f = start_with(|c| c.enable_fault_injection = true).await?;
+    let f = TestNode::start_with(|c| c.enable_fault_injection = true).await?;
     let fa = f.node.admin_addr();
     let fault = r#"{"kind":"drop_add_stream_response","vbucket":3}"#;
     assert_eq!(http(fa, "POST", "/faults", auth, Some(fault)).await?.0, 201);
@@ -139,7 +138,7 @@ async fn initial_state_and_fault_routes() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn buckets_and_ports_survive_a_restart() -> anyhow::Result<()> {
-    let n = start().await?;
+    let n = TestNode::start().await?;
     let auth = Some((ADMIN, PASSWORD));
     let body = r#"{"name":"keep","vbuckets":8,"ram_quota_mb":16,"flush_enabled":true}"#;
     assert_eq!(
@@ -154,7 +153,7 @@ async fn buckets_and_ports_survive_a_restart() -> anyhow::Result<()> {
     assert_eq!(ports["admin"], n.node.admin_addr().port());
     let TestNode { node, dir } = n;
     node.shutdown().await;
-    let n = start_in(dir, |_| {}).await?;
+    let n = TestNode::start_in(dir, |_| {}).await?;
     let v: Value = serde_json::from_str(
         &http(n.node.admin_addr(), "GET", "/buckets/keep", auth, None)
             .await?

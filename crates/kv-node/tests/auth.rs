@@ -1,16 +1,14 @@
 //! Authentication and authorization: every SASL mechanism, every refusal.
 
-mod support;
-
 use bytes::Bytes;
 use kv_client::scram::ScramMech;
 use kv_client::Client;
 use kv_node::BucketUserConfig;
 use mcbp::{Cas, Datatype, Opcode, Status, VbState, Vbid};
-use support::*;
+use testkit::node::*;
 
 async fn node_with_bucket_user() -> anyhow::Result<TestNode> {
-    let n = start_with(|c| {
+    let n = TestNode::start_with(|c| {
         c.bucket_users.push(BucketUserConfig {
             name: "travel".into(),
             password: "tpw".into(),
@@ -23,24 +21,24 @@ async fn node_with_bucket_user() -> anyhow::Result<TestNode> {
         });
     })
     .await?;
-    n.create_bucket("travel", 8, Some(VbState::Active))?;
-    n.create_bucket("other", 8, Some(VbState::Active))?;
+    n.create_bucket("travel", 8, Some(VbState::Active)).await?;
+    n.create_bucket("other", 8, Some(VbState::Active)).await?;
     Ok(n)
 }
 
 #[tokio::test]
 async fn every_mechanism_authenticates_and_wrong_passwords_fail() -> anyhow::Result<()> {
     let n = node_with_bucket_user().await?;
-    let mut c = Client::connect(&n.kv(), cfg()).await?;
+    let mut c = Client::connect(&n.kv(), client_config()).await?;
     assert_eq!(
         c.sasl_mechs().await?,
         vec!["SCRAM-SHA512", "SCRAM-SHA256", "SCRAM-SHA1", "PLAIN"]
     );
     for mech in ScramMech::ALL {
-        let mut c = Client::connect(&n.kv(), cfg()).await?;
+        let mut c = Client::connect(&n.kv(), client_config()).await?;
         c.auth_scram(mech, &creds(ADMIN, PASSWORD)).await?;
         c.select_bucket("travel").await?;
-        let mut bad = Client::connect(&n.kv(), cfg()).await?;
+        let mut bad = Client::connect(&n.kv(), client_config()).await?;
         let e = bad
             .auth_scram(mech, &creds(ADMIN, "wrong"))
             .await
@@ -52,7 +50,7 @@ async fn every_mechanism_authenticates_and_wrong_passwords_fail() -> anyhow::Res
             .expect_err("unknown user");
         assert_eq!(e.status(), Some(Status::AuthError));
     }
-    let mut c = Client::connect(&n.kv(), cfg()).await?;
+    let mut c = Client::connect(&n.kv(), client_config()).await?;
     c.auth_plain(&creds("travel", "tpw")).await?;
     let e = c
         .auth_plain(&creds("travel", "nope"))
@@ -65,7 +63,7 @@ async fn every_mechanism_authenticates_and_wrong_passwords_fail() -> anyhow::Res
 #[tokio::test]
 async fn unauthenticated_connections_get_eaccess() -> anyhow::Result<()> {
     let n = node_with_bucket_user().await?;
-    let mut c = Client::connect(&n.kv(), cfg()).await?;
+    let mut c = Client::connect(&n.kv(), client_config()).await?;
     c.hello("probe", &[]).await?;
     let e = c.get(Vbid(0), b"k").await.expect_err("not authenticated");
     assert_eq!(e.status(), Some(Status::Eaccess));
@@ -80,7 +78,7 @@ async fn unauthenticated_connections_get_eaccess() -> anyhow::Result<()> {
 #[tokio::test]
 async fn bucket_users_get_their_bucket_and_nothing_else() -> anyhow::Result<()> {
     let n = node_with_bucket_user().await?;
-    let mut c = Client::connect(&n.kv(), cfg()).await?;
+    let mut c = Client::connect(&n.kv(), client_config()).await?;
     c.auth_scram(ScramMech::Sha512, &creds("travel", "tpw"))
         .await?;
     // Selected automatically: the user is named like the bucket.
@@ -130,7 +128,7 @@ async fn bucket_users_get_their_bucket_and_nothing_else() -> anyhow::Result<()> 
         Some(Status::Eaccess)
     );
     // A user not named like a bucket selects explicitly.
-    let mut r = Client::connect(&n.kv(), cfg()).await?;
+    let mut r = Client::connect(&n.kv(), client_config()).await?;
     r.auth_plain(&creds("reader", "rpw")).await?;
     assert_eq!(
         r.get(Vbid(1), b"k").await.expect_err("no bucket").status(),
@@ -146,10 +144,10 @@ async fn bucket_users_get_their_bucket_and_nothing_else() -> anyhow::Result<()> 
 
 #[tokio::test]
 async fn anonymous_bucket_allows_key_value_only() -> anyhow::Result<()> {
-    let n = start_with(|c| c.anonymous_bucket = Some("anon".into())).await?;
-    n.create_bucket("anon", 1, Some(VbState::Active))?;
-    n.create_bucket("private", 1, Some(VbState::Active))?;
-    let mut c = Client::connect(&n.kv(), cfg()).await?;
+    let n = TestNode::start_with(|c| c.anonymous_bucket = Some("anon".into())).await?;
+    n.create_bucket("anon", 1, Some(VbState::Active)).await?;
+    n.create_bucket("private", 1, Some(VbState::Active)).await?;
+    let mut c = Client::connect(&n.kv(), client_config()).await?;
     c.store(
         Opcode::Set,
         Vbid(0),
@@ -190,7 +188,7 @@ async fn anonymous_bucket_allows_key_value_only() -> anyhow::Result<()> {
 #[tokio::test]
 async fn sasl_step_without_auth_and_bad_plain_are_auth_errors() -> anyhow::Result<()> {
     let n = node_with_bucket_user().await?;
-    let mut c = Client::connect(&n.kv(), cfg()).await?;
+    let mut c = Client::connect(&n.kv(), client_config()).await?;
     let o = c.next_opaque();
     let step = mcbp::kv::SaslAuth {
         opcode: Opcode::SaslStep,

@@ -1,12 +1,10 @@
 //! Bad input closes only the offending connection and loses nothing.
 
-mod support;
-
 use std::time::Duration;
 
 use kv_client::Client;
 use mcbp::{Cas, Datatype, Opcode, VbState, Vbid};
-use support::*;
+use testkit::node::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -22,9 +20,9 @@ async fn closed_by_peer(mut s: TcpStream) -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn malformed_frames_close_that_connection_only() -> anyhow::Result<()> {
-    let n = start().await?;
-    n.create_bucket("default", 4, Some(VbState::Active))?;
-    let mut good = n.admin_client("default").await?;
+    let n = TestNode::start().await?;
+    n.create_bucket("default", 4, Some(VbState::Active)).await?;
+    let mut good = n.client("default").await?;
     good.store(
         Opcode::Set,
         Vbid(0),
@@ -73,16 +71,16 @@ async fn malformed_frames_close_that_connection_only() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn idle_connections_time_out() -> anyhow::Result<()> {
-    let n = start_with(|c| c.idle_timeout = Duration::from_millis(300)).await?;
+    let n = TestNode::start_with(|c| c.idle_timeout = Duration::from_millis(300)).await?;
     let s = TcpStream::connect(n.node.kv_addr()).await?;
     closed_by_peer(s).await
 }
 
 #[tokio::test]
 async fn the_connection_limit_refuses_extra_connections() -> anyhow::Result<()> {
-    let n = start_with(|c| c.max_connections = 2).await?;
-    let mut a = Client::connect(&n.kv(), cfg()).await?;
-    let mut b = Client::connect(&n.kv(), cfg()).await?;
+    let n = TestNode::start_with(|c| c.max_connections = 2).await?;
+    let mut a = Client::connect(&n.kv(), client_config()).await?;
+    let mut b = Client::connect(&n.kv(), client_config()).await?;
     a.hello("a", &[]).await?;
     b.hello("b", &[]).await?;
     let third = TcpStream::connect(n.node.kv_addr()).await?;
@@ -91,7 +89,7 @@ async fn the_connection_limit_refuses_extra_connections() -> anyhow::Result<()> 
     // Once one closes, a new connection is served again.
     let mut ok = None;
     for _ in 0..100 {
-        let mut c = Client::connect(&n.kv(), cfg()).await?;
+        let mut c = Client::connect(&n.kv(), client_config()).await?;
         if c.hello("c", &[]).await.is_ok() {
             ok = Some(c);
             break;

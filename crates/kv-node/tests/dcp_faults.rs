@@ -2,7 +2,6 @@
 //! issue #4 fault observed on the wire.
 
 mod dcp_support;
-mod support;
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +9,7 @@ use bytes::BytesMut;
 use kv_node::faults::Fault;
 use mcbp::dcp::{AddStream, Control, EndReason, OpenFlags, StreamEnd, StreamFlags};
 use mcbp::{Frame, FrameDecoder, FrameSpec, Message, Opaque, Opcode, Status, VbState, Vbid};
-use support::*;
+use testkit::node::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -34,10 +33,10 @@ async fn pair_with(
     fa: impl FnOnce(&mut kv_node::NodeConfig),
     fb: impl FnOnce(&mut kv_node::NodeConfig),
 ) -> anyhow::Result<(TestNode, TestNode)> {
-    let a = start_with(fa).await?;
-    let b = start_with(fb).await?;
-    a.create_bucket("b", 4, Some(VbState::Active))?;
-    b.create_bucket("b", 4, Some(VbState::Replica))?;
+    let a = TestNode::start_with(fa).await?;
+    let b = TestNode::start_with(fb).await?;
+    a.create_bucket("b", 4, Some(VbState::Active)).await?;
+    b.create_bucket("b", 4, Some(VbState::Replica)).await?;
     Ok((a, b))
 }
 
@@ -49,8 +48,8 @@ fn faulty(c: &mut kv_node::NodeConfig) {
 /// closes the connection after the idle timeout.
 #[tokio::test]
 async fn producer_closes_a_silent_consumer_after_the_idle_timeout() -> anyhow::Result<()> {
-    let a = start_with(|c| c.dcp.idle_timeout = Duration::from_millis(800)).await?;
-    a.create_bucket("b", 4, Some(VbState::Active))?;
+    let a = TestNode::start_with(|c| c.dcp.idle_timeout = Duration::from_millis(800)).await?;
+    a.create_bucket("b", 4, Some(VbState::Active)).await?;
     let (mut s, mut buf) = dcp_conn(&a, "b", "silent", true).await?;
     for (i, (k, v)) in [("enable_noop", "true"), ("set_noop_interval", "0.100000")]
         .into_iter()
@@ -84,8 +83,8 @@ async fn producer_closes_a_silent_consumer_after_the_idle_timeout() -> anyhow::R
 #[tokio::test]
 async fn consumer_writes_nothing_before_add_stream_and_closes_on_a_silent_producer(
 ) -> anyhow::Result<()> {
-    let b = start_with(|c| c.dcp.idle_timeout = Duration::from_millis(800)).await?;
-    b.create_bucket("b", 4, Some(VbState::Replica))?;
+    let b = TestNode::start_with(|c| c.dcp.idle_timeout = Duration::from_millis(800)).await?;
+    b.create_bucket("b", 4, Some(VbState::Replica)).await?;
     let (mut s, mut buf) = dcp_conn(&b, "b", "silent", false).await?;
     let early = timeout(Duration::from_millis(300), s.read_buf(&mut buf)).await;
     assert!(early.is_err(), "the consumer wrote before any ADD_STREAM");
@@ -125,9 +124,9 @@ async fn consumer_writes_nothing_before_add_stream_and_closes_on_a_silent_produc
 #[tokio::test]
 async fn dcp_open_validates_and_a_reused_name_disconnects_the_old_connection() -> anyhow::Result<()>
 {
-    let a = start().await?;
-    a.create_bucket("b", 4, Some(VbState::Active))?;
-    let mut c = a.admin_client("b").await?;
+    let a = TestNode::start().await?;
+    a.create_bucket("b", 4, Some(VbState::Active)).await?;
+    let mut c = a.client("b").await?;
     let e = timeout(BOUND, c.dcp_open("x", OpenFlags(0x002), b""))
         .await?
         .expect_err("notifier");

@@ -3,7 +3,6 @@
 //! flow control with a tiny buffer, the vbtakeover stat.
 
 mod dcp_support;
-mod support;
 
 use std::time::Duration;
 
@@ -11,7 +10,7 @@ use kv_client::Client;
 use kv_engine::DeleteSource;
 use mcbp::dcp::{StreamReqOutcome, StreamReqResponse};
 use mcbp::{Cas, Datatype, Message, Opcode, Seqno, Status, VbState, Vbid};
-use support::*;
+use testkit::node::*;
 use tokio::time::timeout;
 
 use dcp_support::*;
@@ -47,10 +46,10 @@ async fn write(
 async fn pair(
     consumer_cfg: impl FnOnce(&mut kv_node::NodeConfig),
 ) -> anyhow::Result<(TestNode, TestNode)> {
-    let a = start().await?;
-    let b = start_with(consumer_cfg).await?;
-    a.create_bucket("b", VBS, Some(VbState::Active))?;
-    b.create_bucket("b", VBS, Some(VbState::Replica))?;
+    let a = TestNode::start().await?;
+    let b = TestNode::start_with(consumer_cfg).await?;
+    a.create_bucket("b", VBS, Some(VbState::Active)).await?;
+    b.create_bucket("b", VBS, Some(VbState::Replica)).await?;
     Ok((a, b))
 }
 
@@ -60,7 +59,7 @@ async fn pair(
 async fn replica_equals_active_after_catch_up_with_deletions_and_expirations() -> anyhow::Result<()>
 {
     let (a, b) = pair(|_| {}).await?;
-    let mut c = a.admin_client("b").await?;
+    let mut c = a.client("b").await?;
     c.hello("t", &[mcbp::kv::Feature::Json]).await?;
     // Backfill part: plain, JSON, flags, far expiry, soon-expiring.
     for i in 0..1600u32 {
@@ -156,7 +155,7 @@ async fn replica_equals_active_after_catch_up_with_deletions_and_expirations() -
         ]
     );
     // vbtakeover: caught up -> in-memory with nothing left; unknown name.
-    let mut st = a.admin_client("b").await?;
+    let mut st = a.client("b").await?;
     let s = timeout(BOUND, st.stats("dcp-vbtakeover 3 replication:a->b:b")).await??;
     assert!(s.contains(&("status".into(), "in-memory".into())), "{s:?}");
     assert!(s.contains(&("estimate".into(), "0".into())), "{s:?}");
@@ -180,13 +179,13 @@ async fn replica_equals_active_after_catch_up_with_deletions_and_expirations() -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_ahead_on_a_diverged_history_rolls_back_to_the_branch_point() -> anyhow::Result<()>
 {
-    let a = start().await?;
-    let b = start().await?;
-    let n = start().await?;
-    a.create_bucket("b", 4, Some(VbState::Active))?;
-    b.create_bucket("b", 4, Some(VbState::Replica))?;
-    n.create_bucket("b", 4, Some(VbState::Replica))?;
-    let mut c = a.admin_client("b").await?;
+    let a = TestNode::start().await?;
+    let b = TestNode::start().await?;
+    let n = TestNode::start().await?;
+    a.create_bucket("b", 4, Some(VbState::Active)).await?;
+    b.create_bucket("b", 4, Some(VbState::Replica)).await?;
+    n.create_bucket("b", 4, Some(VbState::Replica)).await?;
+    let mut c = a.client("b").await?;
     for i in 0..10 {
         write(&mut c, 0, &format!("base{i}"), "v", 0, 0, Datatype::RAW).await?;
     }
@@ -207,7 +206,7 @@ async fn replica_ahead_on_a_diverged_history_rolls_back_to_the_branch_point() ->
     n.node
         .state()
         .set_vbucket_state(&ne, Vbid(0), VbState::Active)?;
-    let mut cn = n.admin_client("b").await?;
+    let mut cn = n.client("b").await?;
     for i in 0..3 {
         write(&mut cn, 0, &format!("new{i}"), "v", 0, 0, Datatype::RAW).await?;
     }
@@ -242,7 +241,7 @@ async fn replica_ahead_on_a_diverged_history_rolls_back_to_the_branch_point() ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tiny_flow_control_buffer_still_replicates_everything() -> anyhow::Result<()> {
     let (a, b) = pair(|c| c.dcp.consumer_buffer_size = 600).await?;
-    let mut c = a.admin_client("b").await?;
+    let mut c = a.client("b").await?;
     let big = "x".repeat(300);
     for i in 0..400u32 {
         write(
@@ -258,7 +257,7 @@ async fn a_tiny_flow_control_buffer_still_replicates_everything() -> anyhow::Res
     }
     let mut sp = Splice::open(&a, &b, "b", "fc").await?;
     sp.add_streams(0..4, 0).await?;
-    let mut st = a.admin_client("b").await?;
+    let mut st = a.client("b").await?;
     let mut max_unacked = 0u64;
     let deadline = tokio::time::Instant::now() + BOUND;
     while !(0..4).all(|vb| high_seqno(&a, "b", vb) == high_seqno(&b, "b", vb)) {

@@ -3,13 +3,12 @@
 //! node, and every write the old active acknowledged is on the new active.
 
 mod dcp_support;
-mod support;
 
 use std::sync::{Arc, Mutex};
 
 use mcbp::dcp::{MarkerFlags, SetVbucketState, SnapshotMarker, StreamEnd, StreamFlags};
 use mcbp::{Cas, Datatype, Message, Opcode, Status, VbState, Vbid};
-use support::*;
+use testkit::node::*;
 use tokio::time::timeout;
 
 use dcp_support::*;
@@ -27,11 +26,11 @@ fn vb_state(n: &TestNode, vb: u16) -> VbState {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn takeover_moves_the_vbucket_without_losing_writes_made_during_the_move(
 ) -> anyhow::Result<()> {
-    let a = start().await?;
-    let b = start().await?;
-    a.create_bucket("b", 4, Some(VbState::Active))?;
-    b.create_bucket("b", 4, Some(VbState::Replica))?;
-    let mut c = a.admin_client("b").await?;
+    let a = TestNode::start().await?;
+    let b = TestNode::start().await?;
+    a.create_bucket("b", 4, Some(VbState::Active)).await?;
+    b.create_bucket("b", 4, Some(VbState::Replica)).await?;
+    let mut c = a.client("b").await?;
     for i in 0..300u32 {
         timeout(
             BOUND,
@@ -149,7 +148,7 @@ async fn takeover_moves_the_vbucket_without_losing_writes_made_during_the_move(
         tk.frames(|d, f| d == Dir::ToProducer && f.is_client_response(Opcode::DcpSnapshotMarker));
     assert!(!marker_acks.is_empty());
     // The new active takes writes.
-    let mut cb = b.admin_client("b").await?;
+    let mut cb = b.client("b").await?;
     timeout(
         BOUND,
         cb.store(
@@ -177,9 +176,11 @@ async fn a_slow_takeover_pauses_front_end_writes_until_it_moves_on() -> anyhow::
     use mcbp::dcp::{OpenFlags, StreamReq};
     use mcbp::{FrameSpec, Opaque, Seqno, VbUuid};
 
-    let a = start_with(|c| c.dcp.takeover_max_time = std::time::Duration::from_millis(300)).await?;
-    a.create_bucket("b", 4, Some(VbState::Active))?;
-    let mut c = a.admin_client("b").await?;
+    let a =
+        TestNode::start_with(|c| c.dcp.takeover_max_time = std::time::Duration::from_millis(300))
+            .await?;
+    a.create_bucket("b", 4, Some(VbState::Active)).await?;
+    let mut c = a.client("b").await?;
     for i in 0..20u32 {
         c.store(
             Opcode::Set,
@@ -194,7 +195,7 @@ async fn a_slow_takeover_pauses_front_end_writes_until_it_moves_on() -> anyhow::
         .await?;
     }
     // A hand-driven consumer: takeover stream request, then never ack the marker.
-    let mut d = a.admin_client("b").await?;
+    let mut d = a.client("b").await?;
     d.dcp_open("takeover-test", OpenFlags(OpenFlags::PRODUCER), b"")
         .await?;
     let req = StreamReq {

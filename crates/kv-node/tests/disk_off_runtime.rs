@@ -7,7 +7,6 @@
 //! on the worker, the worker would be stuck and nobody else would get an answer.
 
 mod dcp_support;
-mod support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -21,7 +20,7 @@ use kv_node::{BucketMeta, Node, NodeConfig};
 use mcbp::dcp::StreamFlags;
 use mcbp::kv::{DelVbucket, SetVbucket};
 use mcbp::{BareRequest, Message, Opaque, Opcode, Status, VbState, Vbid};
-use support::*;
+use testkit::node::*;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
@@ -125,7 +124,7 @@ impl SlowDiskNode {
     }
 
     async fn client(&self) -> anyhow::Result<Client> {
-        self.tn().admin_client("default").await
+        self.tn().client("default").await
     }
 
     async fn shutdown(mut self) -> anyhow::Result<()> {
@@ -207,8 +206,8 @@ async fn del_vbucket_commits_off_the_async_workers() -> anyhow::Result<()> {
 async fn takeover_to_active_commits_off_the_dcp_consumers_worker() -> anyhow::Result<()> {
     let (gate, mut entered) = Gate::new();
     let _open = OpenOnDrop(gate.clone());
-    let a = start().await?;
-    a.create_bucket("default", 4, Some(VbState::Active))?;
+    let a = TestNode::start().await?;
+    a.create_bucket("default", 4, Some(VbState::Active)).await?;
     let b = SlowDiskNode::start(gate.hook(), VbState::Replica).await?;
     let mut probe = b.client().await?;
     let tk = Splice::open(

@@ -1,19 +1,19 @@
 //! KV commands over real sockets: documents, CAS, counters, vbucket ownership,
 //! replica reads, seqnos, persistence waits, stats and cluster config.
 
-mod support;
-
 use bytes::Bytes;
 use kv_client::Client;
 use mcbp::kv::{Arithmetic, Concat, Get, ObserveSeqno, ObserveSeqnoResponse, Store, Touch};
 use mcbp::{Cas, Datatype, Message, Opaque, Opcode, Response, Seqno, Status, VbState, Vbid};
-use support::*;
+use testkit::http;
+use testkit::node::*;
 use tokio::time::timeout;
 
 async fn setup() -> anyhow::Result<(TestNode, Client)> {
-    let n = start().await?;
-    n.create_bucket("default", 16, Some(VbState::Active))?;
-    let c = n.admin_client("default").await?;
+    let n = TestNode::start().await?;
+    n.create_bucket("default", 16, Some(VbState::Active))
+        .await?;
+    let c = n.client("default").await?;
     Ok((n, c))
 }
 
@@ -516,13 +516,13 @@ async fn cluster_config_lists_active_vbuckets_and_honours_known_revision() -> an
 
 #[tokio::test]
 async fn seqno_persistence_answers_etmpfail_when_the_bound_passes() -> anyhow::Result<()> {
-    let n = start_with(|c| {
+    let n = TestNode::start_with(|c| {
         c.flush_interval = std::time::Duration::from_secs(3600);
         c.seqno_persistence_timeout = std::time::Duration::from_millis(200);
     })
     .await?;
-    n.create_bucket("default", 4, Some(VbState::Active))?;
-    let mut c = n.admin_client("default").await?;
+    n.create_bucket("default", 4, Some(VbState::Active)).await?;
+    let mut c = n.client("default").await?;
     c.store(
         Opcode::Set,
         Vbid(0),
@@ -580,7 +580,7 @@ async fn delete_returns_the_tombstone_cas_only_after_hello() -> anyhow::Result<(
         .expect("tombstone");
     assert_eq!(d.cas, tombstone.cas);
 
-    let mut plain = n.admin_client("default").await?;
+    let mut plain = n.client("default").await?;
     timeout(
         BOUND,
         plain.store(
@@ -604,13 +604,13 @@ async fn delete_returns_the_tombstone_cas_only_after_hello() -> anyhow::Result<(
 /// waiting request is answered ETMPFAIL (or dropped with the connection) at once.
 #[tokio::test]
 async fn shutdown_does_not_wait_for_a_pending_seqno_persistence() -> anyhow::Result<()> {
-    let n = start_with(|c| {
+    let n = TestNode::start_with(|c| {
         c.flush_interval = std::time::Duration::from_secs(3600);
         c.seqno_persistence_timeout = std::time::Duration::from_secs(120);
     })
     .await?;
-    n.create_bucket("default", 4, Some(VbState::Active))?;
-    let mut c = n.admin_client("default").await?;
+    n.create_bucket("default", 4, Some(VbState::Active)).await?;
+    let mut c = n.client("default").await?;
     c.store(
         Opcode::Set,
         Vbid(0),
@@ -635,13 +635,8 @@ async fn shutdown_does_not_wait_for_a_pending_seqno_persistence() -> anyhow::Res
             .seqno_persistence_waiting
             .load(std::sync::atomic::Ordering::Relaxed)
     };
-    timeout(BOUND, async {
-        while waiting() == 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    })
-    .await?;
-    let support::TestNode { node, dir: _dir } = n;
+    testkit::wait_until("a SEQNO_PERSISTENCE waits", || waiting() != 0).await?;
+    let TestNode { node, dir: _dir } = n;
     timeout(std::time::Duration::from_secs(5), node.shutdown())
         .await
         .map_err(|_| anyhow::anyhow!("shutdown waited for SEQNO_PERSISTENCE"))?;

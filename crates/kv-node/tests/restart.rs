@@ -1,10 +1,8 @@
 //! Persistence across restarts: clean shutdown and crash.
 
-mod support;
-
 use kv_client::Client;
 use mcbp::{Cas, Datatype, Opcode, Seqno, VbState, Vbid};
-use support::*;
+use testkit::node::*;
 
 async fn write_docs(c: &mut Client, n: u32) -> anyhow::Result<()> {
     for i in 0..n {
@@ -26,9 +24,9 @@ async fn write_docs(c: &mut Client, n: u32) -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_crash_after_persistence_keeps_documents_and_grows_the_failover_log() -> anyhow::Result<()>
 {
-    let n = start().await?;
-    n.create_bucket("default", 4, Some(VbState::Active))?;
-    let mut c = n.admin_client("default").await?;
+    let n = TestNode::start().await?;
+    n.create_bucket("default", 4, Some(VbState::Active)).await?;
+    let mut c = n.client("default").await?;
     write_docs(&mut c, 200).await?;
     for vb in 0..4 {
         assert!(c.seqno_persistence(Vbid(vb), Seqno(50)).await?);
@@ -38,8 +36,8 @@ async fn a_crash_after_persistence_keeps_documents_and_grows_the_failover_log() 
     let TestNode { node, dir } = n;
     node.kill().await;
 
-    let n = start_in(dir, |_| {}).await?;
-    let mut c = n.admin_client("default").await?;
+    let n = TestNode::start_in(dir, |_| {}).await?;
+    let mut c = n.client("default").await?;
     for i in 0..200u32 {
         let g = c
             .get(Vbid((i % 4) as u16), format!("doc{i}").as_bytes())
@@ -66,9 +64,9 @@ async fn a_crash_after_persistence_keeps_documents_and_grows_the_failover_log() 
 
 #[tokio::test]
 async fn a_clean_shutdown_keeps_everything_and_the_same_failover_log() -> anyhow::Result<()> {
-    let n = start().await?;
-    n.create_bucket("default", 4, Some(VbState::Active))?;
-    let mut c = n.admin_client("default").await?;
+    let n = TestNode::start().await?;
+    n.create_bucket("default", 4, Some(VbState::Active)).await?;
+    let mut c = n.client("default").await?;
     write_docs(&mut c, 40).await?;
     c.set_vbucket(Vbid(3), VbState::Replica).await?;
     let before = c.failover_log(Vbid(0)).await?;
@@ -76,8 +74,8 @@ async fn a_clean_shutdown_keeps_everything_and_the_same_failover_log() -> anyhow
     let TestNode { node, dir } = n;
     node.shutdown().await;
 
-    let n = start_in(dir, |_| {}).await?;
-    let mut c = n.admin_client("default").await?;
+    let n = TestNode::start_in(dir, |_| {}).await?;
+    let mut c = n.client("default").await?;
     assert_eq!(c.failover_log(Vbid(0)).await?, before);
     assert_eq!(
         &c.get(Vbid(1), b"doc1").await?.expect("kept").value[..],

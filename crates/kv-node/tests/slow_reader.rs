@@ -3,8 +3,6 @@
 //! it, closes it once a write has made no progress for the idle timeout, and shuts
 //! down without waiting for it.
 
-mod support;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -12,7 +10,8 @@ use bytes::BytesMut;
 use kv_node::Node;
 use mcbp::kv::Get;
 use mcbp::{Cas, Datatype, Message, Opaque, Opcode, VbState, Vbid};
-use support::*;
+use testkit::node::*;
+use testkit::wait_until;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -22,28 +21,17 @@ const DOC_LEN: usize = 512 * 1024;
 /// 64 MiB of answers if all were buffered.
 const GETS: u32 = 128;
 
-/// Polls a condition of the node's state until it holds (bounded).
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> anyhow::Result<()> {
-    timeout(BOUND, async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .map_err(|_| anyhow::anyhow!("timed out waiting for {what}"))
-}
-
 /// A node with one active vbucket holding a large document, anonymous access, and
 /// no connection open.
 async fn node_with_big_doc(idle: Duration) -> anyhow::Result<TestNode> {
-    let n = start_with(|c| {
+    let n = TestNode::start_with(|c| {
         c.max_conn_output = OUTPUT_BOUND;
         c.idle_timeout = idle;
         c.anonymous_bucket = Some("default".to_string());
     })
     .await?;
-    n.create_bucket("default", 1, Some(VbState::Active))?;
-    let mut c = n.admin_client("default").await?;
+    n.create_bucket("default", 1, Some(VbState::Active)).await?;
+    let mut c = n.client("default").await?;
     c.store(
         Opcode::Set,
         Vbid(0),
@@ -57,7 +45,7 @@ async fn node_with_big_doc(idle: Duration) -> anyhow::Result<TestNode> {
     .await?;
     drop(c);
     let counters = &n.node.state().counters;
-    wait_for("the set-up connection to close", || {
+    wait_until("the set-up connection to close", || {
         counters.curr_connections.load(Ordering::Relaxed) == 0
     })
     .await?;
@@ -93,7 +81,7 @@ async fn a_client_that_never_reads_makes_the_node_buffer_at_most_the_output_boun
 ) -> anyhow::Result<()> {
     let n = node_with_big_doc(Duration::from_secs(300)).await?;
     let _client = flood(&n).await?;
-    wait_for("output to be buffered", || {
+    wait_until("output to be buffered", || {
         high_water(&n.node) >= OUTPUT_BOUND
     })
     .await?;
@@ -111,12 +99,12 @@ async fn a_write_without_progress_for_the_idle_timeout_closes_the_connection() -
 {
     let n = node_with_big_doc(Duration::from_millis(500)).await?;
     let _client = flood(&n).await?;
-    wait_for("output to be buffered", || {
+    wait_until("output to be buffered", || {
         high_water(&n.node) >= OUTPUT_BOUND
     })
     .await?;
     let counters = &n.node.state().counters;
-    wait_for("the stalled connection to be closed", || {
+    wait_until("the stalled connection to be closed", || {
         counters.curr_connections.load(Ordering::Relaxed) == 0
     })
     .await
@@ -127,7 +115,7 @@ async fn shutdown_is_not_blocked_by_a_client_that_never_reads() -> anyhow::Resul
     // The idle timeout is far away: only shutdown can end the stuck connection.
     let n = node_with_big_doc(Duration::from_secs(300)).await?;
     let _client = flood(&n).await?;
-    wait_for("output to be buffered", || {
+    wait_until("output to be buffered", || {
         high_water(&n.node) >= OUTPUT_BOUND
     })
     .await?;

@@ -1,17 +1,15 @@
 //! Connection set-up of a half (`replication-layer.md` §4.2, §11.15) against fake
 //! nodes: what is sent, and the typed error of each refused stage.
 
-mod fake;
-
 use std::time::Duration;
 
-use fake::{FakeConfig, FakeNode, WAIT};
 use kv_client::Credentials;
 use mcbp::kv::Feature;
 use mcbp::Status;
 use replication::core::Side;
 use replication::io::{connect_half, HalfConfig};
 use replication::{ConnectCause, ConnectError, ReplError, Replicator, ReplicatorConfig, Stage};
+use testkit::fake::{FakeConfig, FakeNode, WAIT};
 use tokio::time::timeout;
 
 /// The node answered but refused a step: neither a timeout, nor refused

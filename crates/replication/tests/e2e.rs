@@ -24,6 +24,7 @@ use replication::{
     ReplicationMap, Replicator, WaitFor,
 };
 use serde_json::json;
+use testkit::wait_for;
 use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
 
@@ -58,7 +59,7 @@ async fn data_flows(
     which: &BTreeSet<Vbid>,
     prefix: &str,
 ) -> anyhow::Result<()> {
-    let (mut ca, mut cb) = (a.client().await?, b.client().await?);
+    let (mut ca, mut cb) = (client(a).await?, client(b).await?);
     for vb in which {
         for i in 0..20u32 {
             let k = key(&format!("{prefix}-{}", vb.0), i);
@@ -85,7 +86,7 @@ async fn data_flows(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replication_copies_every_document_and_keeps_up_with_writes() -> anyhow::Result<()> {
     let (a, b) = pair(false, false).await?;
-    let mut ca = a.client().await?;
+    let mut ca = client(&a).await?;
     let mut expected = Expected::new();
     load(&mut ca, &mut expected, "pre", 0..2000, 0).await?;
     // Overwrite a few hundred of them, so the replica must get the latest version.
@@ -94,7 +95,7 @@ async fn replication_copies_every_document_and_keeps_up_with_writes() -> anyhow:
     let r = start_replicator(replicator_config(&b, &a.kv())).await?;
     // A writer keeps going on its own connection while the streams are set up and
     // backfill, then for a while after.
-    let mut writer_client = a.client().await?;
+    let mut writer_client = client(&a).await?;
     let writer = tokio::spawn(async move {
         let mut exp = Expected::new();
         load(&mut writer_client, &mut exp, "live", 0..600, 0).await?;
@@ -108,7 +109,7 @@ async fn replication_copies_every_document_and_keeps_up_with_writes() -> anyhow:
     // pre-1000..1200, which happened after the loader's.
     expected.extend(from_writer);
 
-    let mut cb = b.client().await?;
+    let mut cb = client(&b).await?;
     wait_converged(&mut ca, &mut cb, &all_vbs()).await?;
     let live = assert_replicated(&mut ca, &mut cb, &expected).await?;
     let deleted = expected.values().filter(|d| d.is_none()).count();
@@ -160,7 +161,7 @@ async fn seed_race_stream_end_before_the_add_stream_answer_fails_the_setup_then_
     const W: u16 = 6;
     let (a, b) = pair(true, true).await?;
     let mut expected = Expected::new();
-    let mut ca = a.client().await?;
+    let mut ca = client(&a).await?;
     load(&mut ca, &mut expected, "pre", 0..160, 0).await?;
     b.add_fault(json!({"kind": "drop_add_stream_response", "vbucket": V}))
         .await?;
@@ -211,9 +212,9 @@ async fn seed_race_stream_end_before_the_add_stream_answer_fails_the_setup_then_
         }
         other => bail!("closed() gave {other:?}"),
     }
-    assert_eq!(wait_tap_closed(&tap, 1).await?, [Dir::ToNode]);
+    assert_eq!(tap.wait_closed(1).await?, [Dir::ToNode]);
     wait_for("the consumer node dropped the DCP connection", || async {
-        Ok(!b.has_dcp_conn(&name))
+        Ok(!b.has_dcp_name(BUCKET, &name))
     })
     .await?;
     assert!(r.get_partitions().is_empty());
@@ -392,7 +393,7 @@ async fn producer_connection_closed_mid_setup_ends_the_replicator_then_a_new_one
     }
     let name = r.connection_name().to_string();
     wait_for("the consumer node dropped the DCP connection", || async {
-        Ok(!b.has_dcp_conn(&name))
+        Ok(!b.has_dcp_name(BUCKET, &name))
     })
     .await?;
 
@@ -421,13 +422,13 @@ enum Target {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn move_vbucket_under_writes_loses_no_acknowledged_write() -> anyhow::Result<()> {
     const V: Vbid = Vbid(3);
-    let a = TestNode::start(false).await?;
-    let b = TestNode::start(false).await?;
-    a.create_bucket(Some(VbState::Active)).await?;
-    b.create_bucket(None).await?;
-    assert_eq!(b.vb_state(V), VbState::Dead);
+    let a = TestNode::start().await?;
+    let b = TestNode::start().await?;
+    create_bucket(&a, Some(VbState::Active)).await?;
+    create_bucket(&b, None).await?;
+    assert_eq!(b.vbucket_state(BUCKET, V), VbState::Dead);
 
-    let mut ca = a.client().await?;
+    let mut ca = client(&a).await?;
     let mut expected = Expected::new();
     for i in 0..400u32 {
         store(&mut ca, &mut expected, V, &key("pre", i), doc_for(i, 0)).await?;
@@ -440,8 +441,8 @@ async fn move_vbucket_under_writes_loses_no_acknowledged_write() -> anyhow::Resu
     // only once a node acknowledged it.
     let acked: Arc<Mutex<Vec<(String, String, Target)>>> = Arc::default();
     let (moved_tx, mut moved_rx) = watch::channel(false);
-    let mut wa = a.client().await?;
-    let mut wb = b.client().await?;
+    let mut wa = client(&a).await?;
+    let mut wb = client(&b).await?;
     let acked2 = acked.clone();
     let writer = tokio::spawn(async move {
         let mut target = Target::Source;
@@ -514,8 +515,8 @@ async fn move_vbucket_under_writes_loses_no_acknowledged_write() -> anyhow::Resu
     moved_tx.send(true)?;
     let refused = timeout(BOUND, writer).await???;
 
-    assert_eq!(a.vb_state(V), VbState::Dead);
-    assert_eq!(b.vb_state(V), VbState::Active);
+    assert_eq!(a.vbucket_state(BUCKET, V), VbState::Dead);
+    assert_eq!(b.vbucket_state(BUCKET, V), VbState::Active);
     assert_eq!(report.vb, V);
     // A takeover connection name of its own (issue #8 item 4, §4.3).
     assert!(
@@ -538,7 +539,7 @@ async fn move_vbucket_under_writes_loses_no_acknowledged_write() -> anyhow::Resu
     assert!(report.persisted_seqno.0 >= 400);
 
     // Every acknowledged write and every loaded document is on the new active.
-    let mut cb = b.client().await?;
+    let mut cb = client(&b).await?;
     for (k, v, _) in &acked {
         let got = get(&mut cb, V, k).await?;
         let got = got.with_context(|| format!("acknowledged write {k} lost"))?;
@@ -563,7 +564,7 @@ async fn move_vbucket_under_writes_loses_no_acknowledged_write() -> anyhow::Resu
 
     // Moving it again is a bounded no-op: the preflight sees the source dead and the
     // destination active and touches neither.
-    let live_on_destination = b.live_keys(V);
+    let live_on_destination = live_keys(&b, V);
     assert_eq!(
         live_on_destination.len(),
         acked.len() + expected.values().filter(|d| d.is_some()).count()
@@ -577,7 +578,7 @@ async fn move_vbucket_under_writes_loses_no_acknowledged_write() -> anyhow::Resu
     assert!(report.already_done, "{report:?}");
     assert!(t0.elapsed() < FAIL_FAST, "{:?}", t0.elapsed());
     assert_eq!(
-        b.vb_state(V),
+        b.vbucket_state(BUCKET, V),
         VbState::Active,
         "the destination stays active"
     );
@@ -585,7 +586,7 @@ async fn move_vbucket_under_writes_loses_no_acknowledged_write() -> anyhow::Resu
     // preflight and leaves the destination's copy as it was.
     let dead = Vbid(10);
     for n in [&a, &b] {
-        let mut c = n.client().await?;
+        let mut c = client(n).await?;
         timeout(BOUND, c.set_vbucket(dead, VbState::Dead)).await??;
     }
     let wrong = MoveConfig {
@@ -605,12 +606,12 @@ async fn move_vbucket_under_writes_loses_no_acknowledged_write() -> anyhow::Resu
         "{err:?}"
     );
     assert_eq!(
-        b.vb_state(dead),
+        b.vbucket_state(BUCKET, dead),
         VbState::Dead,
         "the destination was not touched"
     );
-    assert_eq!(a.vb_state(V), VbState::Dead);
-    assert_eq!(b.live_keys(V), live_on_destination);
+    assert_eq!(a.vbucket_state(BUCKET, V), VbState::Dead);
+    assert_eq!(live_keys(&b, V), live_on_destination);
     Ok(())
 }
 
@@ -623,17 +624,17 @@ async fn takeover_through_a_replicator_moves_the_vbucket_with_its_documents() ->
     const V: u16 = 7;
     const W: u16 = 8;
     let (a, b) = pair(false, false).await?;
-    let mut ca = a.client().await?;
+    let mut ca = client(&a).await?;
     let mut expected = Expected::new();
     load(&mut ca, &mut expected, "pre", 0..320, 0).await?;
     let r = start_replicator(replicator_config(&b, &a.kv())).await?;
     timeout(BOUND, r.setup_replication(vbs([V, W]))).await??;
-    let mut cb = b.client().await?;
+    let mut cb = client(&b).await?;
     wait_converged(&mut ca, &mut cb, &vbs([V, W])).await?;
 
     timeout(BOUND, r.takeover(Vbid(V))).await??;
-    assert_eq!(b.vb_state(Vbid(V)), VbState::Active);
-    assert_eq!(a.vb_state(Vbid(V)), VbState::Dead);
+    assert_eq!(b.vbucket_state(BUCKET, Vbid(V)), VbState::Active);
+    assert_eq!(a.vbucket_state(BUCKET, Vbid(V)), VbState::Dead);
     assert_eq!(r.get_partitions(), vbs([W]));
     for ((vb, k), want) in expected.iter().filter(|((vb, _), _)| *vb == V) {
         match (want, get(&mut cb, Vbid(*vb), k).await?) {
@@ -674,7 +675,7 @@ async fn takeover_through_a_replicator_moves_the_vbucket_with_its_documents() ->
 async fn manager_with_two_connections_maps_vbuckets_by_modulo_and_converges() -> anyhow::Result<()>
 {
     let (a, b) = pair(false, false).await?;
-    let mut ca = a.client().await?;
+    let mut ca = client(&a).await?;
     let mut expected = Expected::new();
     load(&mut ca, &mut expected, "pre", 0..800, 0).await?;
 
@@ -711,7 +712,7 @@ async fn manager_with_two_connections_maps_vbuckets_by_modulo_and_converges() ->
     assert_eq!(m.get_actual_replications(), actual);
 
     // Both nodes' DCP stats show each vbucket's stream on connection v mod 2 only.
-    let mut cb = b.client().await?;
+    let mut cb = client(&b).await?;
     for c in [&mut ca, &mut cb] {
         let stats: BTreeMap<String, String> =
             timeout(BOUND, c.stats("dcp")).await??.into_iter().collect();

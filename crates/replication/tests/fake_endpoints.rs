@@ -5,17 +5,15 @@
 //! closed (the fakes observe EOF) and that a retry with a new replicator succeeds.
 //! `tokio::time::timeout` only catches hangs; nothing sleeps to wait for a condition.
 
-mod fake;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use fake::{FakeConn, FakeNode, WAIT};
 use kv_client::Credentials;
 use mcbp::dcp::EndReason;
 use mcbp::{FrameSpec, Opaque, Opcode, Status, VbState, Vbid};
 use replication::core::{CoreConfig, Side, StreamFailure, StreamOp, WaitingFor};
 use replication::{ReplError, Replicator, ReplicatorConfig, WaitFor};
+use testkit::fake::{FakeConn, FakeNode, WAIT};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 

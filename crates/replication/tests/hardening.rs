@@ -3,13 +3,10 @@
 //! before the fix; `timeout` only catches hangs, nothing sleeps to wait for a
 //! condition.
 
-mod fake;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fake::{AutoRole, FakeConfig, FakeConn, FakeNode, WAIT};
 use kv_client::Credentials;
 use mcbp::dcp::EndReason;
 use mcbp::{Frame, Opaque, Opcode, Status, VbState, Vbid};
@@ -18,6 +15,7 @@ use replication::{
     ManagerConfig, ReplError, ReplicationManager, ReplicationMap, Replicator, ReplicatorConfig,
     Stage, WaitFor,
 };
+use testkit::fake::{AutoRole, FakeConfig, FakeConn, FakeNode, WAIT};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 
@@ -497,7 +495,7 @@ async fn a_takeover_starts_its_connection_when_none_exists() {
         .expect("takeover without a set-up succeeds");
     p.wait_events("the takeover", |ev| {
         ev.iter()
-            .any(|e| matches!(e, fake::AutoEvent::TookOver(_, 11)))
+            .any(|e| matches!(e, testkit::fake::AutoEvent::TookOver(_, 11)))
     })
     .await;
     m.shutdown().await;

@@ -2,16 +2,14 @@
 //! §7.6, §8): vb -> connection `vb mod N`, starting and stopping replicators from the
 //! desired map, reads that never wait.
 
-mod fake;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use fake::{AutoEvent, AutoRole, FakeNode, WAIT};
 use kv_client::Credentials;
 use mcbp::{Opcode, Vbid};
 use replication::core::CoreConfig;
 use replication::{ManagerConfig, ReplError, ReplicationManager, ReplicationMap};
+use testkit::fake::{AutoEvent, AutoRole, FakeNode, WAIT};
 use tokio::time::{timeout, Instant};
 
 fn creds() -> Credentials {

@@ -2,12 +2,10 @@
 //! item 5; `replication-layer.md` §7.7, §9.2).
 
 mod e2e_support;
-mod fake;
 
 use std::time::Duration;
 
-use e2e_support::{self as e2e, Cut, CutTap, Expected, TestNode};
-use fake::{AutoEvent, AutoRole, FakeNode, WAIT};
+use e2e_support::{self as e2e, Expected, Tap, TestNode};
 use kv_client::Credentials;
 use mcbp::{Status, VbState, Vbid};
 use replication::core::Side;
@@ -16,6 +14,8 @@ use replication::{
     move_vbucket, wait_for_data_move, DataMoveWait, MoveConfig, MoveReport, MoveStep, ReplError,
     WaitFor,
 };
+use testkit::fake::{AutoEvent, AutoRole, FakeNode, WAIT};
+use testkit::tap::Cut;
 use tokio::time::{timeout, Instant};
 
 fn creds() -> Credentials {
@@ -241,7 +241,7 @@ async fn run_move(cfg: &MoveConfig) -> Result<MoveReport, ReplError> {
 async fn replicate_until_converged(a: &TestNode, b: &TestNode, vb: Vbid) -> anyhow::Result<()> {
     let r = e2e::start_replicator(e2e::replicator_config(b, &a.kv())).await?;
     timeout(e2e::BOUND, r.setup_replication([vb])).await??;
-    let (mut ca, mut cb) = (a.client().await?, b.client().await?);
+    let (mut ca, mut cb) = (e2e::client(a).await?, e2e::client(b).await?);
     e2e::wait_converged(&mut ca, &mut cb, &e2e::vbs([vb.0])).await?;
     timeout(e2e::BOUND, r.shut()).await??;
     Ok(())
@@ -258,9 +258,13 @@ async fn assert_moved(
     vb: Vbid,
     expected: &Expected,
 ) -> anyhow::Result<()> {
-    assert_eq!(a.vb_state(vb), VbState::Dead, "source");
-    assert_eq!(b.vb_state(vb), VbState::Active, "destination");
-    let mut cb = b.client().await?;
+    assert_eq!(a.vbucket_state(e2e::BUCKET, vb), VbState::Dead, "source");
+    assert_eq!(
+        b.vbucket_state(e2e::BUCKET, vb),
+        VbState::Active,
+        "destination"
+    );
+    let mut cb = e2e::client(b).await?;
     let live = e2e::assert_active_has(&mut cb, vb, expected).await?;
     assert_eq!(live, expected.keys().filter(|(v, _)| *v == vb.0).count());
     Ok(())
@@ -270,7 +274,7 @@ async fn assert_moved(
 async fn loaded_pair(n: u32) -> anyhow::Result<(TestNode, TestNode, Expected)> {
     let (a, b) = e2e::pair(false, false).await?;
     let mut expected = Expected::new();
-    let mut ca = a.client().await?;
+    let mut ca = e2e::client(&a).await?;
     e2e::load_vb(&mut ca, &mut expected, V, "pre", 0..n).await?;
     Ok((a, b, expected))
 }
@@ -281,7 +285,7 @@ async fn loaded_pair(n: u32) -> anyhow::Result<(TestNode, TestNode, Expected)> {
 /// and a rerun completes the move.
 async fn takeover_broken_between_pending_and_active(cut: Cut, secs: u64) -> anyhow::Result<()> {
     let (a, b, mut expected) = loaded_pair(60).await?;
-    let tap = CutTap::start(b.kv(), cut, |d, f| {
+    let tap = Tap::with_cut(b.kv(), cut, |d, f| {
         e2e::takeover_state_to_node(d, f, VbState::Active)
     })
     .await?;
@@ -293,9 +297,17 @@ async fn takeover_broken_between_pending_and_active(cut: Cut, secs: u64) -> anyh
         matches!(&err, ReplError::Move { vb, step: MoveStep::Takeover, .. } if *vb == V),
         "{err:?}"
     );
-    assert_eq!(a.vb_state(V), VbState::Active, "source after {err}");
-    assert_ne!(b.vb_state(V), VbState::Active, "destination after {err}");
-    let mut ca = a.client().await?;
+    assert_eq!(
+        a.vbucket_state(e2e::BUCKET, V),
+        VbState::Active,
+        "source after {err}"
+    );
+    assert_ne!(
+        b.vbucket_state(e2e::BUCKET, V),
+        VbState::Active,
+        "destination after {err}"
+    );
+    let mut ca = e2e::client(&a).await?;
     e2e::assert_active_has(&mut ca, V, &expected).await?;
     e2e::load_vb(&mut ca, &mut expected, V, "post", 0..20).await?;
 
@@ -332,7 +344,7 @@ async fn takeover_failing_after_the_destination_became_active_completes_the_move
 ) -> anyhow::Result<()> {
     let (a, b, expected) = loaded_pair(60).await?;
     let answers = std::sync::atomic::AtomicUsize::new(0);
-    let tap = CutTap::start(b.kv(), Cut::Kill, move |d, f| {
+    let tap = Tap::with_cut(b.kv(), Cut::Kill, move |d, f| {
         // The second SET_VBUCKET_STATE answer is the one to (active).
         d == e2e::Dir::FromNode
             && !f.is_request()
@@ -356,11 +368,11 @@ async fn rerun_from_dead_source_and_pending_or_replica_destination_completes_the
     for dest in [VbState::Pending, VbState::Replica] {
         let (a, b, mut expected) = loaded_pair(50).await?;
         replicate_until_converged(&a, &b, V).await?;
-        let mut ca = a.client().await?;
+        let mut ca = e2e::client(&a).await?;
         e2e::load_vb(&mut ca, &mut expected, V, "late", 0..30).await?;
-        a.set_vb(V, VbState::Dead).await?;
-        b.set_vb(V, dest).await?;
-        assert!(b.high_seqno(V).await? < a.high_seqno(V).await?);
+        a.set_vbucket(e2e::BUCKET, V, VbState::Dead).await?;
+        b.set_vbucket(e2e::BUCKET, V, dest).await?;
+        assert!(e2e::high_seqno(&b, V).await? < e2e::high_seqno(&a, V).await?);
 
         let report = run_move(&real_move(&a, &b.kv(), V, 10)).await?;
         assert!(!report.already_done, "{dest}: {report:?}");
@@ -376,7 +388,7 @@ async fn rerun_from_active_source_and_pending_destination_completes_the_move() -
 {
     let (a, b, expected) = loaded_pair(50).await?;
     replicate_until_converged(&a, &b, V).await?;
-    b.set_vb(V, VbState::Pending).await?;
+    b.set_vbucket(e2e::BUCKET, V, VbState::Pending).await?;
     let report = run_move(&real_move(&a, &b.kv(), V, 10)).await?;
     assert!(!report.already_done);
     assert_eq!(report.repairs, vec![]);
@@ -391,10 +403,10 @@ async fn rerun_with_active_destination_behind_the_dead_source_loses_no_write() -
 {
     let (a, b, mut expected) = loaded_pair(50).await?;
     replicate_until_converged(&a, &b, V).await?;
-    let mut ca = a.client().await?;
+    let mut ca = e2e::client(&a).await?;
     e2e::load_vb(&mut ca, &mut expected, V, "late", 0..30).await?;
-    a.set_vb(V, VbState::Dead).await?;
-    b.set_vb(V, VbState::Active).await?;
+    a.set_vbucket(e2e::BUCKET, V, VbState::Dead).await?;
+    b.set_vbucket(e2e::BUCKET, V, VbState::Active).await?;
 
     let report = run_move(&real_move(&a, &b.kv(), V, 10)).await?;
     assert!(!report.already_done, "{report:?}");
@@ -415,9 +427,9 @@ async fn rerun_with_active_destination_behind_the_dead_source_loses_no_write() -
 async fn rerun_with_both_active_demotes_the_stale_source() -> anyhow::Result<()> {
     let (a, b, mut expected) = loaded_pair(40).await?;
     run_move(&real_move(&a, &b.kv(), V, 10)).await?;
-    let mut cb = b.client().await?;
+    let mut cb = e2e::client(&b).await?;
     e2e::load_vb(&mut cb, &mut expected, V, "after", 0..20).await?;
-    a.set_vb(V, VbState::Active).await?;
+    a.set_vbucket(e2e::BUCKET, V, VbState::Active).await?;
 
     let report = run_move(&real_move(&a, &b.kv(), V, 10)).await?;
     assert!(report.already_done, "{report:?}");
@@ -435,8 +447,8 @@ async fn rerun_with_both_active_demotes_the_stale_source() -> anyhow::Result<()>
 async fn rerun_with_both_active_demotes_the_stale_destination() -> anyhow::Result<()> {
     let (a, b, mut expected) = loaded_pair(40).await?;
     replicate_until_converged(&a, &b, V).await?;
-    b.set_vb(V, VbState::Active).await?;
-    let mut ca = a.client().await?;
+    b.set_vbucket(e2e::BUCKET, V, VbState::Active).await?;
+    let mut ca = e2e::client(&a).await?;
     e2e::load_vb(&mut ca, &mut expected, V, "late", 0..20).await?;
 
     let report = run_move(&real_move(&a, &b.kv(), V, 10)).await?;
@@ -451,10 +463,10 @@ async fn rerun_with_both_active_demotes_the_stale_destination() -> anyhow::Resul
 async fn diverged_copies_are_refused_and_left_untouched() -> anyhow::Result<()> {
     let (a, b, mut expected) = loaded_pair(40).await?;
     run_move(&real_move(&a, &b.kv(), V, 10)).await?;
-    let mut cb = b.client().await?;
+    let mut cb = e2e::client(&b).await?;
     e2e::load_vb(&mut cb, &mut expected, V, "on-b", 0..10).await?;
-    a.set_vb(V, VbState::Active).await?;
-    let mut ca = a.client().await?;
+    a.set_vbucket(e2e::BUCKET, V, VbState::Active).await?;
+    let mut ca = e2e::client(&a).await?;
     let mut on_a = Expected::new();
     e2e::load_vb(&mut ca, &mut on_a, V, "on-a", 0..10).await?;
 
@@ -480,8 +492,8 @@ async fn diverged_copies_are_refused_and_left_untouched() -> anyhow::Result<()> 
     assert_eq!(*vb, V);
     assert_eq!(source_peer, &a.kv());
     assert_eq!(destination_peer, &b.kv());
-    assert_eq!(a.vb_state(V), VbState::Active);
-    assert_eq!(b.vb_state(V), VbState::Active);
+    assert_eq!(a.vbucket_state(e2e::BUCKET, V), VbState::Active);
+    assert_eq!(b.vbucket_state(e2e::BUCKET, V), VbState::Active);
     e2e::assert_active_has(&mut ca, V, &on_a).await?;
     e2e::assert_active_has(&mut cb, V, &expected).await?;
     Ok(())
@@ -510,11 +522,11 @@ async fn a_move_does_not_break_a_running_replication_of_the_same_node_pair() -> 
     );
     assert!(r.is_running(), "{:?}", r.termination());
     assert_eq!(r.get_partitions(), replicated);
-    assert!(b.has_dcp_conn(&regular) && a.has_dcp_conn(&regular));
+    assert!(b.has_dcp_name(e2e::BUCKET, &regular) && a.has_dcp_name(e2e::BUCKET, &regular));
     // ... and keeps replicating.
-    let mut ca = a.client().await?;
+    let mut ca = e2e::client(&a).await?;
     e2e::load_vb(&mut ca, &mut expected, Vbid(1), "later", 0..10).await?;
-    let mut cb = b.client().await?;
+    let mut cb = e2e::client(&b).await?;
     e2e::wait_converged(&mut ca, &mut cb, &replicated).await?;
     timeout(e2e::BOUND, r.shut()).await??;
     Ok(())
@@ -525,7 +537,7 @@ async fn a_move_does_not_break_a_running_replication_of_the_same_node_pair() -> 
 async fn two_concurrent_moves_of_the_same_node_pair_both_succeed() -> anyhow::Result<()> {
     const W: Vbid = Vbid(6);
     let (a, b, mut expected) = loaded_pair(30).await?;
-    let mut ca = a.client().await?;
+    let mut ca = e2e::client(&a).await?;
     e2e::load_vb(&mut ca, &mut expected, W, "w", 0..30).await?;
     let (one, two) = (real_move(&a, &b.kv(), V, 10), real_move(&a, &b.kv(), W, 10));
     let (r1, r2) = tokio::join!(run_move(&one), run_move(&two));

@@ -1,8 +1,24 @@
-//! Test-only helpers shared by Conduit's crates: admin-API calls through a real HTTP
-//! client, a `conduit node` child process on ephemeral ports, and tool discovery for
-//! interoperability tests. Never a dependency of non-test code.
+//! Test-only helpers shared by Conduit's crates, and the only place they live:
+//!
+//! - [`http`]: admin-API calls through a real HTTP client (reqwest);
+//! - [`node::TestNode`]: the in-process node fixture (a real node on `127.0.0.1:0`);
+//! - [`NodeProcess`]: a `conduit node` child process on ephemeral ports;
+//! - [`fake`]: the scripted fake peer (a fake KV node the test drives frame by frame);
+//! - [`tap::Tap`]: the frame tap (log, and optionally cut, a node's conversation);
+//! - [`wait_until`]/[`wait_for`]: bounded condition waits;
+//! - tool discovery for interoperability tests.
+//!
+//! Never a dependency of non-test code.
 
 #![warn(missing_docs)]
+
+pub mod fake;
+pub mod node;
+pub mod tap;
+pub mod wait;
+
+pub use node::TestNode;
+pub use wait::{wait_for, wait_until};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

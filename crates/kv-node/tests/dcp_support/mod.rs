@@ -1,24 +1,27 @@
 //! DCP test helpers: open producer/consumer connections on real nodes and splice
-//! them with a trivial byte pump (the real proxy is the replication layer's job).
+//! them with testkit's frame relay (the real proxy is the replication layer's job).
 //! The test injects ADD_STREAM / CLOSE_STREAM and receives their answers; every
-//! frame that passes is logged for assertions.
+//! frame that passes is logged for assertions. The node fixture and the bounded
+//! waits are testkit's; this adds the DCP splice and item comparisons these tests
+//! need.
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use kv_engine::Item;
 use mcbp::dcp::{AddStream, AddStreamResponse, OpenFlags, StreamFlags};
 use mcbp::kv::Feature;
-use mcbp::{Frame, FrameDecoder, FrameSpec, Message, Opaque, Opcode, Seqno, Vbid};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use mcbp::{Frame, FrameSpec, Message, Opaque, Opcode, Seqno, Vbid};
+use testkit::node::{TestNode, BOUND};
+use testkit::tap::{self, Relay, Rule, Verdict};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-use crate::support::{TestNode, BOUND};
+pub use testkit::wait_until;
 
 /// Which way a frame went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +40,7 @@ pub async fn dcp_conn(
     name: &str,
     producer: bool,
 ) -> anyhow::Result<(TcpStream, BytesMut)> {
-    let mut c = node.admin_client(bucket).await?;
+    let mut c = node.client(bucket).await?;
     c.hello(
         "dcp-test",
         &[Feature::Json, Feature::Xattr, Feature::Snappy],
@@ -57,17 +60,27 @@ pub async fn dcp_conn(
     Ok(c.into_parts())
 }
 
-/// A running splice between a consumer node's and a producer node's DCP connection.
+/// A running splice between a consumer node's and a producer node's DCP connection:
+/// a testkit relay (consumer node as the connecting side, producer node as the node)
+/// whose rule diverts the answers to the test's own ADD_STREAM / CLOSE_STREAM.
 pub struct Splice {
-    inject: mpsc::UnboundedSender<(Dir, Bytes)>,
+    relay: Relay,
     answers: mpsc::UnboundedReceiver<(Dir, Frame)>,
-    pub log: Arc<Mutex<Vec<(Dir, Frame)>>>,
-    task: tokio::task::JoinHandle<()>,
 }
 
-impl Drop for Splice {
-    fn drop(&mut self) {
-        self.task.abort();
+impl Dir {
+    fn of(d: tap::Dir) -> Dir {
+        match d {
+            tap::Dir::ToNode => Dir::ToProducer,
+            tap::Dir::FromNode => Dir::ToConsumer,
+        }
+    }
+
+    fn tap(self) -> tap::Dir {
+        match self {
+            Dir::ToProducer => tap::Dir::ToNode,
+            Dir::ToConsumer => tap::Dir::FromNode,
+        }
     }
 }
 
@@ -90,65 +103,33 @@ impl Splice {
         producer: TcpStream,
         pbuf: BytesMut,
     ) -> Splice {
-        let (inject, mut inject_rx) = mpsc::unbounded_channel::<(Dir, Bytes)>();
         let (answers_tx, answers) = mpsc::unbounded_channel();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let log2 = log.clone();
-        let task = tokio::spawn(async move {
-            let (mut cr, mut cw) = consumer.into_split();
-            let (mut pr, mut pw) = producer.into_split();
-            let (mut cbuf, mut pbuf) = (cbuf, pbuf);
-            let dec = FrameDecoder::default();
-            loop {
-                // Frames already buffered first (a DCP_OPEN answer may carry more).
-                for (dir, buf) in [(Dir::ToProducer, &mut cbuf), (Dir::ToConsumer, &mut pbuf)] {
-                    while let Ok(Some(f)) = dec.decode(buf) {
-                        log2.lock().expect("log").push((dir, f.clone()));
-                        let ours = f.is_response()
-                            && matches!(f.opcode(), Opcode::DcpAddStream | Opcode::DcpCloseStream)
-                            && (dir == Dir::ToProducer || f.opcode() == Opcode::DcpCloseStream);
-                        if ours {
-                            let _ = answers_tx.send((dir, f));
-                            continue;
-                        }
-                        let w = match dir {
-                            Dir::ToProducer => &mut pw,
-                            Dir::ToConsumer => &mut cw,
-                        };
-                        if w.write_all(f.bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                tokio::select! {
-                    r = cr.read_buf(&mut cbuf) => if !matches!(r, Ok(n) if n > 0) { return },
-                    r = pr.read_buf(&mut pbuf) => if !matches!(r, Ok(n) if n > 0) { return },
-                    m = inject_rx.recv() => match m {
-                        Some((Dir::ToConsumer, b)) => if cw.write_all(&b).await.is_err() { return },
-                        Some((Dir::ToProducer, b)) => if pw.write_all(&b).await.is_err() { return },
-                        None => return,
-                    },
-                }
+        let rule: Rule = Arc::new(move |d, f| {
+            let dir = Dir::of(d);
+            let ours = f.is_response()
+                && matches!(f.opcode(), Opcode::DcpAddStream | Opcode::DcpCloseStream)
+                && (dir == Dir::ToProducer || f.opcode() == Opcode::DcpCloseStream);
+            if ours {
+                let _ = answers_tx.send((dir, f.clone()));
+                Verdict::Swallow
+            } else {
+                Verdict::Forward
             }
         });
         Splice {
-            inject,
+            relay: Relay::start(consumer, cbuf, producer, pbuf, rule),
             answers,
-            log,
-            task,
         }
     }
 
     /// Stops the pump and waits until it is gone, so nothing more is forwarded.
-    pub async fn close(mut self) {
-        self.task.abort();
-        let task = std::mem::replace(&mut self.task, tokio::spawn(async {}));
-        let _ = timeout(BOUND, task).await;
+    pub async fn close(self) {
+        self.relay.close().await;
     }
 
     /// Whether the pump stopped (one of the sockets closed).
     pub fn closed(&self) -> bool {
-        self.task.is_finished()
+        self.relay.closed()
     }
 
     pub fn send_add_stream(&self, vb: u16, flags: u32) {
@@ -158,7 +139,7 @@ impl Splice {
             flags: StreamFlags(flags),
         }
         .to_frame();
-        let _ = self.inject.send((Dir::ToConsumer, f.into_bytes()));
+        self.relay.inject(Dir::ToConsumer.tap(), f.into_bytes());
     }
 
     pub fn send_close_stream(&self, dir: Dir, vb: u16) {
@@ -166,7 +147,7 @@ impl Splice {
             .vbucket(Vbid(vb))
             .opaque(Opaque(0xc105e000 + u32::from(vb)))
             .to_frame();
-        let _ = self.inject.send((dir, f.into_bytes()));
+        self.relay.inject(dir.tap(), f.into_bytes());
     }
 
     /// The next intercepted answer (ADD_STREAM or CLOSE_STREAM), bounded by `within`.
@@ -200,47 +181,21 @@ impl Splice {
 
     /// Frames logged so far that match.
     pub fn frames(&self, f: impl Fn(Dir, &Frame) -> bool) -> Vec<(Dir, Frame)> {
-        self.log
-            .lock()
-            .expect("log")
-            .iter()
-            .filter(|(d, fr)| f(*d, fr))
-            .cloned()
+        self.relay
+            .frames(|d, fr| f(Dir::of(d), fr))
+            .into_iter()
+            .map(|(d, fr)| (Dir::of(d), fr))
             .collect()
     }
 }
 
-/// Waits (bounded) until `cond` holds, polling.
-pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + BOUND;
-    while !cond() {
-        if tokio::time::Instant::now() > deadline {
-            anyhow::bail!("timed out waiting until {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
-}
-
 /// Every stored version of a vbucket (items and tombstones), by seqno.
 pub fn items(node: &TestNode, bucket: &str, vb: u16) -> Vec<Item> {
-    node.node
-        .state()
-        .bucket(bucket)
-        .expect("bucket")
-        .bucket
-        .items_since(Vbid(vb), Seqno(0), usize::MAX)
-        .expect("vbucket")
+    node.items(bucket, Vbid(vb))
 }
 
 pub fn high_seqno(node: &TestNode, bucket: &str, vb: u16) -> Seqno {
-    node.node
-        .state()
-        .bucket(bucket)
-        .expect("bucket")
-        .bucket
-        .high_seqno(Vbid(vb))
-        .expect("vbucket")
+    node.high_seqno(bucket, Vbid(vb))
 }
 
 /// Asserts the replica holds exactly the active's versions: keys, values, CAS,

@@ -1,5 +1,6 @@
-//! Scripted fake KV nodes for the replication layer's integration tests (STYLE
-//! "Integration tests": real sockets on 127.0.0.1:0, every await bounded).
+//! The scripted fake peer: a fake KV node for integration tests that need a node
+//! whose every answer the test controls (STYLE "Integration tests": real sockets on
+//! 127.0.0.1:0, every await bounded).
 //!
 //! A [`FakeNode`] accepts connections and speaks just enough MCBP for a half's
 //! set-up (SASL PLAIN, SELECT_BUCKET, HELLO granting the configured features,
@@ -7,8 +8,6 @@
 //! answers SET_VBUCKET / SEQNO_PERSISTENCE. After a successful DCP_OPEN the
 //! connection is handed to the test as a [`FakeConn`], which the test drives frame by
 //! frame (the DCP behaviour of each race is scripted in the test itself).
-
-#![allow(dead_code, unreachable_pub)]
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
