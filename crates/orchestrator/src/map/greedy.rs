@@ -58,9 +58,27 @@ pub(crate) fn run(ctx: &Ctx, seed: u64) -> Vec<IChain> {
         rc: vec![0; n],
         chains: heads.into_iter().map(|h| vec![h]).collect(),
     };
-    for _ in 0..ctx.r {
+    for rank in 1..=ctx.r {
+        // First only copies already in place, most constrained vbucket first: one whose
+        // head is a new copy (it has paid for one copy already and must not pay for a
+        // second), then those with the fewest holders among its head's slaves; seeded
+        // order breaks ties. Then every vbucket still short of this replica.
+        let mut order = vb_order.clone();
+        order.sort_by_key(|&vb| {
+            let chain = &run.chains[vb];
+            let holders = ctx.cur[vb]
+                .iter()
+                .filter(|&&j| !chain.contains(&j) && run.slaves[chain[0]].contains(&j))
+                .count();
+            (run.holds(vb, chain[0]), holders)
+        });
+        for vb in order {
+            run.place_held_replica(vb);
+        }
         for &vb in &vb_order {
-            run.place_replica(vb);
+            if run.chains[vb].len() <= rank {
+                run.place_replica(vb);
+            }
         }
     }
     if ctx.groups.is_some() {
@@ -144,8 +162,24 @@ fn slaves(ctx: &Ctx, rank: &[usize], node_order: &[usize]) -> Vec<Vec<usize>> {
     }
     let same_group = |a: usize, b: usize| ctx.groups.as_ref().is_some_and(|g| g[a] == g[b]);
     let mut inbound = vec![0usize; n];
+    // Keep today's strongest relations first (moving a relation moves all its replicas),
+    // within S' slaves per node and S' masters per node.
+    let mut kept: Vec<(usize, usize)> = (0..n)
+        .flat_map(|i| (0..n).map(move |j| (i, j)))
+        .filter(|&(i, j)| relation[i][j] > 0)
+        .collect();
+    kept.sort_by_key(|&(i, j)| (Reverse(relation[i][j]), same_group(i, j), rank[i], rank[j]));
+    for (i, j) in kept {
+        if slaves[i].len() < ctx.s && inbound[j] < ctx.s {
+            slaves[i].push(j);
+            inbound[j] += 1;
+        }
+    }
     for _ in 0..ctx.s {
         for &i in node_order {
+            if slaves[i].len() >= ctx.s {
+                continue;
+            }
             // Nodes already slave to S' others come last: every node should end up slave
             // to about S' nodes, so replica load can be balanced.
             let pick = (0..n)
@@ -205,6 +239,32 @@ impl Run<'_> {
         self.ctx.cur[vb].contains(&node)
     }
 
+    /// Step 3, first pass: one more replica for `vb` on a node already holding a copy,
+    /// within quota (and without a group conflict where G6 is strict).
+    fn place_held_replica(&mut self, vb: usize) {
+        let head = self.chains[vb][0];
+        let pick = self.slaves[head]
+            .iter()
+            .copied()
+            .filter(|&j| {
+                self.holds(vb, j)
+                    && !self.chains[vb].contains(&j)
+                    && self.rc[j] < self.rq[j]
+                    && !(self.ctx.groups_permit && self.group_conflict(&self.chains[vb], None, j))
+            })
+            .min_by_key(|&j| {
+                (
+                    self.group_conflict(&self.chains[vb], None, j),
+                    self.rc[j],
+                    self.rank[j],
+                )
+            });
+        if let Some(j) = pick {
+            self.chains[vb].push(j);
+            self.rc[j] += 1;
+        }
+    }
+
     /// Step 3 for one vbucket and one more replica.
     fn place_replica(&mut self, vb: usize) {
         let head = self.chains[vb][0];
@@ -213,12 +273,16 @@ impl Run<'_> {
             .copied()
             .filter(|&j| !self.chains[vb].contains(&j) && self.rc[j] < self.rq[j])
             .min_by_key(|&j| {
-                (
-                    self.group_conflict(&self.chains[vb], None, j),
-                    !self.holds(vb, j),
-                    self.rc[j],
-                    self.rank[j],
-                )
+                let conflict = self.group_conflict(&self.chains[vb], None, j);
+                let fresh = !self.holds(vb, j);
+                // Where the groups allow a perfect spread, G6 is a hard rule and comes
+                // first; elsewhere groups are soft and a copy already in place wins.
+                let (first, second) = if self.ctx.groups_permit {
+                    (conflict, fresh)
+                } else {
+                    (fresh, conflict)
+                };
+                (first, second, self.rc[j], self.rank[j])
             });
         if let Some(j) = pick {
             self.chains[vb].push(j);
@@ -308,7 +372,9 @@ impl Run<'_> {
         for vb in 0..self.ctx.v {
             for p in 1..self.chains[vb].len() {
                 let x = self.chains[vb][p];
-                if !self.group_conflict(&self.chains[vb], Some(p), x) {
+                if !self.group_conflict(&self.chains[vb], Some(p), x)
+                    || (!self.ctx.groups_permit && self.holds(vb, x))
+                {
                     continue;
                 }
                 let head = self.chains[vb][0];

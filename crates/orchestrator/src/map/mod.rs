@@ -476,7 +476,8 @@ fn history_candidates(
 }
 
 /// The current map with leaving nodes renamed to joining nodes, when as many join as
-/// leave (§4.2 c). Pairs stay within a server group where the groups are known.
+/// leave (§4.2 c). Pairs stay within a server group where the groups are known; "joining"
+/// is any keep node the current map does not name.
 fn swap_candidate(
     ctx: &Ctx,
     current: &Map,
@@ -484,9 +485,11 @@ fn swap_candidate(
 ) -> Option<Map> {
     let held = current.nodes();
     let keep: BTreeSet<NodeId> = ctx.nodes.iter().cloned().collect();
+    // Keep nodes holding nothing count as joining: with few vbuckets some kept nodes hold
+    // nothing, and renaming onto any of them costs the same.
     let leaving: Vec<NodeId> = held.difference(&keep).cloned().collect();
     let mut joining: Vec<NodeId> = keep.difference(&held).cloned().collect();
-    if leaving.is_empty() || leaving.len() != joining.len() {
+    if leaving.is_empty() || leaving.len() > joining.len() {
         return None;
     }
     let mut renames = Vec::with_capacity(leaving.len());
