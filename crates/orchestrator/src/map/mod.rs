@@ -417,6 +417,22 @@ pub fn generate(input: &MapInput<'_>) -> Result<MapOutcome, MapError> {
     })
 }
 
+/// The fast-forward map of a bucket's rebalance (cluster.md §4.4): the current map
+/// aligned to R+1 entries per chain (the replica count may have changed since it was
+/// made), then [`generate`] over the keep nodes with `input.last_balanced` as history.
+/// The caller stores the result as both `ff_map` and `last_balanced` in one transaction
+/// before any data moves; [`plan`] against the current map gives the moves.
+///
+/// # Errors
+/// As [`generate`], except that chains of the wrong length are aligned, not refused.
+pub fn fast_forward(input: &MapInput<'_>) -> Result<MapOutcome, MapError> {
+    let aligned = input.current.aligned(input.replicas);
+    generate(&MapInput {
+        current: &aligned,
+        ..*input
+    })
+}
+
 /// `last_balanced` renamed onto the keep nodes (§4.2 b): unchanged when it is over the
 /// keep nodes already; every old→new renaming when 1–2 nodes differ; otherwise old and
 /// new nodes zipped in name order. A map over a different number of nodes is no

@@ -699,3 +699,72 @@ fn options_hash_is_stable_and_ignores_a_single_group() {
         base.hash()
     );
 }
+
+/// §4.4: the replica count went from 1 to 2; the fast-forward map aligns the current
+/// map first, keeps every copy already in place, and its plan moves only what changes.
+#[test]
+fn fast_forward_aligns_to_a_new_replica_count_and_keeps_copies() {
+    let nodes = names(4);
+    let one = Case {
+        v: 64,
+        replicas: 1,
+        max_slaves: 10,
+        nodes: nodes.clone(),
+        groups: None,
+    };
+    let current = one.generate(&Map::empty(64, 1), 3).map;
+    let input = MapInput {
+        current: &current,
+        nodes: &nodes,
+        groups: None,
+        replicas: 2,
+        max_slaves: 10,
+        last_balanced: Some(&current),
+        seed: 3,
+        tries: DEFAULT_TRIES,
+    };
+    assert!(matches!(
+        generate(&input),
+        Err(MapError::InvalidCurrent { .. })
+    ));
+    let ff = fast_forward(&input).expect("aligned first");
+    let two = Case { replicas: 2, ..one };
+    two.assert_rules(&ff.map, "fast-forward");
+    // One new replica per vbucket and nothing else.
+    assert_eq!(
+        ff.score,
+        Score {
+            copies_to_build: 64,
+            active_changes: 0
+        }
+    );
+    let moves = plan(&current.aligned(2), &ff.map).expect("same shape");
+    assert_eq!(moves.len(), 64);
+    assert!(moves
+        .iter()
+        .all(|m| !m.changes_active() && m.copies_to_build().len() == 1));
+    assert!(moves.iter().all(|m| m.copies_to_delete().is_empty()));
+}
+
+/// "The same map, bit for bit": a pinned map for one seed guards against an innocent
+/// change (a dependency's RNG, an iteration order) silently changing every bucket's map.
+#[test]
+fn a_seed_gives_the_same_map_on_every_build() {
+    let case = make_case(16, 4, 1, 10, 0, 0);
+    let out = case.generate(&Map::empty(16, 1), 42);
+    let compact = out.map.to_compact();
+    let text: Vec<String> = compact
+        .chains
+        .iter()
+        .map(|c| {
+            c.iter()
+                .map(|i| i.map_or("-".to_owned(), |i| i.to_string()))
+                .collect::<Vec<_>>()
+                .join("")
+        })
+        .collect();
+    assert_eq!(
+        text.join(" "),
+        "20 31 13 31 13 20 13 02 13 02 31 20 31 02 20 02"
+    );
+}
