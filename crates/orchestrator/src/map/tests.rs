@@ -123,11 +123,12 @@ impl Case {
         effective_replicas(self.nodes.len(), self.replicas, self.max_slaves)
     }
 
-    /// §4.5's bound on copies for adding or removing nodes.
-    fn copy_bound(&self, ideal: f64) -> u32 {
+    /// §4.5's bound on copies for adding or removing nodes; the slack is twice the larger
+    /// of the two node sets (N+k when adding, N when removing).
+    fn copy_bound(&self, ideal: f64, larger: usize) -> u32 {
         let n = self.nodes.len();
         let (_, s) = self.effective();
-        let slack = 2 * n as u32;
+        let slack = 2 * larger as u32;
         if self.groups.is_none() && s + 1 == n {
             (1.1 * ideal).ceil() as u32 + slack
         } else {
@@ -227,7 +228,7 @@ proptest! {
         after.assert_rules(&out.map, "after adding");
         let (re, _) = after.effective();
         let ideal = ((re + 1) * v * k) as f64 / (n + k) as f64;
-        let bound = after.copy_bound(ideal);
+        let bound = after.copy_bound(ideal, n + k);
         prop_assert!(out.score.copies_to_build <= bound,
             "copies {} > bound {bound} (ideal {ideal})", out.score.copies_to_build);
     }
@@ -245,7 +246,7 @@ proptest! {
         let after = Case { nodes, groups, ..before };
         let out = after.generate(&balanced, seed);
         after.assert_rules(&out.map, "after removing");
-        let bound = after.copy_bound(held as f64);
+        let bound = after.copy_bound(held as f64, n);
         prop_assert!(out.score.copies_to_build <= bound,
             "copies {} > bound {bound} (held {held})", out.score.copies_to_build);
     }
