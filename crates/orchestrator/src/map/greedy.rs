@@ -23,6 +23,8 @@ struct Run<'a> {
     rc: Vec<usize>,
     /// Chains being built: head first, then replicas (no nulls).
     chains: Vec<Vec<usize>>,
+    /// Seed of [`Run::tie`].
+    tie_seed: u64,
 }
 
 pub(crate) fn run(ctx: &Ctx, seed: u64) -> Vec<IChain> {
@@ -57,6 +59,7 @@ pub(crate) fn run(ctx: &Ctx, seed: u64) -> Vec<IChain> {
         rq,
         rc: vec![0; n],
         chains: heads.into_iter().map(|h| vec![h]).collect(),
+        tie_seed: rng.next_u64(),
     };
     for rank in 1..=ctx.r {
         // First only copies already in place, most constrained vbucket first: one whose
@@ -84,6 +87,7 @@ pub(crate) fn run(ctx: &Ctx, seed: u64) -> Vec<IChain> {
     if ctx.groups.is_some() {
         run.spread_groups();
     }
+    run.reclaim_copies();
     let chains = reassign_chains(ctx, run.chains);
     chains
         .into_iter()
@@ -226,6 +230,14 @@ fn slaves(ctx: &Ctx, rank: &[usize], node_order: &[usize]) -> Vec<Vec<usize>> {
 }
 
 impl Run<'_> {
+    /// Tie-breaker among replica candidates, different for every vbucket. One node order
+    /// for all vbuckets would repeat the same chains over and over, so a leaving node's
+    /// copies would sit on the same few nodes and removing it would cost far more than
+    /// the copies it held.
+    fn tie(&self, vb: usize, node: usize) -> u64 {
+        Rng::new(self.tie_seed ^ ((vb as u64) << 24) ^ node as u64).next_u64()
+    }
+
     fn group_conflict(&self, chain: &[usize], skip: Option<usize>, node: usize) -> bool {
         self.ctx.groups.as_ref().is_some_and(|g| {
             chain
@@ -256,7 +268,7 @@ impl Run<'_> {
                 (
                     self.group_conflict(&self.chains[vb], None, j),
                     self.rc[j],
-                    self.rank[j],
+                    self.tie(vb, j),
                 )
             });
         if let Some(j) = pick {
@@ -268,21 +280,33 @@ impl Run<'_> {
     /// Step 3 for one vbucket and one more replica.
     fn place_replica(&mut self, vb: usize) {
         let head = self.chains[vb][0];
+        let permit = self.ctx.groups_permit;
         let pick = self.slaves[head]
             .iter()
             .copied()
-            .filter(|&j| !self.chains[vb].contains(&j) && self.rc[j] < self.rq[j])
+            .filter(|&j| {
+                if self.chains[vb].contains(&j) {
+                    return false;
+                }
+                // Where G6 is strict, a node of a group without a copy may go one over
+                // its quota (still within G4's ±2): quotas are set without regard to
+                // groups, and with few vbuckets they can leave no other way to spread.
+                self.rc[j] < self.rq[j]
+                    || (permit
+                        && self.rc[j] == self.rq[j]
+                        && !self.group_conflict(&self.chains[vb], None, j))
+            })
             .min_by_key(|&j| {
                 let conflict = self.group_conflict(&self.chains[vb], None, j);
                 let fresh = !self.holds(vb, j);
+                let over = self.rc[j] >= self.rq[j];
                 // Where the groups allow a perfect spread, G6 is a hard rule and comes
                 // first; elsewhere groups are soft and a copy already in place wins.
-                let (first, second) = if self.ctx.groups_permit {
-                    (conflict, fresh)
+                if permit {
+                    (conflict, over, fresh, self.rc[j], self.tie(vb, j))
                 } else {
-                    (fresh, conflict)
-                };
-                (first, second, self.rc[j], self.rank[j])
+                    (fresh, conflict, over, self.rc[j], self.tie(vb, j))
+                }
             });
         if let Some(j) = pick {
             self.chains[vb].push(j);
@@ -302,7 +326,7 @@ impl Run<'_> {
                 (
                     self.group_conflict(&self.chains[vb], None, j),
                     self.rc[j],
-                    self.rank[j],
+                    self.tie(vb, j),
                 )
             })
             .expect("a head has S' >= R' slaves and the chain has fewer than R' replicas");
@@ -310,23 +334,38 @@ impl Run<'_> {
         self.rc[j] += 1;
     }
 
-    /// Finds a chain of replica substitutions that frees quota on one of `vb`'s head's
-    /// slaves (breadth first over full nodes: an augmenting path of the b-matching), applies
-    /// it and gives `vb` that slave.
+    /// Finds the cheapest chain of replica substitutions that frees quota on one of
+    /// `vb`'s head's slaves, applies it and gives `vb` that slave: an augmenting path of
+    /// the b-matching, searched 0-1 breadth first over full nodes, where a step costs 1
+    /// when it swaps a copy already in place for a new one.
     fn augment(&mut self, vb: usize) -> bool {
         let n = self.ctx.n;
         let head = self.chains[vb][0];
-        // parent[z] = (y, w, p): z can take y's replica slot p in chain w.
+        // parent[z] = (y, w, p): z takes y's replica slot p in chain w.
         let mut parent: Vec<Option<(usize, usize, usize)>> = vec![None; n];
-        let mut visited = vec![false; n];
+        let mut dist = vec![usize::MAX; n];
+        let mut done = vec![false; n];
         let mut queue = VecDeque::new();
         for &y in &self.slaves[head] {
             if !self.chains[vb].contains(&y) {
-                visited[y] = true;
-                queue.push_back(y);
+                dist[y] = usize::from(!self.holds(vb, y));
+                if dist[y] == 0 {
+                    queue.push_front(y);
+                } else {
+                    queue.push_back(y);
+                }
             }
         }
+        // (cost, z, y, w, p) of the cheapest way found to end the path.
+        let mut best: Option<(usize, usize, usize, usize, usize)> = None;
         while let Some(y) = queue.pop_front() {
+            if done[y] {
+                continue;
+            }
+            done[y] = true;
+            if best.is_some_and(|b| dist[y] >= b.0) {
+                break;
+            }
             for w in 0..self.ctx.v {
                 if w == vb {
                     continue;
@@ -336,32 +375,112 @@ impl Run<'_> {
                 };
                 let p = p + 1;
                 let hw = self.chains[w][0];
+                let held_y = self.holds(w, y);
                 for &z in &self.slaves[hw] {
-                    if visited[z] || self.chains[w].contains(&z) {
+                    if self.chains[w].contains(&z) {
                         continue;
                     }
+                    let step = usize::from(held_y && !self.holds(w, z));
+                    let d = dist[y] + step;
                     if self.rc[z] < self.rq[z] {
-                        // Apply: z takes (w, p) from y; walk back up to the root.
-                        self.chains[w][p] = z;
-                        self.rc[z] += 1;
-                        let mut freed = y;
-                        while let Some((prev, pw, pp)) = parent[freed] {
-                            self.chains[pw][pp] = freed;
-                            freed = prev;
+                        if best.is_none_or(|b| d < b.0) {
+                            best = Some((d, z, y, w, p));
                         }
-                        // `freed` is a root, one of head's slaves: it gave its slot to
-                        // the next node on the path and takes one in `vb` instead. Every
-                        // count but z's is unchanged.
-                        self.chains[vb].push(freed);
-                        return true;
+                        continue;
                     }
-                    visited[z] = true;
-                    parent[z] = Some((y, w, p));
-                    queue.push_back(z);
+                    if !done[z] && d < dist[z] {
+                        dist[z] = d;
+                        parent[z] = Some((y, w, p));
+                        if step == 0 {
+                            queue.push_front(z);
+                        } else {
+                            queue.push_back(z);
+                        }
+                    }
                 }
             }
         }
-        false
+        let Some((_, z, y, w, p)) = best else {
+            return false;
+        };
+        // Apply: z takes (w, p) from y; then up the tree to the root, each node taking
+        // its parent's slot. Only z's count changes; the root's freed slot goes to `vb`.
+        // Nodes with quota left are never in the tree (the search stops at them), so
+        // every node of the path is distinct and no chain gets a node twice.
+        self.chains[w][p] = z;
+        self.rc[z] += 1;
+        let mut freed = y;
+        while let Some((prev, pw, pp)) = parent[freed] {
+            self.chains[pw][pp] = freed;
+            freed = prev;
+        }
+        self.chains[vb].push(freed);
+        true
+    }
+
+    /// Swaps replicas between two vbuckets where that puts a copy back on a node that
+    /// already holds it: `vb` has a new copy on z while its holder h is full with a new
+    /// copy of w; give h to `vb` and z to w. Node counts and slave relations are unchanged
+    /// and no group conflict is added; each swap saves at least one copy. Greedy placement
+    /// near full quotas leaves such pairs behind.
+    fn reclaim_copies(&mut self) {
+        let n = self.ctx.n;
+        let mut slots: Vec<Vec<(usize, usize)>> = vec![Vec::new(); n];
+        for (w, chain) in self.chains.iter().enumerate() {
+            for (q, &x) in chain.iter().enumerate().skip(1) {
+                slots[x].push((w, q));
+            }
+        }
+        let conflict_ok = |run: &Self, chain: usize, pos: usize, new: usize, old: usize| {
+            !run.group_conflict(&run.chains[chain], Some(pos), new)
+                || (!run.ctx.groups_permit
+                    && run.group_conflict(&run.chains[chain], Some(pos), old))
+        };
+        for _round in 0..2 {
+            let mut changed = false;
+            for vb in 0..self.ctx.v {
+                let head = self.chains[vb][0];
+                for p in 1..self.chains[vb].len() {
+                    let z = self.chains[vb][p];
+                    if self.holds(vb, z) {
+                        continue;
+                    }
+                    let holders: Vec<usize> = self.ctx.cur[vb]
+                        .iter()
+                        .copied()
+                        .filter(|&h| {
+                            !self.chains[vb].contains(&h)
+                                && self.slaves[head].contains(&h)
+                                && conflict_ok(self, vb, p, h, z)
+                        })
+                        .collect();
+                    let found = holders.iter().find_map(|&h| {
+                        slots[h]
+                            .iter()
+                            .position(|&(w, q)| {
+                                w != vb
+                                    && !self.holds(w, h)
+                                    && !self.chains[w].contains(&z)
+                                    && self.slaves[self.chains[w][0]].contains(&z)
+                                    && conflict_ok(self, w, q, z, h)
+                            })
+                            .map(|i| (h, i))
+                    });
+                    let Some((h, i)) = found else { continue };
+                    let (w, q) = slots[h][i];
+                    self.chains[vb][p] = h;
+                    self.chains[w][q] = z;
+                    slots[h][i] = (vb, p);
+                    if let Some(j) = slots[z].iter().position(|&slot| slot == (vb, p)) {
+                        slots[z][j] = (w, q);
+                    }
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
     }
 
     /// Server groups: move a replica that shares a group with another copy of its
