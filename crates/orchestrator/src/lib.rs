@@ -1,8 +1,12 @@
-//! Rebalance: a pure plan (current map + target map -> ordered moves) and an async
-//! executor.
+//! The cluster manager's pieces (cluster.md §2, §4): vbucket map generation and the
+//! metadata store seam.
 //!
-//! Not built yet: no issue has asked for multi-vbucket rebalance. A single vbucket
-//! move already exists as `replication::mover::move_vbucket` (and
-//! `conduit move-vbucket`); the executor will drive it.
+//! [`map`] is a pure core: no I/O, no clock, no global randomness; the caller passes the
+//! seed. [`store`] is the seam behind which everything the cluster must remember lives,
+//! with its embedded default (one redb file) and an in-memory double for tests. The
+//! orchestrator actor, agents, REST routes, janitor and rebalance are not built yet.
 
 #![warn(missing_docs)]
+
+pub mod map;
+pub mod store;
