@@ -255,11 +255,27 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             None if !self.staged.is_empty() => &self.staged,
             None => return Ok(0),
         };
-        let n = match tokio::time::timeout(self.stall_timeout, self.wr.write(chunk)).await {
-            Err(_) => return Err(WriteError::Stalled(self.stall_timeout)),
-            Ok(Err(e)) => return Err(WriteError::Io(e)),
-            Ok(Ok(0)) => return Err(WriteError::Closed),
-            Ok(Ok(n)) => n,
+        // Try once without a timer: the socket usually has room, and arming a timer
+        // per write costs more than the write on a busy connection.
+        let wr = &mut self.wr;
+        let first = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match std::pin::Pin::new(&mut *wr).poll_write(cx, chunk) {
+                std::task::Poll::Ready(r) => Some(r),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await;
+        let written = match first {
+            Some(r) => r,
+            None => match tokio::time::timeout(self.stall_timeout, self.wr.write(chunk)).await {
+                Err(_) => return Err(WriteError::Stalled(self.stall_timeout)),
+                Ok(r) => r,
+            },
+        };
+        let n = match written {
+            Err(e) => return Err(WriteError::Io(e)),
+            Ok(0) => return Err(WriteError::Closed),
+            Ok(n) => n,
         };
         if from_queue {
             if let Some(front) = self.queue.front_mut() {

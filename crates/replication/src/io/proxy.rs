@@ -420,6 +420,17 @@ impl Reader {
         if self.batch.is_empty() {
             return Ok(());
         }
+        // Usually there is room: no timer for the common case.
+        match self.partner.try_reserve() {
+            Ok(permit) => {
+                permit.send(self.batch.split().freeze());
+                return Ok(());
+            }
+            Err(mpsc::error::TrySendError::Closed(())) => {
+                return Err(Stop::Fail(IoFailure::ActorGone(self.side)));
+            }
+            Err(mpsc::error::TrySendError::Full(())) => {}
+        }
         let mut probe = tokio::time::interval_at(Instant::now() + STALL_PROBE, STALL_PROBE);
         loop {
             tokio::select! {
