@@ -31,10 +31,27 @@
 //! condition; it emits `Action::Close` once and ignores everything afterwards
 //! (commands are still answered, with [`SetupError::TornDown`]).
 //!
+//! # Per-vbucket state
+//!
+//! The diagram above is the connection's operation (`State`). What each vbucket's
+//! stream is doing lives in one map, `streams: BTreeMap<Vbid, VbStream>`, one enum
+//! per vbucket (`Adding`, `Established`, `Closing`; its doc comment has the
+//! diagram). The spec's `partitions` are the entries that count as established, and
+//! its `to_add`, `to_close` and `to_close_on_producer` lists (§5.1) are the pending
+//! commands held in the entries: an answer, which names only our command opaque, is
+//! matched by finding the entry that waits for that opaque, then the entry makes
+//! one transition on (its state, the answer). A set-up (`Setup`) keeps only what
+//! belongs to the operation: its owner, the failures to report, what follows it,
+//! and whether producer answers are still accounted (§5.5 `ignore`). The takeover
+//! stream (one vbucket at a time, never in `partitions`) stays in `Takeover`, whose
+//! `sub` is that stream's state machine (§5.8).
+//!
 //! # Conduit rules on top of the original (§5.9, §11)
 //!
 //! * **Command opaques** come from a counter starting at [`COMMAND_OPAQUE_BASE`]
-//!   (never `opaque == vb`) and a map opaque -> (op, vb, side) is kept. KV consumers
+//!   (never `opaque == vb`); a pending command is found by its opaque in its
+//!   vbucket's entry (op, vb and side follow from it), an abandoned one in a bounded
+//!   map opaque -> (op, vb, side). KV consumers
 //!   number their own requests (controls, STREAM_REQs, buffer acks) from 0 upwards,
 //!   so the upper half of the opaque space never meets theirs, on either socket (§6).
 //! * **§5.9**: the wire opaque of the consumer's STREAM_REQ is recorded per pending
@@ -254,35 +271,25 @@ enum AfterSetup {
     Takeover(Vbid),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct PendingAdd {
-    vb: Vbid,
-    deadline: Option<Instant>,
-    /// §5.9: header opaque of the consumer's STREAM_REQ for this vb, once seen.
-    stream_opaque: Option<Opaque>,
+/// What a set-up does with the producer's CLOSE_STREAM answers (§5.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum ProducerAnswers {
+    /// Each must match a pending producer close; an unknown opaque is fatal.
+    Accounted,
+    /// Stuck shut: the pending producer closes were abandoned and every producer
+    /// answer is logged and dropped (the `ignore` marker of §5.5).
+    Ignored,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct PendingClose {
-    vb: Vbid,
-    deadline: Option<Instant>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum ProducerCloses {
-    Pending(BTreeMap<Opaque, PendingClose>),
-    /// Stuck shut: producer answers are logged and dropped (§5.5).
-    Ignore,
-}
-
+/// One operation waiting for answers (§5.1 Setup). What it waits for is not here:
+/// it is the [`VbStream::Adding`] and [`VbStream::Closing`] entries of
+/// [`ConsumerConn::streams`], and the set-up is done when none is left.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Setup {
     owner: ReplyTo,
-    to_add: BTreeMap<Opaque, PendingAdd>,
-    to_close: BTreeMap<Opaque, PendingClose>,
-    to_close_on_producer: ProducerCloses,
     errors: Vec<StreamFailure>,
     next_state: AfterSetup,
+    producer_answers: ProducerAnswers,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -358,16 +365,153 @@ impl StreamOpaque {
     }
 }
 
+/// One of our stream commands waiting for its answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Pending {
+    /// Our command opaque: the answer carries it.
+    opaque: Opaque,
+    /// When the operation fails if the answer has not come.
+    deadline: Option<Instant>,
+}
+
+/// The state of one vbucket's replication stream on this connection (§5.1), one
+/// entry of [`ConsumerConn::streams`]. A vbucket without an entry has no stream and
+/// nothing pending. The takeover stream is not here (see [`Takeover`]).
+///
+/// ```text
+///                                ADD ok
+///  SetupStreams --> Adding -----------------------------> Established
+///  wants v          |  |                                   |    |    ^
+///       ADD error   |  | Shut supersedes the set-up        |    |    | every CLOSE
+///  (none) <---------+  | (stuck shut): consumer CLOSE too  |    |    | answered,
+///    ^  ^              v                                   |    |    | each failed
+///    |  |  CLOSE ok  Adding{close}                         |    |    |
+///    |  +------------+  |                                  |    | SetupStreams without v,
+///    | (ADD resolved)   | ADD answered (ok or error)       |    | Takeover(v), Shut
+///    |                  +-------------------------------------->+--> Closing
+///    |                                                     |              |
+///    +---------- STREAM_END of the current stream ---------+              |
+///    +---------- every CLOSE answered, one succeeded (or STREAM_END) -----+
+/// ```
+///
+/// * `Adding`: our ADD_STREAM is unanswered; not in `partitions`. The consumer's
+///   STREAM_REQ for the vbucket records its wire opaque (§5.9); a STREAM_END with
+///   that opaque fails the set-up (or is ignored while shutting), one with another
+///   opaque is an older stream's and is ignored. A failed CLOSE of `Adding{close}`
+///   leaves it `Adding`.
+/// * `Established`: in `partitions`. A STREAM_END of the current stream (or of a
+///   stream whose opaque is unknown) removes the entry (MB-17241); one with another
+///   known opaque belongs to an older stream and is ignored (MB-34951).
+/// * `Closing`: our CLOSE_STREAM to the consumer and/or the producer is unanswered
+///   (at least one is). The vbucket stays in `partitions` until one node confirms
+///   the close (success or "no stream", §5.5) or the producer ends the stream.
+///   Once nothing is pending it settles: `Established` again if the stream still
+///   counts (every close failed), else the entry goes.
+///
+/// `Adding` and `Closing` exist only while the machine is in Setup: the set-up is
+/// done when none is left, and a teardown drops them (keeping what counts as
+/// established), so Idle, Takeover, Shut and Closed see only `Established` entries.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum VbStream {
+    /// Our ADD_STREAM waits for its answer.
+    Adding {
+        /// The ADD_STREAM.
+        add: Pending,
+        /// §5.9: header opaque of the consumer's STREAM_REQ for this vb, once seen.
+        stream_req: Option<Opaque>,
+        /// Stuck shut (§5.6): the consumer CLOSE_STREAM sent while the ADD was
+        /// still unanswered. Its acknowledgement resolves the ADD (IMPROVE).
+        close: Option<Pending>,
+    },
+    /// A replication stream is established, with its wire opaque where known.
+    Established {
+        /// The stream's wire opaque, if known.
+        opaque: Option<StreamOpaque>,
+    },
+    /// Our CLOSE_STREAMs wait for their answers.
+    Closing {
+        /// `Some(wire opaque if known)` while the stream still counts as
+        /// established (in `partitions`); `None` once a node confirmed the close or
+        /// the producer ended the stream.
+        stream: Option<Option<StreamOpaque>>,
+        /// Our CLOSE_STREAM to the consumer node, while unanswered.
+        consumer: Option<Pending>,
+        /// Our CLOSE_STREAM to the producer node, while unanswered (and not
+        /// abandoned by a stuck shut).
+        producer: Option<Pending>,
+    },
+}
+
+/// An answer to one of our commands for a vbucket, as an input of
+/// [`ConsumerConn::become_answered`].
+#[derive(Clone, Copy, Debug)]
+enum Answer {
+    /// ADD_STREAM succeeded; the stream opaque the answer's extras name, if any.
+    AddOk { answered: Option<Opaque> },
+    /// ADD_STREAM failed.
+    AddFailed,
+    /// CLOSE_STREAM answered by `side`; `closed` if it counts as closed (§5.5).
+    Close { side: Side, closed: bool },
+}
+
+impl VbStream {
+    /// The stream if it counts as established (`partitions`): its wire opaque if
+    /// known.
+    fn established(&self) -> Option<Option<StreamOpaque>> {
+        match self {
+            VbStream::Established { opaque } => Some(*opaque),
+            VbStream::Closing { stream, .. } => *stream,
+            VbStream::Adding { .. } => None,
+        }
+    }
+
+    /// The commands this vbucket waits for (at most two): (op, side, command).
+    fn pending(&self) -> [Option<(StreamOp, Side, Pending)>; 2] {
+        match self {
+            VbStream::Adding { add, close, .. } => [
+                Some((StreamOp::AddStream, Side::Consumer, *add)),
+                close.map(|c| (StreamOp::CloseStream, Side::Consumer, c)),
+            ],
+            VbStream::Established { .. } => [None, None],
+            VbStream::Closing {
+                consumer, producer, ..
+            } => [
+                consumer.map(|c| (StreamOp::CloseStream, Side::Consumer, c)),
+                producer.map(|c| (StreamOp::CloseStream, Side::Producer, c)),
+            ],
+        }
+    }
+
+    fn is_pending(&self) -> bool {
+        !matches!(self, VbStream::Established { .. })
+    }
+
+    /// A `Closing` whose answers are all in settles: back to `Established` if the
+    /// stream still counts as established, else no entry.
+    fn settle(self) -> Option<VbStream> {
+        match self {
+            VbStream::Closing {
+                stream,
+                consumer: None,
+                producer: None,
+            } => stream.map(|opaque| VbStream::Established { opaque }),
+            other => Some(other),
+        }
+    }
+}
+
 /// The consumer half's state machine (§5). See the module docs for the diagram
 /// and the Conduit rules.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ConsumerConn {
     config: CoreConfig,
     state: State,
-    /// §5.1: the vbuckets with an established replication stream on this
-    /// connection (`partitions`), each with its wire stream opaque where known.
-    /// One entry per vbucket: a stream is established exactly when it is here.
-    streams: BTreeMap<Vbid, Option<StreamOpaque>>,
+    /// Per-vbucket stream state, one [`VbStream`] per vbucket that has a stream or
+    /// a pending command (the takeover stream excepted). `partitions` (§5.1) are
+    /// the entries that count as established; what a set-up waits for are the
+    /// pending commands of its entries. Answers are matched to their vbucket by
+    /// command opaque ([`Self::find_command`]).
+    streams: BTreeMap<Vbid, VbStream>,
     /// Set when the close that precedes a takeover succeeded: [`Self::handle`]
     /// starts the takeover before it returns (never set between events).
     takeover_next: Option<(Vbid, ReplyTo)>,
@@ -393,11 +537,17 @@ impl ConsumerConn {
     /// §5.2). Served in every state without waiting (§7.5 IMPROVE).
     #[must_use]
     pub fn partitions(&self) -> BTreeSet<Vbid> {
-        self.streams.keys().copied().collect()
+        self.streams
+            .iter()
+            .filter(|(_, s)| s.established().is_some())
+            .map(|(vb, _)| *vb)
+            .collect()
     }
 
     fn is_established(&self, vb: Vbid) -> bool {
-        self.streams.contains_key(&vb)
+        self.streams
+            .get(&vb)
+            .is_some_and(|s| s.established().is_some())
     }
 
     /// The current state.
@@ -435,18 +585,13 @@ impl ConsumerConn {
     #[must_use]
     pub fn next_deadline(&self) -> Option<Instant> {
         match &self.state {
-            State::Setup(s) => {
-                let producer = match &s.to_close_on_producer {
-                    ProducerCloses::Pending(m) => m.values().filter_map(|c| c.deadline).min(),
-                    ProducerCloses::Ignore => None,
-                };
-                s.to_add
-                    .values()
-                    .filter_map(|a| a.deadline)
-                    .chain(s.to_close.values().filter_map(|c| c.deadline))
-                    .chain(producer)
-                    .min()
-            }
+            State::Setup(_) => self
+                .streams
+                .values()
+                .flat_map(VbStream::pending)
+                .flatten()
+                .filter_map(|(_, _, p)| p.deadline)
+                .min(),
             State::Takeover(t) => t.deadline,
             State::Idle | State::Shut | State::Closed(_) => None,
         }
@@ -480,7 +625,7 @@ impl ConsumerConn {
             }
             Event::Takeover { vb, reply } => self.on_takeover(state, now, vb, reply, &mut out),
             Event::Shut { reply } => self.on_shut(state, now, reply, &mut out),
-            Event::ConnectionClosed { side } => on_connection_closed(state, side, &mut out),
+            Event::ConnectionClosed { side } => self.on_connection_closed(state, side, &mut out),
             Event::Timeout => self.on_timeout(state, now, &mut out),
         };
         if let Some((vb, owner)) = self.takeover_next.take() {
@@ -521,51 +666,57 @@ impl ConsumerConn {
         )
     }
 
-    /// Sends the ADD_STREAMs and the CLOSE_STREAMs (to both nodes) of a set-up.
+    /// Sends the ADD_STREAMs and the CLOSE_STREAMs (to both nodes) of a set-up,
+    /// in this order: every ADD in vbucket order, then per closed vbucket the
+    /// consumer's CLOSE and the producer's. Called in Idle only, where every entry
+    /// is `Established`.
     fn start_setup(
         &mut self,
         now: Instant,
         to_start: &[Vbid],
         to_stop: &[Vbid],
-        mut s: Setup,
+        s: Setup,
         out: &mut Vec<Action>,
     ) -> State {
         let add_deadline = now.checked_add(self.config.setup_timeout);
         for &vb in to_start {
             let opaque = self.alloc_opaque();
             out.push(Action::SendToConsumer(add_stream(vb, opaque, false)));
-            s.to_add.insert(
+            let add = Pending {
                 opaque,
-                PendingAdd {
-                    vb,
-                    deadline: add_deadline,
-                    stream_opaque: None,
+                deadline: add_deadline,
+            };
+            self.streams.insert(
+                vb,
+                VbStream::Adding {
+                    add,
+                    stream_req: None,
+                    close: None,
                 },
             );
         }
-        let close_deadline = now.checked_add(self.config.close_timeout);
-        let mut on_producer = BTreeMap::new();
+        let deadline = now.checked_add(self.config.close_timeout);
         for &vb in to_stop {
             let on_consumer = self.alloc_opaque();
             out.push(Action::SendToConsumer(close_stream(vb, on_consumer)));
-            s.to_close.insert(
-                on_consumer,
-                PendingClose {
-                    vb,
-                    deadline: close_deadline,
-                },
-            );
-            let opaque = self.alloc_opaque();
-            out.push(Action::SendToProducer(close_stream(vb, opaque)));
-            on_producer.insert(
-                opaque,
-                PendingClose {
-                    vb,
-                    deadline: close_deadline,
+            let on_producer = self.alloc_opaque();
+            out.push(Action::SendToProducer(close_stream(vb, on_producer)));
+            let stream = self.streams.get(&vb).and_then(VbStream::established);
+            self.streams.insert(
+                vb,
+                VbStream::Closing {
+                    stream,
+                    consumer: Some(Pending {
+                        opaque: on_consumer,
+                        deadline,
+                    }),
+                    producer: Some(Pending {
+                        opaque: on_producer,
+                        deadline,
+                    }),
                 },
             );
         }
-        s.to_close_on_producer = ProducerCloses::Pending(on_producer);
         State::Setup(s)
     }
 
@@ -613,45 +764,33 @@ impl ConsumerConn {
         let deadline = now.checked_add(self.config.shut_timeout);
         match state {
             State::Idle => {
-                if self.streams.is_empty() {
+                let open = self.partitions();
+                if open.is_empty() {
                     out.push(Action::Reply(reply, Ok(Outcome::Shut)));
                     return State::Shut;
                 }
                 // §5.6: consumer side only (MB-16064).
-                let mut s = Setup::new(reply, AfterSetup::Shut);
-                for vb in self.partitions() {
+                for vb in open {
                     let opaque = self.alloc_opaque();
                     out.push(Action::SendToConsumer(close_stream(vb, opaque)));
-                    s.to_close.insert(opaque, PendingClose { vb, deadline });
+                    let stream = self.streams.get(&vb).and_then(VbStream::established);
+                    self.streams.insert(
+                        vb,
+                        VbStream::Closing {
+                            stream,
+                            consumer: Some(Pending { opaque, deadline }),
+                            producer: None,
+                        },
+                    );
                 }
-                State::Setup(s)
+                State::Setup(Setup::new(reply, AfterSetup::Shut))
             }
             State::Setup(mut s) if s.next_state != AfterSetup::Shut => {
                 // §5.6 stuck shut (MB-46253), with the IMPROVE.
                 debug!("shut while a set-up waits: superseding it");
                 out.push(Action::Reply(s.owner, Err(SetupError::SupersededByShut)));
-                let closing: BTreeSet<Vbid> = s.to_close.values().map(|c| c.vb).collect();
-                let mut more: BTreeSet<Vbid> = s.to_add.values().map(|a| a.vb).collect();
-                more.extend(self.partitions().difference(&closing).copied());
-                for vb in more {
-                    let opaque = self.alloc_opaque();
-                    out.push(Action::SendToConsumer(close_stream(vb, opaque)));
-                    s.to_close.insert(opaque, PendingClose { vb, deadline });
-                }
-                // Everything still pending now belongs to the shut and its bound.
-                for a in s.to_add.values_mut() {
-                    a.deadline = deadline;
-                }
-                for c in s.to_close.values_mut() {
-                    c.deadline = deadline;
-                }
-                if let ProducerCloses::Pending(m) =
-                    std::mem::replace(&mut s.to_close_on_producer, ProducerCloses::Ignore)
-                {
-                    for (opaque, c) in m {
-                        self.abandon(opaque, StreamOp::CloseStream, c.vb, Side::Producer);
-                    }
-                }
+                self.become_shutting(deadline, out);
+                s.producer_answers = ProducerAnswers::Ignored;
                 s.errors.clear();
                 s.next_state = AfterSetup::Shut;
                 s.owner = reply;
@@ -664,53 +803,130 @@ impl ConsumerConn {
         }
     }
 
+    /// Stuck shut, per vbucket: a consumer CLOSE for every vbucket being added or
+    /// established without a pending consumer CLOSE (in vbucket order); every
+    /// pending command gets the shut's deadline; pending producer closes are
+    /// abandoned.
+    fn become_shutting(&mut self, deadline: Option<Instant>, out: &mut Vec<Action>) {
+        let more: Vec<Vbid> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| match s {
+                VbStream::Adding { close, .. } => close.is_none(),
+                VbStream::Established { .. } => true,
+                VbStream::Closing {
+                    stream, consumer, ..
+                } => stream.is_some() && consumer.is_none(),
+            })
+            .map(|(vb, _)| *vb)
+            .collect();
+        for vb in more {
+            let opaque = self.alloc_opaque();
+            out.push(Action::SendToConsumer(close_stream(vb, opaque)));
+            let close = Some(Pending { opaque, deadline });
+            if let Some(entry) = self.streams.get_mut(&vb) {
+                match entry {
+                    VbStream::Adding { close: c, .. } | VbStream::Closing { consumer: c, .. } => {
+                        *c = close;
+                    }
+                    VbStream::Established { opaque } => {
+                        let opaque = *opaque;
+                        *entry = VbStream::Closing {
+                            stream: Some(opaque),
+                            consumer: close,
+                            producer: None,
+                        };
+                    }
+                }
+            }
+        }
+        // Everything still pending now belongs to the shut and its bound; the
+        // producer's answers are no longer waited for.
+        let mut abandoned: Vec<(Opaque, Vbid)> = Vec::new();
+        for (vb, entry) in &mut self.streams {
+            match entry {
+                VbStream::Adding { add, close, .. } => {
+                    add.deadline = deadline;
+                    if let Some(c) = close {
+                        c.deadline = deadline;
+                    }
+                }
+                VbStream::Established { .. } => {}
+                VbStream::Closing {
+                    consumer, producer, ..
+                } => {
+                    if let Some(c) = consumer {
+                        c.deadline = deadline;
+                    }
+                    if let Some(p) = producer.take() {
+                        abandoned.push((p.opaque, *vb));
+                    }
+                }
+            }
+        }
+        abandoned.sort_unstable();
+        for (opaque, vb) in abandoned {
+            self.abandon(opaque, StreamOp::CloseStream, vb, Side::Producer);
+            self.settle(vb);
+        }
+    }
+
     fn on_timeout(&mut self, state: State, now: Instant, out: &mut Vec<Action>) -> State {
         let expired = |d: Option<Instant>| d.is_some_and(|d| d <= now);
         match state {
             State::Setup(s) => {
-                let adds: BTreeSet<Vbid> = s
-                    .to_add
-                    .values()
-                    .filter(|a| expired(a.deadline))
-                    .map(|a| a.vb)
-                    .collect();
-                let mut closes: BTreeSet<Vbid> = s
-                    .to_close
-                    .values()
-                    .filter(|c| expired(c.deadline))
-                    .map(|c| c.vb)
-                    .collect();
+                // Every pending command, by kind, in command opaque order.
+                let mut adds: Vec<(Opaque, Vbid, Option<Instant>)> = Vec::new();
+                let mut consumer_closes = Vec::new();
+                let mut producer_closes = Vec::new();
+                for (vb, entry) in &self.streams {
+                    for (op, side, p) in entry.pending().into_iter().flatten() {
+                        let list = match (op, side) {
+                            (StreamOp::AddStream, _) => &mut adds,
+                            (StreamOp::CloseStream, Side::Consumer) => &mut consumer_closes,
+                            (StreamOp::CloseStream, Side::Producer) => &mut producer_closes,
+                        };
+                        list.push((p.opaque, *vb, p.deadline));
+                    }
+                }
+                adds.sort_unstable();
+                consumer_closes.sort_unstable();
+                producer_closes.sort_unstable();
+                let late = |l: &[(Opaque, Vbid, Option<Instant>)]| -> BTreeSet<Vbid> {
+                    l.iter()
+                        .filter(|(_, _, d)| expired(*d))
+                        .map(|(_, vb, _)| *vb)
+                        .collect()
+                };
+                let late_adds = late(&adds);
+                let mut late_closes = late(&consumer_closes);
                 // The consumer owes the answer unless only producer closes are late.
-                let side = if adds.is_empty() && closes.is_empty() {
+                let side = if late_adds.is_empty() && late_closes.is_empty() {
                     Side::Producer
                 } else {
                     Side::Consumer
                 };
-                if let ProducerCloses::Pending(m) = &s.to_close_on_producer {
-                    closes.extend(m.values().filter(|c| expired(c.deadline)).map(|c| c.vb));
-                }
-                if adds.is_empty() && closes.is_empty() {
+                late_closes.extend(late(&producer_closes));
+                if late_adds.is_empty() && late_closes.is_empty() {
                     return State::Setup(s);
                 }
                 let waiting_for = match s.next_state {
                     AfterSetup::Shut => WaitingFor::Shut,
-                    AfterSetup::Idle if !adds.is_empty() => WaitingFor::AddStream,
+                    AfterSetup::Idle if !late_adds.is_empty() => WaitingFor::AddStream,
                     AfterSetup::Idle | AfterSetup::Takeover(_) => WaitingFor::CloseStream,
                 };
-                let vbuckets: Vec<Vbid> = adds.union(&closes).copied().collect();
+                let vbuckets: Vec<Vbid> = late_adds.union(&late_closes).copied().collect();
                 warn!(?waiting_for, ?vbuckets, "set-up timed out");
-                for (o, a) in &s.to_add {
-                    self.abandon(*o, StreamOp::AddStream, a.vb, Side::Consumer);
-                }
-                for (o, c) in &s.to_close {
-                    self.abandon(*o, StreamOp::CloseStream, c.vb, Side::Consumer);
-                }
-                if let ProducerCloses::Pending(m) = &s.to_close_on_producer {
-                    for (o, c) in m {
-                        self.abandon(*o, StreamOp::CloseStream, c.vb, Side::Producer);
+                for (list, op, side) in [
+                    (&adds, StreamOp::AddStream, Side::Consumer),
+                    (&consumer_closes, StreamOp::CloseStream, Side::Consumer),
+                    (&producer_closes, StreamOp::CloseStream, Side::Producer),
+                ] {
+                    for (o, vb, _) in list {
+                        self.abandon(*o, op, *vb, side);
                     }
                 }
-                teardown(
+                self.teardown(
                     Some(s.owner),
                     ConnError::Timeout {
                         waiting_for,
@@ -733,7 +949,7 @@ impl ConsumerConn {
                 } else {
                     Side::Consumer
                 };
-                teardown(
+                self.teardown(
                     Some(t.owner),
                     ConnError::Timeout {
                         waiting_for: WaitingFor::Takeover,
@@ -774,7 +990,7 @@ impl ConsumerConn {
     fn setup_consumer_frame(&mut self, mut s: Setup, frame: Frame, out: &mut Vec<Action>) -> State {
         let opaque = frame.opaque();
         if frame.is_client_response(Opcode::DcpAddStream) {
-            let Some(add) = s.to_add.remove(&opaque) else {
+            let Some(vb) = self.find_command(opaque, StreamOp::AddStream, Side::Consumer) else {
                 return self.unmatched_answer(State::Setup(s), Side::Consumer, &frame, out);
             };
             let status = frame.status();
@@ -783,74 +999,58 @@ impl ConsumerConn {
                 let answered = AddStreamResponse::parse(&frame)
                     .ok()
                     .and_then(|r| r.stream_opaque);
-                // The recorded STREAM_REQ opaque is authoritative (same header
-                // encoding as the STREAM_END); the answer's extras are only a
-                // cross-check, in either byte order (both are seen in the wild).
-                if let (Some(a), Some(r)) = (answered, add.stream_opaque) {
-                    if a != r && a.byte_reversed() != r {
-                        debug!(vb = %add.vb, answered = %a, recorded = %r,
-                            "add-stream answer names another stream opaque than the recorded stream request");
-                    }
-                }
-                debug!(vb = %add.vb, opaque = %opaque, "stream established");
-                let known = match (add.stream_opaque, answered) {
-                    (Some(r), _) => Some(StreamOpaque::Recorded(r)),
-                    (None, Some(a)) => Some(StreamOpaque::Answered(a)),
-                    (None, None) => None,
-                };
-                self.streams.insert(add.vb, known);
-            } else if s.next_state == AfterSetup::Shut {
-                debug!(vb = %add.vb, opaque = %opaque, %status, "add-stream failed while shutting");
+                debug!(vb = %vb, opaque = %opaque, "stream established");
+                self.become_answered(vb, Answer::AddOk { answered });
             } else {
-                debug!(vb = %add.vb, opaque = %opaque, %status, "add-stream failed");
-                s.errors.push(StreamFailure {
-                    op: StreamOp::AddStream,
-                    vb: add.vb,
-                    side: Side::Consumer,
-                    opaque,
-                    status,
-                });
+                if s.next_state == AfterSetup::Shut {
+                    debug!(vb = %vb, opaque = %opaque, %status, "add-stream failed while shutting");
+                } else {
+                    debug!(vb = %vb, opaque = %opaque, %status, "add-stream failed");
+                    s.errors.push(StreamFailure {
+                        op: StreamOp::AddStream,
+                        vb,
+                        side: Side::Consumer,
+                        opaque,
+                        status,
+                    });
+                }
+                self.become_answered(vb, Answer::AddFailed);
             }
             return self.check_setup_done(s, out);
         }
         if frame.is_client_response(Opcode::DcpCloseStream) {
-            let Some(close) = s.to_close.remove(&opaque) else {
+            let Some(vb) = self.find_command(opaque, StreamOp::CloseStream, Side::Consumer) else {
                 return self.unmatched_answer(State::Setup(s), Side::Consumer, &frame, out);
             };
             let status = frame.status();
-            if close_succeeded(status) {
-                debug!(vb = %close.vb, opaque = %opaque, %status, "consumer closed stream");
-                self.forget_stream(close.vb);
-                // §5.6 IMPROVE: a pending ADD for this vb is resolved by the close
-                // acknowledgement (the node may never answer it, §10.3 case 2).
-                let resolved: Vec<Opaque> = s
-                    .to_add
-                    .iter()
-                    .filter(|(_, a)| a.vb == close.vb)
-                    .map(|(o, _)| *o)
-                    .collect();
-                for o in resolved {
-                    s.to_add.remove(&o);
-                    self.abandon(o, StreamOp::AddStream, close.vb, Side::Consumer);
-                }
+            let closed = close_succeeded(status);
+            if closed {
+                debug!(vb = %vb, opaque = %opaque, %status, "consumer closed stream");
             } else {
-                debug!(vb = %close.vb, opaque = %opaque, %status, "consumer close-stream failed");
+                debug!(vb = %vb, opaque = %opaque, %status, "consumer close-stream failed");
                 s.errors.push(StreamFailure {
                     op: StreamOp::CloseStream,
-                    vb: close.vb,
+                    vb,
                     side: Side::Consumer,
                     opaque,
                     status,
                 });
             }
+            self.become_answered(
+                vb,
+                Answer::Close {
+                    side: Side::Consumer,
+                    closed,
+                },
+            );
             return self.check_setup_done(s, out);
         }
         if frame.is_client_request(Opcode::DcpStreamReq) {
             // §5.9 register-before-forward: note the wire opaque of the new stream.
             let vb = frame.vbucket();
-            for add in s.to_add.values_mut().filter(|a| a.vb == vb) {
+            if let Some(VbStream::Adding { stream_req, .. }) = self.streams.get_mut(&vb) {
                 debug!(vb = %vb, stream_opaque = %opaque, "stream request for pending add");
-                add.stream_opaque = Some(opaque);
+                *stream_req = Some(opaque);
             }
         }
         out.push(Action::ForwardToProducer(frame));
@@ -869,7 +1069,7 @@ impl ConsumerConn {
                 let got = frame.vbucket();
                 if got != t.vb {
                     debug!(expected = %t.vb, got = %got, opaque = %opaque, "stream request for another vbucket during takeover");
-                    return teardown(
+                    return self.teardown(
                         Some(t.owner),
                         ConnError::UnexpectedStreamReq {
                             expected: t.vb,
@@ -925,7 +1125,7 @@ impl ConsumerConn {
                 if !status.is_success() {
                     debug!(vb = %t.vb, opaque = %opaque, %status, requested = ?t.requested_vb_state,
                         "set-vbucket-state refused during takeover");
-                    return teardown(
+                    return self.teardown(
                         Some(t.owner),
                         ConnError::TakeoverFailed {
                             vb: t.vb,
@@ -966,7 +1166,7 @@ impl ConsumerConn {
             return state;
         }
         debug!(%side, %opcode, opaque = %opaque, "answer with unknown opaque");
-        teardown(
+        self.teardown(
             owner_of(&state),
             ConnError::UnknownOpaque {
                 side,
@@ -993,32 +1193,31 @@ impl ConsumerConn {
                 State::Idle
             }
             State::Setup(s) => {
-                // §5.9 required rule.
-                if self.is_established(vb) {
-                    self.end_established(vb, opaque, reason);
-                    return State::Setup(s);
-                }
-                let pending = s.to_add.values().find(|a| a.vb == vb);
-                match pending {
-                    Some(add) if add.stream_opaque == Some(opaque) => {
+                // §5.9 required rule, one match on the vbucket's state.
+                match self.streams.get(&vb) {
+                    Some(entry) if entry.established().is_some() => {
+                        self.end_established(vb, opaque, reason);
+                        State::Setup(s)
+                    }
+                    Some(VbStream::Adding { stream_req, .. }) if *stream_req == Some(opaque) => {
                         if s.next_state == AfterSetup::Shut {
                             debug!(vb = %vb, opaque = %opaque, %reason,
                                 "stream being added ended while shutting; its close resolves it");
                             return State::Setup(s);
                         }
                         debug!(vb = %vb, opaque = %opaque, %reason, "stream ended before its add-stream answer");
-                        teardown(
+                        self.teardown(
                             Some(s.owner),
                             ConnError::UnexpectedStreamEnd { vb, opaque, reason },
                             out,
                         )
                     }
-                    Some(add) => {
-                        debug!(vb = %vb, opaque = %opaque, recorded = ?add.stream_opaque, %reason,
+                    Some(VbStream::Adding { stream_req, .. }) => {
+                        debug!(vb = %vb, opaque = %opaque, recorded = ?stream_req, %reason,
                             "stream end of an older stream of a vbucket being added: ignored");
                         State::Setup(s)
                     }
-                    None => {
+                    Some(VbStream::Closing { .. } | VbStream::Established { .. }) | None => {
                         debug!(vb = %vb, opaque = %opaque, %reason, "stream end ignored");
                         State::Setup(s)
                     }
@@ -1033,7 +1232,7 @@ impl ConsumerConn {
                     if t.sub != TakeoverPhase::Active {
                         // §5.7 Takeover IMPROVE (MUST).
                         debug!(vb = %vb, opaque = %opaque, %reason, sub = ?t.sub, "takeover stream ended early");
-                        return teardown(
+                        return self.teardown(
                             Some(t.owner),
                             ConnError::UnexpectedStreamEnd { vb, opaque, reason },
                             out,
@@ -1070,17 +1269,17 @@ impl ConsumerConn {
             debug!(opaque = %opaque, %status, "producer close-stream answer ignored");
             return state;
         };
-        let ProducerCloses::Pending(pending) = &mut s.to_close_on_producer else {
+        if s.producer_answers == ProducerAnswers::Ignored {
             debug!(opaque = %opaque, %status, "producer close-stream answer ignored while shutting");
             return State::Setup(s);
-        };
-        let Some(close) = pending.remove(&opaque) else {
+        }
+        let Some(vb) = self.find_command(opaque, StreamOp::CloseStream, Side::Producer) else {
             if let Some(cmd) = self.abandoned.get(opaque) {
                 debug!(opaque = %opaque, vb = %cmd.vb, %status, "dropping producer answer to an abandoned close");
                 return State::Setup(s);
             }
             debug!(opaque = %opaque, %status, "producer close-stream answer with unknown opaque");
-            return teardown(
+            return self.teardown(
                 Some(s.owner),
                 ConnError::UnknownOpaque {
                     side: Side::Producer,
@@ -1090,27 +1289,148 @@ impl ConsumerConn {
                 out,
             );
         };
-        if close_succeeded(status) {
-            debug!(vb = %close.vb, opaque = %opaque, %status, "producer closed stream");
-            self.forget_stream(close.vb);
+        let closed = close_succeeded(status);
+        if closed {
+            debug!(vb = %vb, opaque = %opaque, %status, "producer closed stream");
         } else {
-            debug!(vb = %close.vb, opaque = %opaque, %status, "producer close-stream failed");
+            debug!(vb = %vb, opaque = %opaque, %status, "producer close-stream failed");
             s.errors.push(StreamFailure {
                 op: StreamOp::CloseStream,
-                vb: close.vb,
+                vb,
                 side: Side::Producer,
                 opaque,
                 status,
             });
         }
+        self.become_answered(
+            vb,
+            Answer::Close {
+                side: Side::Producer,
+                closed,
+            },
+        );
         self.check_setup_done(s, out)
     }
 
-    // ---- helpers --------------------------------------------------------------
+    // ---- per-vbucket transitions ---------------------------------------------
+
+    /// The vbucket whose pending `op` to `side` carries command opaque `opaque`.
+    /// Answers name only our opaque; the entries are the index (at most two
+    /// pending commands per vbucket, so a scan is cheap and nothing is duplicated).
+    fn find_command(&self, opaque: Opaque, op: StreamOp, side: Side) -> Option<Vbid> {
+        self.streams.iter().find_map(|(vb, entry)| {
+            entry
+                .pending()
+                .into_iter()
+                .flatten()
+                .any(|(o, sd, p)| o == op && sd == side && p.opaque == opaque)
+                .then_some(*vb)
+        })
+    }
+
+    /// The transition of `vb`'s entry on an answer to one of its pending commands
+    /// (found by [`Self::find_command`]): one match on (entry, answer).
+    fn become_answered(&mut self, vb: Vbid, answer: Answer) {
+        let Some(entry) = self.streams.remove(&vb) else {
+            return;
+        };
+        let next = match (entry, answer) {
+            (
+                VbStream::Adding {
+                    stream_req, close, ..
+                },
+                Answer::AddOk { answered },
+            ) => {
+                // The recorded STREAM_REQ opaque is authoritative (same header
+                // encoding as the STREAM_END); the answer's extras are only a
+                // cross-check, in either byte order (both are seen in the wild).
+                if let (Some(a), Some(r)) = (answered, stream_req) {
+                    if a != r && a.byte_reversed() != r {
+                        debug!(vb = %vb, answered = %a, recorded = %r,
+                            "add-stream answer names another stream opaque than the recorded stream request");
+                    }
+                }
+                let opaque = match (stream_req, answered) {
+                    (Some(r), _) => Some(StreamOpaque::Recorded(r)),
+                    (None, Some(a)) => Some(StreamOpaque::Answered(a)),
+                    (None, None) => None,
+                };
+                match close {
+                    None => Some(VbStream::Established { opaque }),
+                    // Stuck shut: established, and its close is on the way.
+                    Some(c) => Some(VbStream::Closing {
+                        stream: Some(opaque),
+                        consumer: Some(c),
+                        producer: None,
+                    }),
+                }
+            }
+            (VbStream::Adding { close, .. }, Answer::AddFailed) => {
+                close.map(|c| VbStream::Closing {
+                    stream: None,
+                    consumer: Some(c),
+                    producer: None,
+                })
+            }
+            (
+                VbStream::Adding { add, .. },
+                Answer::Close {
+                    side: Side::Consumer,
+                    closed: true,
+                },
+            ) => {
+                // §5.6 IMPROVE: a pending ADD is resolved by the close
+                // acknowledgement (the node may never answer it, §10.3 case 2).
+                self.abandon(add.opaque, StreamOp::AddStream, vb, Side::Consumer);
+                None
+            }
+            (
+                VbStream::Adding {
+                    add, stream_req, ..
+                },
+                Answer::Close {
+                    side: Side::Consumer,
+                    closed: false,
+                },
+            ) => Some(VbStream::Adding {
+                add,
+                stream_req,
+                close: None,
+            }),
+            (
+                VbStream::Closing {
+                    stream,
+                    consumer,
+                    producer,
+                },
+                Answer::Close { side, closed },
+            ) => {
+                let (consumer, producer) = match side {
+                    Side::Consumer => (None, producer),
+                    Side::Producer => (consumer, None),
+                };
+                let stream = if closed { None } else { stream };
+                VbStream::Closing {
+                    stream,
+                    consumer,
+                    producer,
+                }
+                .settle()
+            }
+            // Not reachable: `find_command` found the command in this entry.
+            (entry, answer) => {
+                debug!(vb = %vb, ?entry, ?answer, "answer for a command the vbucket does not wait for: ignored");
+                Some(entry)
+            }
+        };
+        if let Some(next) = next {
+            self.streams.insert(vb, next);
+        }
+    }
 
     /// MB-17241: the producer ended an established stream; follow KV's view.
     fn end_established(&mut self, vb: Vbid, opaque: Opaque, reason: EndReason) {
-        let Some(known) = self.streams.get(&vb) else {
+        let Some(known) = self.streams.get(&vb).and_then(VbStream::established) else {
             debug!(vb = %vb, opaque = %opaque, %reason, "stream end for a vbucket without stream: ignored");
             return;
         };
@@ -1121,13 +1441,37 @@ impl ConsumerConn {
             }
             _ => {
                 debug!(vb = %vb, opaque = %opaque, %reason, "producer ended stream");
-                self.forget_stream(vb);
+                match self.streams.get_mut(&vb) {
+                    // Its closes are still answered; the stream no longer counts.
+                    Some(VbStream::Closing { stream, .. }) => *stream = None,
+                    _ => {
+                        self.streams.remove(&vb);
+                    }
+                }
             }
         }
     }
 
-    fn forget_stream(&mut self, vb: Vbid) {
-        self.streams.remove(&vb);
+    /// Settles `vb`'s entry once a pending command was dropped from it.
+    fn settle(&mut self, vb: Vbid) {
+        if let Some(entry) = self.streams.remove(&vb) {
+            if let Some(entry) = entry.settle() {
+                self.streams.insert(vb, entry);
+            }
+        }
+    }
+
+    /// Leaving Setup other than by completion: forget every pending command; the
+    /// streams that count as established stay, as `Established`.
+    fn drop_pending(&mut self) {
+        self.streams = std::mem::take(&mut self.streams)
+            .into_iter()
+            .filter_map(|(vb, entry)| {
+                entry
+                    .established()
+                    .map(|opaque| (vb, VbStream::Established { opaque }))
+            })
+            .collect();
     }
 
     fn alloc_opaque(&mut self) -> Opaque {
@@ -1142,29 +1486,10 @@ impl ConsumerConn {
     fn abandon(&mut self, opaque: Opaque, op: StreamOp, vb: Vbid, side: Side) {
         self.abandoned.insert(opaque, Cmd { op, vb, side });
     }
-}
 
-impl Setup {
-    fn new(owner: ReplyTo, next_state: AfterSetup) -> Setup {
-        Setup {
-            owner,
-            to_add: BTreeMap::new(),
-            to_close: BTreeMap::new(),
-            to_close_on_producer: ProducerCloses::Pending(BTreeMap::new()),
-            errors: Vec::new(),
-            next_state,
-        }
-    }
-}
-
-impl ConsumerConn {
     /// §5.5 completion check: reply once nothing is pending, then move on.
     fn check_setup_done(&mut self, s: Setup, out: &mut Vec<Action>) -> State {
-        let producer_done = match &s.to_close_on_producer {
-            ProducerCloses::Pending(m) => m.is_empty(),
-            ProducerCloses::Ignore => true,
-        };
-        if !s.to_add.is_empty() || !s.to_close.is_empty() || !producer_done {
+        if self.streams.values().any(VbStream::is_pending) {
             return State::Setup(s);
         }
         let (outcome, next) = match s.next_state {
@@ -1185,6 +1510,34 @@ impl ConsumerConn {
         debug!(?result, "set-up finished");
         out.push(Action::Reply(s.owner, result));
         next
+    }
+
+    fn on_connection_closed(&mut self, state: State, side: Side, out: &mut Vec<Action>) -> State {
+        match state {
+            closed @ State::Closed(_) => closed,
+            other => self.teardown(owner_of(&other), ConnError::PeerClosed { side }, out),
+        }
+    }
+
+    /// Fails the operation in flight (if any) and tears the pair down.
+    fn teardown(&mut self, owner: Option<ReplyTo>, e: ConnError, out: &mut Vec<Action>) -> State {
+        self.drop_pending();
+        if let Some(owner) = owner {
+            out.push(Action::Reply(owner, Err(SetupError::from_teardown(&e))));
+        }
+        out.push(Action::Close(e.clone()));
+        State::Closed(e)
+    }
+}
+
+impl Setup {
+    fn new(owner: ReplyTo, next_state: AfterSetup) -> Setup {
+        Setup {
+            owner,
+            errors: Vec::new(),
+            next_state,
+            producer_answers: ProducerAnswers::Accounted,
+        }
     }
 }
 
@@ -1223,22 +1576,6 @@ fn on_producer_set_vbucket_state(
             other
         }
     }
-}
-
-fn on_connection_closed(state: State, side: Side, out: &mut Vec<Action>) -> State {
-    match state {
-        closed @ State::Closed(_) => closed,
-        other => teardown(owner_of(&other), ConnError::PeerClosed { side }, out),
-    }
-}
-
-/// Fails the operation in flight (if any) and tears the pair down.
-fn teardown(owner: Option<ReplyTo>, e: ConnError, out: &mut Vec<Action>) -> State {
-    if let Some(owner) = owner {
-        out.push(Action::Reply(owner, Err(SetupError::from_teardown(&e))));
-    }
-    out.push(Action::Close(e.clone()));
-    State::Closed(e)
 }
 
 fn owner_of(state: &State) -> Option<ReplyTo> {
@@ -1347,8 +1684,12 @@ mod tests {
     fn with_open_streams(open: &[u16]) -> ConsumerConn {
         let mut c = conn();
         for &v in open {
-            c.streams
-                .insert(vb(v), Some(StreamOpaque::Recorded(w_old(v))));
+            c.streams.insert(
+                vb(v),
+                VbStream::Established {
+                    opaque: Some(StreamOpaque::Recorded(w_old(v))),
+                },
+            );
         }
         c
     }
@@ -1738,7 +2079,8 @@ mod tests {
     #[test]
     fn idle_stream_end_for_an_open_vbucket_with_unknown_opaque_removes_it() {
         let mut c = with_open_streams(&[1]);
-        c.streams.insert(vb(1), None);
+        c.streams
+            .insert(vb(1), VbStream::Established { opaque: None });
         assert!(c
             .handle(t0(), end(1, Opaque(0x999), EndReason::Closed))
             .is_empty());
@@ -1849,10 +2191,14 @@ mod tests {
                 vec![Action::ForwardToProducer(f)]
             );
         }
-        let State::Setup(s) = &c.state else {
-            panic!("still in set-up")
+        assert_eq!(c.phase(), Phase::Setup, "still in set-up");
+        let Some(VbStream::Adding {
+            add, stream_req, ..
+        }) = c.streams.get(&vb(1))
+        else {
+            panic!("vb 1 is being added")
         };
-        assert_eq!(s.to_add[&op(0)].stream_opaque, Some(w(1)));
+        assert_eq!((add.opaque, *stream_req), (op(0), Some(w(1))));
     }
 
     /// §5.7 Setup: set_vbucket_state is ignored.
