@@ -56,6 +56,28 @@ pub async fn http(
     Ok((status, resp.text().await?))
 }
 
+/// One admin-API call that must answer `want` (the bound comes from [`http`]);
+/// returns the body.
+///
+/// # Errors
+/// Transport failures and timeouts, or another status (with the body in the
+/// message).
+pub async fn admin_call(
+    addr: SocketAddr,
+    auth: (&str, &str),
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    want: u16,
+) -> anyhow::Result<String> {
+    let (status, text) = http(addr, method, path, Some(auth), body).await?;
+    anyhow::ensure!(
+        status == want,
+        "{method} {path}: HTTP {status} (wanted {want}): {text}"
+    );
+    Ok(text)
+}
+
 /// A `conduit node` child process on ephemeral ports; killed on drop.
 #[derive(Debug)]
 pub struct NodeProcess {
@@ -186,16 +208,8 @@ impl NodeProcess {
         body: Option<&str>,
         want: u16,
     ) -> anyhow::Result<String> {
-        let (status, text) = http(
-            self.admin,
-            method,
-            path,
-            Some(("admin", &self.password)),
-            body,
-        )
-        .await?;
-        anyhow::ensure!(status == want, "{method} {path}: {status} {text}");
-        Ok(text)
+        let auth = ("admin", self.password.as_str());
+        admin_call(self.admin, auth, method, path, body, want).await
     }
 
     /// `POST /buckets` with this JSON definition.

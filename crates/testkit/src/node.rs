@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use kv_client::{Client, ClientConfig, Credentials};
 use kv_engine::Item;
 use kv_node::{Node, NodeConfig};
@@ -100,22 +100,8 @@ impl TestNode {
         body: Option<&str>,
         want: u16,
     ) -> anyhow::Result<String> {
-        let (status, text) = timeout(
-            BOUND,
-            crate::http(
-                self.admin_addr(),
-                method,
-                path,
-                Some((ADMIN, PASSWORD)),
-                body,
-            ),
-        )
-        .await
-        .with_context(|| format!("{method} {path} hangs"))??;
-        if status != want {
-            bail!("{method} {path}: HTTP {status} (wanted {want}): {text}");
-        }
-        Ok(text)
+        let auth = (ADMIN, PASSWORD);
+        crate::admin_call(self.admin_addr(), auth, method, path, body, want).await
     }
 
     /// Creates a bucket (256 MiB quota, flush enabled) with every vbucket in `state`
