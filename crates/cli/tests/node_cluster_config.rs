@@ -203,3 +203,95 @@ async fn a_fenced_start_reopens_every_vbucket_dead_and_keeps_the_data() -> anyho
     assert_eq!(&got.value[..], b"v");
     Ok(())
 }
+
+async fn notified_client(
+    n: &NodeProcess,
+    features: &[mcbp::kv::Feature],
+) -> anyhow::Result<(Client, Vec<mcbp::kv::Feature>)> {
+    let mut c = n.client("b").await?;
+    let granted = c.hello("notify-test", features).await?;
+    Ok((c, granted))
+}
+
+/// The next frame must be a NOOP answer: nothing was pushed before it.
+async fn nothing_pushed(c: &mut Client) -> anyhow::Result<()> {
+    let opaque = c.next_opaque();
+    c.call(&mcbp::BareRequest::new(
+        mcbp::Opcode::Noop,
+        mcbp::Vbid(0),
+        opaque,
+    ))
+    .await?;
+    Ok(())
+}
+
+/// N4 / §7.3: clients that negotiated DUPLEX plus clustermap change notification
+/// get every installed config pushed (full or brief); nobody else gets anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_asked_get_every_installed_config_pushed() -> anyhow::Result<()> {
+    use mcbp::kv::Feature;
+    let n = NodeProcess::start(&conduit(), PW, &[])?;
+    let body = json!({"name": "b", "vbuckets": 4, "ram_quota_mb": 32,
+        "cluster_config": bucket_config(1, 5)});
+    n.admin_call("POST", "/buckets", Some(&body.to_string()), 201)
+        .await?;
+    let (mut full, g) = notified_client(
+        &n,
+        &[
+            Feature::Duplex,
+            Feature::ClustermapChangeNotification,
+            Feature::Json,
+        ],
+    )
+    .await?;
+    assert!(g.contains(&Feature::ClustermapChangeNotification), "{g:?}");
+    let (mut brief, g) = notified_client(
+        &n,
+        &[Feature::Duplex, Feature::ClustermapChangeNotificationBrief],
+    )
+    .await?;
+    assert!(
+        g.contains(&Feature::ClustermapChangeNotificationBrief),
+        "{g:?}"
+    );
+    // Without DUPLEX the notification feature is not granted.
+    let (mut plain, g) = notified_client(&n, &[Feature::ClustermapChangeNotification]).await?;
+    assert!(!g.contains(&Feature::ClustermapChangeNotification), "{g:?}");
+
+    put(&n, "/buckets/b/cluster-config", &bucket_config(1, 6)).await?;
+    let f = full.read_frame("push").await?;
+    assert_eq!(f.magic(), mcbp::Magic::ServerRequest);
+    assert_eq!(f.opcode().to_raw(), 0x01);
+    assert_eq!(f.key(), b"b");
+    let mut extras = Vec::new();
+    extras.extend_from_slice(&1i64.to_be_bytes());
+    extras.extend_from_slice(&6i64.to_be_bytes());
+    assert_eq!(f.extras(), &extras[..]);
+    assert_eq!(
+        serde_json::from_slice::<Value>(f.value())?,
+        bucket_config(1, 6)
+    );
+    let f = brief.read_frame("push").await?;
+    assert_eq!(
+        (f.magic(), f.key(), f.extras()),
+        (mcbp::Magic::ServerRequest, &b"b"[..], &extras[..])
+    );
+    assert!(f.value().is_empty());
+    // The same version again installs nothing, so nothing is pushed.
+    put(&n, "/buckets/b/cluster-config", &bucket_config(1, 6)).await?;
+    nothing_pushed(&mut full).await?;
+    nothing_pushed(&mut plain).await?;
+
+    // The cluster-level config goes out with an empty key.
+    put(
+        &n,
+        "/cluster-config",
+        &json!({"rev": 3, "revEpoch": 1, "nodesExt": []}),
+    )
+    .await?;
+    let f = full.read_frame("push").await?;
+    assert_eq!((f.magic(), f.key()), (mcbp::Magic::ServerRequest, &b""[..]));
+    assert_eq!(serde_json::from_slice::<Value>(f.value())?["rev"], 3);
+    nothing_pushed(&mut plain).await?;
+    Ok(())
+}

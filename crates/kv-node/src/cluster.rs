@@ -43,19 +43,35 @@ pub enum Offer {
 }
 
 /// A config that only moves forward: an older version is refused, the same version
-/// is a no-op (`cluster.md` N2/N3).
-#[derive(Debug, Default)]
+/// is a no-op (`cluster.md` N2/N3). Sessions subscribe to installs to push them to
+/// clients that asked for notifications (N4).
+#[derive(Debug)]
 pub struct ConfigSlot {
     current: Mutex<Option<(ConfigVersion, Bytes)>>,
+    installed: tokio::sync::watch::Sender<Option<ConfigVersion>>,
+}
+
+impl Default for ConfigSlot {
+    fn default() -> Self {
+        ConfigSlot::with(None)
+    }
 }
 
 impl ConfigSlot {
     /// A slot holding `config` already (a bucket created with its config, N1).
     #[must_use]
     pub fn with(config: Option<(ConfigVersion, Bytes)>) -> ConfigSlot {
+        let (installed, _) = tokio::sync::watch::channel(config.as_ref().map(|(v, _)| *v));
         ConfigSlot {
             current: Mutex::new(config),
+            installed,
         }
+    }
+
+    /// Wakes on every install after this call.
+    #[must_use]
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<ConfigVersion>> {
+        self.installed.subscribe()
     }
 
     /// Installs `body` if `version` is newer than the slot's.
@@ -69,6 +85,8 @@ impl ConfigSlot {
             Some(v) if v == version => Offer::Same,
             _ => {
                 *cur = Some((version, body));
+                drop(cur);
+                self.installed.send_replace(Some(version));
                 Offer::Installed
             }
         }

@@ -20,8 +20,8 @@ use mcbp::kv::{
     Stat, StatResponse, Store, Touch,
 };
 use mcbp::{
-    BareRequest, BodyError, Cas, Datatype, Frame, Magic, Message, Opcode, Response, Seqno, Status,
-    VbState, Vbid,
+    BareRequest, BodyError, Cas, Datatype, Frame, Magic, Message, Opcode, Response, Seqno,
+    ServerOpcode, Status, VbState, Vbid,
 };
 use mcbp_conn::{FrameReader, FrameWriter, ReadConfig, ReadError, WriteError};
 use sasl::{ScramMech, ScramServer};
@@ -136,6 +136,34 @@ impl From<WriteError> for SessionEnd {
     }
 }
 
+type ConfigWatch = tokio::sync::watch::Receiver<Option<ConfigVersion>>;
+
+/// N4 / `cluster.md` §7.3: a server request (0x82) CLUSTERMAP_CHANGE_NOTIFICATION,
+/// key = bucket (empty for the cluster-level config), extras = revEpoch and rev
+/// (i64 big-endian), value = the config, or nothing for a brief notification.
+fn push_config(
+    out: &mut BytesMut,
+    bucket: &str,
+    v: ConfigVersion,
+    body: &Bytes,
+    brief: Option<bool>,
+) {
+    let mut extras = [0u8; 16];
+    extras[..8].copy_from_slice(&v.epoch.to_be_bytes());
+    extras[8..].copy_from_slice(&v.rev.to_be_bytes());
+    let full = brief == Some(false);
+    // Server opcodes share the byte space of client ones (0x01 here).
+    let opcode = Opcode::from_raw(ServerOpcode::ClustermapChangeNotification.to_raw());
+    let mut f = mcbp::FrameSpec::request(opcode)
+        .magic(Magic::ServerRequest)
+        .extras(&extras)
+        .key(bucket.as_bytes());
+    if full {
+        f = f.datatype(Datatype::JSON).value(body);
+    }
+    f.encode(out);
+}
+
 /// Why a connection ended abnormally (logged; never affects other connections).
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SessionEnd {
@@ -190,6 +218,15 @@ const SUPPORTED: &[Feature] = &[
     Feature::Json,
     Feature::Duplex,
     Feature::AltRequestSupport,
+    Feature::ClustermapChangeNotification,
+    Feature::ClustermapChangeNotificationBrief,
+    Feature::GetClusterConfigWithKnownVersion,
+];
+
+/// Notifications need the server-request channel (DUPLEX) to arrive on.
+const NEED_DUPLEX: [Feature; 2] = [
+    Feature::ClustermapChangeNotification,
+    Feature::ClustermapChangeNotificationBrief,
 ];
 
 impl Session {
@@ -238,6 +275,9 @@ impl Session {
         // Since when the unsent output has waited for the client (reset on progress).
         let mut write_since = Instant::now();
         let mut read_closed = false;
+        // N4: installs of the cluster-level config and of the selected bucket's.
+        let mut global_rx = self.state.global_config.subscribe();
+        let mut bucket_rx: Option<(String, ConfigWatch)> = None;
         loop {
             let had_output = !writer.is_empty();
             while writer.queued() < max_out {
@@ -284,6 +324,21 @@ impl Session {
                 write_since = Instant::now();
             }
             let can_read = !read_closed && writer.queued() < max_out && reader.can_read();
+            let selected = self.bucket.as_ref().map(|b| b.meta.name.as_str());
+            if bucket_rx.as_ref().map(|(n, _)| n.as_str()) != selected {
+                bucket_rx = self
+                    .bucket
+                    .as_ref()
+                    .map(|b| (b.meta.name.clone(), b.cluster_config.subscribe()));
+            }
+            // A push waits while the output is full; the change stays pending.
+            let push = self.notifications().filter(|_| writer.queued() < max_out);
+            let bucket_changed = async {
+                match bucket_rx.as_mut() {
+                    Some((_, rx)) => rx.changed().await,
+                    None => std::future::pending().await,
+                }
+            };
             let (deadline, why) = if writer.is_empty() {
                 (last_activity + idle, SessionEnd::Idle(idle))
             } else {
@@ -304,8 +359,34 @@ impl Session {
                     Err(ReadError::Io(e)) => return Err(e.into()),
                     Err(ReadError::Decode(e)) => return Err(e.into()),
                 },
+                r = global_rx.changed(), if push.is_some() => {
+                    if r.is_ok() {
+                        if let Some((version, body)) = self.state.global_config.get() {
+                            push_config(writer.staging(), "", version, &body, push);
+                        }
+                    }
+                }
+                r = bucket_changed, if push.is_some() => {
+                    if let (Ok(()), Some(b)) = (r, self.bucket.as_ref()) {
+                        if let Some((version, body)) = b.cluster_config.get() {
+                            push_config(writer.staging(), &b.meta.name, version, &body, push);
+                        }
+                    }
+                }
                 () = tokio::time::sleep_until(deadline) => return Err(why),
             }
+        }
+    }
+
+    /// `Some(brief)` when the client asked for cluster-map change notifications
+    /// (granted only with DUPLEX).
+    fn notifications(&self) -> Option<bool> {
+        if has(&self.features, Feature::ClustermapChangeNotificationBrief) {
+            Some(true)
+        } else if has(&self.features, Feature::ClustermapChangeNotification) {
+            Some(false)
+        } else {
+            None
         }
     }
 
@@ -492,6 +573,9 @@ impl Session {
             if SUPPORTED.contains(&f) && !granted.contains(&f) {
                 granted.push(f);
             }
+        }
+        if !granted.contains(&Feature::Duplex) {
+            granted.retain(|f| !NEED_DUPLEX.contains(f));
         }
         granted.sort_by_key(|f| f.to_raw());
         self.features = granted.iter().copied().collect();
