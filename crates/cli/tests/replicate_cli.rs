@@ -501,3 +501,57 @@ async fn sigint_during_until_caught_up_or_takeover_prints_interrupted() -> anyho
     }
     Ok(())
 }
+
+/// Issue #8 item 9: on a signal the `interrupted` line comes out *before* the
+/// teardown starts. The consumer node stops reading its DCP connection, so the
+/// graceful close at exit has to wait its bound: the line must arrive well before
+/// the process ends, not just before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_interrupted_line_comes_before_a_slow_teardown() -> anyhow::Result<()> {
+    let (a, b) = pair().await?;
+    // The consumer's DCP connections stop reading: the set-up hangs, and so would
+    // the close of its streams at exit.
+    fault(&b, r#"{"kind":"stall","ms":60000}"#).await?;
+    let mut child = replicate(
+        &a,
+        &b,
+        &["--vbuckets", "1", "--timeout", "60", "--shut-timeout", "5"],
+    )
+    .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send((Instant::now(), l));
+        }
+    });
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let mut c = client(&b).await?;
+        let dcp = c.stats("dcp").await?;
+        if dcp.iter().any(|(k, _)| k.contains("replication:")) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no DCP connection");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()?;
+    let (line_at, line) = rx.recv_timeout(BOUND)?;
+    let code = wait_exit(&mut child, BOUND)?;
+    let exited_at = Instant::now();
+    let v: Value = serde_json::from_str(&line)?;
+    assert_eq!(v["error"]["kind"], "interrupted", "{v}");
+    assert_eq!(code, 1);
+    let gap = exited_at.duration_since(line_at);
+    assert!(
+        gap >= Duration::from_millis(250),
+        "the line came only {gap:?} before the exit: it was printed after the teardown"
+    );
+    Ok(())
+}
