@@ -62,19 +62,39 @@ pub(crate) async fn serve(state: Shared, listener: TcpListener, shutdown: Cancel
 }
 
 fn router(state: Shared) -> Router {
-    Router::new()
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+    // Every route but /health and the fault routes (which answer 404 first when
+    // fault injection is off) needs the admin role: one layer, not a check per
+    // handler.
+    let admin = Router::new()
         .route("/buckets", get(list_buckets).post(create_bucket))
         .route("/buckets/{name}", get(get_bucket).delete(delete_bucket))
         .route("/buckets/{name}/vbuckets/{vb}", put(set_vbucket))
         .route("/buckets/{name}/cluster-config", put(set_cluster_config))
         .route("/cluster-config", put(set_global_config))
         .route("/users/{name}", put(put_user).delete(delete_user))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin_only,
+        ));
+    Router::new()
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route(
             "/faults",
             get(list_faults).post(add_fault).delete(clear_faults),
         )
+        .merge(admin)
         .with_state(state)
+}
+
+async fn admin_only(
+    State(state): State<Shared>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match check_auth(&state, req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(denied) => denied,
+    }
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -142,14 +162,7 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid {what}: {e}")))
 }
 
-async fn create_bucket(
-    State(state): State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    if let Err(r) = check_auth(&state, &headers) {
-        return r;
-    }
+async fn create_bucket(State(state): State<Shared>, body: axum::body::Bytes) -> Response {
     let req: CreateBucket = match json_body(&body, "bucket definition") {
         Ok(b) => b,
         Err(r) => return r,
@@ -230,10 +243,7 @@ fn bucket_json(b: &BucketEntry, with_vbuckets: bool) -> Value {
     v
 }
 
-async fn list_buckets(State(state): State<Shared>, headers: HeaderMap) -> Response {
-    if let Err(r) = check_auth(&state, &headers) {
-        return r;
-    }
+async fn list_buckets(State(state): State<Shared>) -> Response {
     let list: Vec<Value> = state
         .buckets()
         .iter()
@@ -242,28 +252,14 @@ async fn list_buckets(State(state): State<Shared>, headers: HeaderMap) -> Respon
     Json(Value::Array(list)).into_response()
 }
 
-async fn get_bucket(
-    State(state): State<Shared>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> Response {
-    if let Err(r) = check_auth(&state, &headers) {
-        return r;
-    }
+async fn get_bucket(State(state): State<Shared>, Path(name): Path<String>) -> Response {
     match state.bucket(&name) {
         Some(b) => Json(bucket_json(&b, true)).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no bucket {name:?}")),
     }
 }
 
-async fn delete_bucket(
-    State(state): State<Shared>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> Response {
-    if let Err(r) = check_auth(&state, &headers) {
-        return r;
-    }
+async fn delete_bucket(State(state): State<Shared>, Path(name): Path<String>) -> Response {
     // Rewrites buckets.json and unlinks the database: file work, off the runtime.
     let (st, n) = (state.clone(), name.clone());
     match tokio::task::spawn_blocking(move || st.delete_bucket(&n)).await {
@@ -284,13 +280,9 @@ struct SetState {
 
 async fn set_vbucket(
     State(state): State<Shared>,
-    headers: HeaderMap,
     Path((name, vb)): Path<(String, u16)>,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = check_auth(&state, &headers) {
-        return r;
-    }
     let req: SetState = match json_body(
         &body,
         "vbucket state (want {\"state\": \"active|replica|pending|dead\"})",
@@ -333,13 +325,9 @@ struct PutUser {
 /// N5: adds or replaces an admin user; only derived credentials are stored.
 async fn put_user(
     State(state): State<Shared>,
-    headers: HeaderMap,
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = check_auth(&state, &headers) {
-        return r;
-    }
     let req: PutUser = match json_body(&body, "user") {
         Ok(u) => u,
         Err(r) => return r,
@@ -378,14 +366,7 @@ fn valid_user(name: &str, req: &PutUser) -> Result<(), &'static str> {
 }
 
 /// N5: removes a user added through this API.
-async fn delete_user(
-    State(state): State<Shared>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> Response {
-    if let Err(r) = check_auth(&state, &headers) {
-        return r;
-    }
+async fn delete_user(State(state): State<Shared>, Path(name): Path<String>) -> Response {
     if state.is_own_user(&name) {
         return error(
             StatusCode::CONFLICT,
@@ -408,13 +389,9 @@ const BAD_CONFIG: &str =
 /// N2: a bucket's config only moves forward.
 async fn set_cluster_config(
     State(state): State<Shared>,
-    headers: HeaderMap,
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = check_auth(&state, &headers) {
-        return r;
-    }
     let Some(b) = state.bucket(&name) else {
         return error(StatusCode::NOT_FOUND, format!("no bucket {name:?}"));
     };
@@ -422,14 +399,7 @@ async fn set_cluster_config(
 }
 
 /// N3: the cluster-level config (connections without a selected bucket).
-async fn set_global_config(
-    State(state): State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    if let Err(r) = check_auth(&state, &headers) {
-        return r;
-    }
+async fn set_global_config(State(state): State<Shared>, body: axum::body::Bytes) -> Response {
     offer_config(&state.global_config, &body)
 }
 
