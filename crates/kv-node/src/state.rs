@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use crate::config::NodeConfig;
 use crate::faults::Faults;
-use crate::users::{Role, User, Users};
+use crate::users::{Role, StoredUser, User, Users};
 
 /// What defines a bucket; kept in `<data_dir>/buckets.json` so a restart brings the
 /// same buckets back.
@@ -150,7 +150,8 @@ pub struct NodeState {
     /// GET_CLUSTER_CONFIG on connections without a selected bucket.
     pub global_config: crate::cluster::ConfigSlot,
     /// Users added through the admin API (N5), as persisted in `users.json`.
-    managed_users: Mutex<std::collections::BTreeMap<String, crate::users::StoredUser>>,
+    /// The names of those users; their credentials live in `users` only.
+    managed_users: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// The current wall-clock time for the engine.
@@ -188,7 +189,7 @@ impl NodeState {
             kv_addr: Mutex::new(None),
             admin_addr: Mutex::new(None),
             global_config: crate::cluster::ConfigSlot::default(),
-            managed_users: Mutex::new(std::collections::BTreeMap::new()),
+            managed_users: Mutex::new(std::collections::BTreeSet::new()),
         }
     }
 
@@ -205,8 +206,7 @@ impl NodeState {
 
     /// Loads the API-managed users (blocking: call it off the async workers).
     pub(crate) fn load_users(&self) -> Result<(), NodeError> {
-        let stored: Vec<crate::users::StoredUser> = match std::fs::read_to_string(self.users_path())
-        {
+        let stored: Vec<StoredUser> = match std::fs::read_to_string(self.users_path()) {
             Ok(text) => serde_json::from_str(&text).map_err(NodeError::Meta)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(source) => {
@@ -228,7 +228,7 @@ impl NodeState {
             match User::from_stored(&s) {
                 Some(u) => {
                     self.users.insert(u);
-                    managed.insert(s.name.clone(), s);
+                    managed.insert(s.name);
                 }
                 None => warn!(user = %s.name, "damaged entry in users.json; ignored"),
             }
@@ -246,14 +246,14 @@ impl NodeState {
             .managed_users
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let previous = managed.insert(name.to_string(), user.to_stored());
-        if let Err(e) = self.save_users(&managed) {
-            match previous {
-                Some(p) => managed.insert(name.to_string(), p),
-                None => managed.remove(name),
-            };
-            return Err(e);
-        }
+        let others = managed.iter().filter(|n| n.as_str() != name);
+        let mut list: Vec<StoredUser> = others
+            .filter_map(|n| self.users.get(n))
+            .map(|u| u.to_stored())
+            .collect();
+        list.push(user.to_stored());
+        self.save_users(&list)?;
+        managed.insert(name.to_string());
         self.users.insert(user);
         Ok(())
     }
@@ -268,23 +268,25 @@ impl NodeState {
             .managed_users
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(previous) = managed.remove(name) else {
+        if !managed.contains(name) {
             return Ok(false);
-        };
-        if let Err(e) = self.save_users(&managed) {
-            managed.insert(name.to_string(), previous);
-            return Err(e);
         }
+        let list: Vec<StoredUser> = managed
+            .iter()
+            .filter(|n| n.as_str() != name)
+            .filter_map(|n| self.users.get(n))
+            .map(|u| u.to_stored())
+            .collect();
+        self.save_users(&list)?;
+        managed.remove(name);
         self.users.remove(name);
         Ok(true)
     }
 
-    fn save_users(
-        &self,
-        managed: &std::collections::BTreeMap<String, crate::users::StoredUser>,
-    ) -> Result<(), NodeError> {
-        let list: Vec<&crate::users::StoredUser> = managed.values().collect();
-        let text = serde_json::to_string_pretty(&list).expect("users serialize");
+    /// Writes `users.json` (derived credentials only, owner-only, replaced
+    /// atomically).
+    fn save_users(&self, list: &[StoredUser]) -> Result<(), NodeError> {
+        let text = serde_json::to_string_pretty(list).expect("users serialize");
         let path = self.users_path();
         let tmp = path.with_extension("json.tmp");
         let io = |source| NodeError::Io {
