@@ -705,9 +705,6 @@ impl Session {
     }
 
     fn cluster_config(&mut self, req: &Frame, out: &mut BytesMut) {
-        fn own_version((rev, body): (i64, Bytes)) -> (ConfigVersion, Bytes) {
-            (ConfigVersion { epoch: -1, rev }, body)
-        }
         let Some(g) = self.parse::<GetClusterConfig>(out, req) else {
             return;
         };
@@ -716,14 +713,11 @@ impl Session {
         // The version served: the cluster layer's (revEpoch, rev), or the node's own
         // config at epoch -1.
         let (version, body) = match self.current_bucket() {
-            Some(b) => match b.cluster_config.get() {
-                Some(c) => c,
-                None => own_version(b.cluster_config(kv_port, admin_port)),
-            },
-            None => match self.state.global_config.get() {
-                Some(c) => c,
-                None => own_version(crate::cluster::cluster_level_config(kv_port, admin_port)),
-            },
+            Some(b) => b.cluster_config(kv_port, admin_port),
+            None => self.state.global_config.get().unwrap_or_else(|| {
+                let (rev, body) = crate::cluster::cluster_level_config(kv_port, admin_port);
+                (ConfigVersion { epoch: -1, rev }, body)
+            }),
         };
         // A config without revEpoch is compared by rev alone: clients report some
         // epoch of their own for it.

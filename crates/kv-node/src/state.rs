@@ -73,18 +73,22 @@ impl BucketEntry {
     }
 
     /// The bucket config to serve: the cluster layer's, or a one-node config listing
-    /// this node's active vbuckets. Returns (rev, JSON).
+    /// this node's active vbuckets (epoch −1: older than any cluster config).
     #[must_use]
-    pub fn cluster_config(&self, kv_port: u16, admin_port: u16) -> (i64, Bytes) {
-        if let Some((version, c)) = self.cluster_config.get() {
-            return (version.rev, c);
+    pub fn cluster_config(
+        &self,
+        kv_port: u16,
+        admin_port: u16,
+    ) -> (crate::cluster::ConfigVersion, Bytes) {
+        if let Some(c) = self.cluster_config.get() {
+            return c;
         }
         let rev = i64::try_from(self.config_rev.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
         let states: Vec<bool> = (0..self.meta.vbuckets)
             .map(|vb| self.bucket.vbucket_state(Vbid(vb)).ok() == Some(VbState::Active))
             .collect();
         (
-            rev,
+            crate::cluster::ConfigVersion { epoch: -1, rev },
             crate::cluster::one_node_bucket_config(
                 &self.meta.name,
                 rev,
