@@ -248,58 +248,28 @@ async fn usage_errors_exit_2_and_print_nothing_on_stdout() -> anyhow::Result<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_after_setup_exits_0_and_a_lost_producer_exits_1() -> anyhow::Result<()> {
     let (a, b) = pair().await?;
-    let spawn = |a: &NodeProcess,
-                 b: &NodeProcess|
-     -> anyhow::Result<(Child, std::sync::mpsc::Receiver<String>)> {
-        let mut child = replicate(
-            a,
-            b,
-            &[
-                "--vbuckets",
-                "0-3",
-                "--timeout",
-                "20",
-                "--shut-timeout",
-                "2",
-            ],
-        )
-        .spawn()?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(l);
-            }
-        });
-        Ok((child, rx))
-    };
-    let wait = |child: &mut Child| -> anyhow::Result<i32> {
-        let deadline = Instant::now() + BOUND;
-        loop {
-            if let Some(s) = child.try_wait()? {
-                return Ok(s.code().unwrap_or(-1));
-            }
-            anyhow::ensure!(Instant::now() < deadline, "replicate did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    let (mut child, rx) = spawn(&a, &b)?;
-    let first: Value = serde_json::from_str(&rx.recv_timeout(BOUND)?)?;
+    let args = [
+        "--vbuckets",
+        "0-3",
+        "--timeout",
+        "20",
+        "--shut-timeout",
+        "2",
+    ];
+    let (mut child, rx) = spawn_lines(replicate(&a, &b, &args))?;
+    let first = next_json(&rx, BOUND)?;
     assert_eq!(first["ok"], true);
     Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()?;
-    assert_eq!(wait(&mut child)?, 0);
+    assert_eq!(wait_exit(&mut child, BOUND)?, 0);
 
-    let (mut child, rx) = spawn(&a, &b)?;
-    let first: Value = serde_json::from_str(&rx.recv_timeout(BOUND)?)?;
+    let (mut child, rx) = spawn_lines(replicate(&a, &b, &args))?;
+    let first = next_json(&rx, BOUND)?;
     assert_eq!(first["ok"], true);
     drop(a); // kills the producer node
-    let second: Value = serde_json::from_str(&rx.recv_timeout(BOUND)?)?;
-    assert_eq!(wait(&mut child)?, 1);
+    let second = next_json(&rx, BOUND)?;
+    assert_eq!(wait_exit(&mut child, BOUND)?, 1);
     assert_eq!(second["error"]["kind"], "connection_closed", "{second}");
     assert_eq!(second["error"]["side"], "producer");
     Ok(())
@@ -367,19 +337,7 @@ async fn sigint_during_setup_prints_interrupted_and_exits_1() -> anyhow::Result<
     fault(&b, r#"{"kind":"drop_add_stream_response","vbucket":1}"#).await?;
     let mut child = replicate(&a, &b, &["--vbuckets", "1", "--timeout", "60"]).spawn()?;
     // Give it time to connect and send the ADD_STREAM; the set-up then hangs on purpose.
-    let deadline = Instant::now() + BOUND;
-    loop {
-        let mut c = client(&b).await?;
-        let dcp = c.stats("dcp").await?;
-        if dcp.iter().any(|(k, _)| k.contains("replication:")) {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "replicate never opened its DCP connection"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_dcp_connection(&b).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -405,8 +363,34 @@ async fn sigint_during_setup_prints_interrupted_and_exits_1() -> anyhow::Result<
     Ok(())
 }
 
+/// Stdout lines of a child, each with when it was read.
+type Lines = std::sync::mpsc::Receiver<(Instant, String)>;
+
+/// The next stdout line, parsed.
+fn next_json(rx: &Lines, bound: Duration) -> anyhow::Result<Value> {
+    let (_, line) = rx.recv_timeout(bound)?;
+    Ok(serde_json::from_str(&line)?)
+}
+
+/// Waits (bounded) until `replicate` has opened its DCP connection on `n`.
+async fn wait_for_dcp_connection(n: &NodeProcess) -> anyhow::Result<()> {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let mut c = client(n).await?;
+        let dcp = c.stats("dcp").await?;
+        if dcp.iter().any(|(k, _)| k.contains("replication:")) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "replicate never opened its DCP connection"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Spawns `conduit replicate` with its stdout lines on a channel.
-fn spawn_lines(mut cmd: Command) -> anyhow::Result<(Child, std::sync::mpsc::Receiver<String>)> {
+fn spawn_lines(mut cmd: Command) -> anyhow::Result<(Child, Lines)> {
     let mut child = cmd.spawn()?;
     let stdout = child
         .stdout
@@ -415,7 +399,7 @@ fn spawn_lines(mut cmd: Command) -> anyhow::Result<(Child, std::sync::mpsc::Rece
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
+            let _ = tx.send((Instant::now(), l));
         }
     });
     Ok((child, rx))
@@ -477,7 +461,7 @@ async fn sigint_during_until_caught_up_or_takeover_prints_interrupted() -> anyho
         let mut args: Vec<&str> = extra.to_vec();
         args.extend(["--timeout", "60", "--shut-timeout", "2"]);
         let (mut child, rx) = spawn_lines(replicate(&a, &b, &args))?;
-        let first: Value = serde_json::from_str(&rx.recv_timeout(BOUND)?)?;
+        let first = next_json(&rx, BOUND)?;
         assert_eq!(first["ok"], true, "{first}");
         // Now in the wait; give it a moment to be well inside it.
         std::thread::sleep(Duration::from_millis(500));
@@ -492,7 +476,7 @@ async fn sigint_during_until_caught_up_or_takeover_prints_interrupted() -> anyho
             t0.elapsed()
         );
         assert_eq!(code, 1, "{extra:?}");
-        let second: Value = serde_json::from_str(&rx.recv_timeout(Duration::from_secs(1))?)?;
+        let second = next_json(&rx, Duration::from_secs(1))?;
         assert_eq!(second["ok"], false, "{second}");
         assert_eq!(
             second["error"]["kind"], "interrupted",
@@ -512,32 +496,12 @@ async fn the_interrupted_line_comes_before_a_slow_teardown() -> anyhow::Result<(
     // The consumer's DCP connections stop reading: the set-up hangs, and so would
     // the close of its streams at exit.
     fault(&b, r#"{"kind":"stall","ms":60000}"#).await?;
-    let mut child = replicate(
+    let (mut child, rx) = spawn_lines(replicate(
         &a,
         &b,
         &["--vbuckets", "1", "--timeout", "60", "--shut-timeout", "5"],
-    )
-    .spawn()?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send((Instant::now(), l));
-        }
-    });
-    let deadline = Instant::now() + BOUND;
-    loop {
-        let mut c = client(&b).await?;
-        let dcp = c.stats("dcp").await?;
-        if dcp.iter().any(|(k, _)| k.contains("replication:")) {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "no DCP connection");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    ))?;
+    wait_for_dcp_connection(&b).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     Command::new("kill")
         .args(["-INT", &child.id().to_string()])
