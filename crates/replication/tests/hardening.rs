@@ -325,16 +325,23 @@ async fn a_flooding_producer_that_resets_is_noticed_while_the_consumer_does_not_
     let _ = c.expect_eof().await;
 }
 
+/// A replicator with vb 1 established whose consumer never reads while the producer
+/// has filled every buffer between them; the fakes are returned to stay alive.
+async fn flooded_pair(bound: Duration) -> (Replicator, (FakeNode, FakeNode, FakeConn, FakeConn)) {
+    let mut c_node = FakeNode::default_node().await;
+    let mut p_node = FakeNode::default_node().await;
+    let (r, mut c, mut p) = start(&mut c_node, &mut p_node, bound).await;
+    establish(&r, &mut c, &mut p, &[(1, 0x11)]).await;
+    let _ = p.flood(1, 0x11).await;
+    (r, (c_node, p_node, c, p))
+}
+
 /// A consumer that never reads (its queue full behind a flooding producer) cannot
 /// stop a set-up's clock: typed timeout at the configured bound.
 #[tokio::test]
 async fn a_setup_times_out_at_its_bound_while_the_consumer_never_reads() {
-    let mut c_node = FakeNode::default_node().await;
-    let mut p_node = FakeNode::default_node().await;
     let bound = Duration::from_secs(2);
-    let (r, mut c, mut p) = start(&mut c_node, &mut p_node, bound).await;
-    establish(&r, &mut c, &mut p, &[(1, 0x11)]).await;
-    let _ = p.flood(1, 0x11).await;
+    let (r, _held) = flooded_pair(bound).await;
     let t0 = Instant::now();
     let err = timeout(bound * 3, r.setup_replication([Vbid(1), Vbid(2)]))
         .await
@@ -357,12 +364,8 @@ async fn a_setup_times_out_at_its_bound_while_the_consumer_never_reads() {
 /// The same for a takeover.
 #[tokio::test]
 async fn a_takeover_times_out_at_its_bound_while_the_consumer_never_reads() {
-    let mut c_node = FakeNode::default_node().await;
-    let mut p_node = FakeNode::default_node().await;
     let bound = Duration::from_secs(2);
-    let (r, mut c, mut p) = start(&mut c_node, &mut p_node, bound).await;
-    establish(&r, &mut c, &mut p, &[(1, 0x11)]).await;
-    let _ = p.flood(1, 0x11).await;
+    let (r, _held) = flooded_pair(bound).await;
     let t0 = Instant::now();
     let err = timeout(bound * 3, r.takeover(Vbid(5)))
         .await
