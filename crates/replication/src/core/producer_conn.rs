@@ -36,9 +36,10 @@ fn is_client_response(magic: Magic) -> bool {
 /// Fast path for frames read from the **consumer** node (§5.3): ADD_STREAM,
 /// CLOSE_STREAM and SET_VBUCKET_STATE answers and STREAM_REQ requests go to
 /// [`ConsumerConn`](super::ConsumerConn) as [`Event::FromConsumer`]; everything
-/// else is forwarded to the producer, unless
+/// else is forwarded to the producer. Once
 /// [`ConsumerConn::forwards_consumer_traffic`](super::ConsumerConn::forwards_consumer_traffic)
-/// says the connection is shut (then it is dropped).
+/// is false (shut) the replicator stops the pair at once and a deliberate stop
+/// forwards nothing more, which is how the shell honours it.
 #[must_use]
 pub fn route_from_consumer(magic: Magic, opcode: Opcode) -> Route {
     match opcode {
