@@ -116,7 +116,23 @@ impl NodeProcess {
         admin_password: &str,
         extra: &[&str],
     ) -> anyhow::Result<NodeProcess> {
+        NodeProcess::start_on(dir, binary, admin_password, (0, 0), extra)
+    }
+
+    /// Like [`NodeProcess::start_in`] on fixed `(kv, admin)` ports (0 picks one): a
+    /// cluster member restarts where the cluster knows it.
+    ///
+    /// # Errors
+    /// The process cannot start or never writes its ports.
+    pub fn start_on(
+        dir: tempfile::TempDir,
+        binary: &Path,
+        admin_password: &str,
+        (kv_port, admin_port): (u16, u16),
+        extra: &[&str],
+    ) -> anyhow::Result<NodeProcess> {
         let _ = std::fs::remove_file(dir.path().join("ports.json"));
+        let (kv_port, admin_port) = (kv_port.to_string(), admin_port.to_string());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -125,9 +141,9 @@ impl NodeProcess {
             .args([
                 "node",
                 "--kv-port",
-                "0",
+                &kv_port,
                 "--admin-port",
-                "0",
+                &admin_port,
                 "--bind",
                 "127.0.0.1",
                 "--admin-user",
@@ -239,6 +255,12 @@ impl NodeProcess {
         .await?;
         c.select_bucket(bucket).await?;
         Ok(c)
+    }
+
+    /// The process id (tests stop and continue it with signals).
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The node's log so far (for failure messages).
