@@ -8,5 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod config;
+pub mod janitor;
 pub mod map;
 pub mod store;
