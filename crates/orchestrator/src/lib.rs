@@ -9,4 +9,6 @@
 #![warn(missing_docs)]
 
 pub mod map;
+/// The REST surface (cluster.md §3): request parameters, validation and the error answer.
+pub mod rest;
 pub mod store;
