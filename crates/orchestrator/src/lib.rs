@@ -11,4 +11,6 @@
 pub mod config;
 pub mod janitor;
 pub mod map;
+/// The REST surface (cluster.md §3): request parameters, validation and the error answer.
+pub mod rest;
 pub mod store;
