@@ -322,7 +322,7 @@ fn chain_is_well_formed(chain: &[Option<NodeId>]) -> bool {
     distinct.len() == filled
 }
 
-/// What to do to a copy that must not be active.
+/// The state the janitor wants a copy in (§6.3); the agent API's `states` words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Wanted {

@@ -566,6 +566,53 @@ proptest! {
         }
     }
 
+    /// Every decision meets its rule's condition in the §6.2 table, and J2 promotes a
+    /// copy with the most data.
+    #[test]
+    fn every_decision_meets_its_rule_condition(case in arb_case()) {
+        for (index, c) in case.map.chains().iter().enumerate() {
+            let vb = u16::try_from(index).unwrap_or(u16::MAX);
+            let f = case.ff.as_ref().and_then(|f| f.chain(index)).map(Vec::as_slice);
+            let d = decide_chain(vb, c, f, &case.actual);
+            let head = c.first().cloned().flatten();
+            let new_head = d.chain.first().cloned().flatten();
+            let seqno = |node: &NodeId| {
+                case.actual.get(node).and_then(|h| h.get(&vb)).map_or(0, |c| c.high_seqno)
+            };
+            match d.rule {
+                Rule::J1 => prop_assert!(
+                    d.actives.is_empty() && d.chain == *c
+                        && (head.as_ref().is_some_and(|h| seqno(h) > 0)
+                            || case.actual.values().all(|h| h.get(&vb).is_none_or(|c| c.high_seqno == 0)))
+                ),
+                Rule::J2 => {
+                    prop_assert!(d.actives.is_empty());
+                    let best = case.actual.keys().map(seqno).max().unwrap_or(0);
+                    prop_assert!(best > 0);
+                    prop_assert_eq!(new_head.as_ref().map(seqno), Some(best));
+                }
+                Rule::J3 => prop_assert!(
+                    d.actives.is_empty() && c.iter().all(Option::is_none) && d.chain == *c
+                ),
+                Rule::J4 => prop_assert!(d.actives.len() == 1 && head == new_head && d.chain == *c),
+                Rule::J5 => {
+                    prop_assert!(d.actives.len() == 1 && head.as_ref() != Some(&d.actives[0]));
+                    prop_assert_eq!(Some(d.chain.as_slice()), f);
+                }
+                Rule::J6 => prop_assert!(
+                    d.actives.len() == 1 && new_head.as_ref() == Some(&d.actives[0])
+                        && head != new_head
+                ),
+                Rule::J7 => prop_assert!(
+                    d.actives.len() >= 2 && head.as_ref().is_some_and(|h| d.actives.contains(h))
+                ),
+                Rule::J8 => prop_assert!(
+                    d.actives.len() >= 2 && !head.as_ref().is_some_and(|h| d.actives.contains(h))
+                ),
+            }
+        }
+    }
+
     /// (d) Fixing again after the apply changes nothing.
     #[test]
     fn fix_chains_is_idempotent_after_the_apply(case in arb_case()) {
