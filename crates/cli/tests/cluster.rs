@@ -442,14 +442,17 @@ async fn the_official_sdk_reads_every_copy_on_a_three_node_cluster() -> anyhow::
     wait_states_match(a, &refs, "default", Duration::from_secs(15)).await?;
     let script = testkit::repo_root(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/sdk_cluster.py");
     // Bootstrapped from one member's KV port; the SDK finds the others in the config.
+    let kv = nodes[1].kv.to_string();
     let out = tokio::time::timeout(
         Duration::from_secs(240),
-        tokio::process::Command::new(&python)
-            .arg(script)
-            .args([&nodes[1].kv.to_string(), "default", ADMIN.0, ADMIN.1, "400", "1"])
-            .output(),
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(&python)
+                .arg(script)
+                .args([kv.as_str(), "default", ADMIN.0, ADMIN.1, "400", "1"])
+                .output()
+        }),
     )
-    .await??;
+    .await???;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "SDK cluster probe failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}"))?;

@@ -171,17 +171,39 @@ impl User {
 #[derive(Debug, Default)]
 pub struct Users {
     by_name: std::sync::RwLock<HashMap<String, User>>,
+    /// Passwords PBKDF2 already accepted, as SHA-256 digests, one per user: a client
+    /// sending basic auth with every HTTP request must not cost a key derivation
+    /// each time. Dropped when the user is replaced or removed.
+    checked: std::sync::Mutex<HashMap<String, [u8; 32]>>,
+}
+
+fn password_digest(name: &str, password: &str) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(name.as_bytes());
+    h.update([0u8]);
+    h.update(password.as_bytes());
+    h.finalize().into()
 }
 
 impl Users {
     /// Adds or replaces a user.
     pub fn insert(&self, user: User) {
+        self.forget_checked(&user.name);
         self.write().insert(user.name.clone(), user);
     }
 
     /// Removes a user; whether it existed.
     pub fn remove(&self, name: &str) -> bool {
+        self.forget_checked(name);
         self.write().remove(name).is_some()
+    }
+
+    fn forget_checked(&self, name: &str) {
+        self.checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(name);
     }
 
     /// Looks a user up.
@@ -194,7 +216,28 @@ impl Users {
     /// wrong password (callers must not tell the two apart).
     #[must_use]
     pub fn authenticate(&self, name: &str, password: &str) -> Option<User> {
-        self.get(name).filter(|u| u.check_password(password))
+        let user = self.get(name)?;
+        let digest = password_digest(name, password);
+        let mut checked = self
+            .checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if checked.get(name) == Some(&digest) {
+            return Some(user);
+        }
+        drop(checked);
+        if !user.check_password(password) {
+            return None;
+        }
+        checked = self
+            .checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Only if the user was not replaced meanwhile.
+        if self.get(name).is_some_and(|u| u.creds == user.creds) {
+            checked.insert(name.to_owned(), digest);
+        }
+        Some(user)
     }
 
     /// Number of users.
@@ -241,6 +284,23 @@ mod tests {
         let b = users.get("b").expect("b exists");
         assert!(b.may_use_bucket("b") && !b.may_use_bucket("other") && !b.is_admin());
         assert!(users.get("admin").expect("admin").may_use_bucket("other"));
+    }
+
+    #[test]
+    fn a_cached_password_stops_working_once_the_user_is_replaced_or_removed() {
+        let users = Users::default();
+        users.insert(User::new("ops", "old", Role::Admin));
+        assert!(users.authenticate("ops", "old").is_some());
+        assert!(users.authenticate("ops", "old").is_some(), "served from the cache");
+        users.insert(User::new("ops", "new", Role::Admin));
+        assert!(users.authenticate("ops", "old").is_none());
+        assert!(users.authenticate("ops", "new").is_some());
+        assert!(users.remove("ops"));
+        assert!(users.authenticate("ops", "new").is_none());
+        // A wrong password is never cached as right.
+        users.insert(User::new("x", "right", Role::Admin));
+        assert!(users.authenticate("x", "wrong").is_none());
+        assert!(users.authenticate("x", "wrong").is_none());
     }
 
     #[test]

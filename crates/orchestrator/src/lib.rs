@@ -8,9 +8,12 @@
 
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod config;
+pub mod http;
 pub mod janitor;
 pub mod map;
+pub mod orch;
 /// The REST surface (cluster.md §3): request parameters, validation and the error answer.
 pub mod rest;
 pub mod store;

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tracing::info;
 
 use crate::agent::api::{AddressEntry, Creds, JoinRequest};
-use crate::agent::client::AgentClient;
+use crate::agent::AgentClient;
 use crate::agent::Agent;
 use crate::orch::{has_store, Membership, NodeRecord, OrchConfig, Orchestrator};
 use crate::rest::error::RestError;

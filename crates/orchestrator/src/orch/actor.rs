@@ -18,7 +18,7 @@ use super::model::{
 use super::uploader::{client_for, Desired, Uploaders};
 use super::{janitor_pass, Command, Reply, Shared};
 use crate::agent::api::{AddressBook, AddressEntry, Creds, JoinRequest};
-use crate::agent::client::{AgentCallError, AgentClient};
+use crate::agent::{AgentCallError, AgentClient};
 use crate::config::{bucket_config, bucket_fingerprint, global_config, BucketConfigInput, ConfigNode};
 use crate::map::NodeId;
 use crate::rest::error::RestError;

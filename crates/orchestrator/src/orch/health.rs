@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use crate::agent::api::Health;
-use crate::agent::client::AgentClient;
+use crate::agent::AgentClient;
 
 /// A node's status as REST shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

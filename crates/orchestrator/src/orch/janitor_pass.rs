@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use serde_json::{json, Value};
+use serde_json::json;
 use tracing::{error, warn};
 
 use super::actor::{now_rfc3339, read_view, transact_view, Actor};
@@ -297,10 +297,4 @@ async fn apply(
         results.into_iter().collect::<Result<Vec<()>, RestError>>()?;
     }
     Ok(())
-}
-
-/// The janitor status as JSON for `/pools/default`.
-#[must_use]
-pub(crate) fn status_json(last_run: Option<&str>, last_error: Option<&Value>) -> Value {
-    json!({"lastRun": last_run, "lastError": last_error})
 }

@@ -103,7 +103,6 @@ pub struct JanitorStatus {
     pub passes: u64,
 }
 
-#[derive(Debug)]
 struct Shared {
     cfg: OrchConfig,
     secrets: Secrets,
@@ -113,6 +112,14 @@ struct Shared {
     view: watch::Sender<Option<Arc<ClusterView>>>,
     /// Config key ("" = global) -> (fingerprint, rev) of the config last published.
     revs: Mutex<std::collections::BTreeMap<String, (u64, u64)>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("node", &self.cfg.self_name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Shared {

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::agent::api::Creds;
 
 /// The internal user's name.
-pub const INTERNAL_USER: &str = "@conduit";
+pub(crate) const INTERNAL_USER: &str = "@conduit";
 
 const FILE: &str = "secrets.json";
 

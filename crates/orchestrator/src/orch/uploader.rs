@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::agent::api::Creds;
-use crate::agent::client::AgentClient;
+use crate::agent::AgentClient;
 
 /// Bound of one push.
 const ATTEMPT: Duration = Duration::from_secs(5);
@@ -35,7 +35,6 @@ pub(crate) struct Desired {
 #[derive(Debug)]
 struct Handle {
     want: watch::Sender<Desired>,
-    acked: watch::Receiver<BTreeMap<String, Version>>,
     stop: CancellationToken,
 }
 
@@ -63,10 +62,9 @@ impl Uploaders {
             return;
         }
         let (want, want_rx) = watch::channel(desired);
-        let (acked_tx, acked) = watch::channel(BTreeMap::new());
         let stop = CancellationToken::new();
-        tokio::spawn(run(client, want_rx, acked_tx, stop.clone()));
-        nodes.insert(node.to_owned(), Handle { want, acked, stop });
+        tokio::spawn(run(node.to_owned(), client, want_rx, stop.clone()));
+        nodes.insert(node.to_owned(), Handle { want, stop });
     }
 
     /// Stops the uploaders of nodes not in `keep`.
@@ -80,19 +78,6 @@ impl Uploaders {
                 k
             });
         }
-    }
-
-    /// What each node acknowledged: node -> config key ("" = global) -> version.
-    pub(crate) fn acked(&self) -> BTreeMap<String, BTreeMap<String, Version>> {
-        self.nodes
-            .lock()
-            .map(|nodes| {
-                nodes
-                    .iter()
-                    .map(|(n, h)| (n.clone(), h.acked.borrow().clone()))
-                    .collect()
-            })
-            .unwrap_or_default()
     }
 }
 
@@ -122,9 +107,9 @@ async fn push(client: &AgentClient, key: &str, config: &Value) -> Result<bool, S
 }
 
 async fn run(
+    node: String,
     client: AgentClient,
     mut want: watch::Receiver<Desired>,
-    acked_tx: watch::Sender<BTreeMap<String, Version>>,
     stop: CancellationToken,
 ) {
     let mut acked: BTreeMap<String, Version> = BTreeMap::new();
@@ -145,17 +130,16 @@ async fn run(
             match push(&client, &key, &config).await {
                 Ok(accepted) => {
                     if !accepted {
-                        debug!(node = client.node(), config = %key, ?version, "the node already has a newer config");
+                        debug!(node = %node, config = %key, ?version, "the node already has a newer config");
                     }
                     acked.insert(key, version);
                 }
                 Err(e) => {
-                    debug!(node = client.node(), config = %key, error = %e, "config push failed; retrying");
+                    debug!(node = %node, config = %key, error = %e, "config push failed; retrying");
                     failed = true;
                 }
             }
         }
-        acked_tx.send_replace(acked.clone());
         tokio::select! {
             () = stop.cancelled() => return,
             r = want.changed() => if r.is_err() { return },
