@@ -469,6 +469,14 @@ fn text(v: &Value) -> String {
     }
 }
 
+/// A JSON list of strings as `a, b`; anything else as [`text`].
+fn list_text(v: &Value) -> String {
+    match v.as_array() {
+        Some(items) => items.iter().map(text).collect::<Vec<_>>().join(", "),
+        None => text(v),
+    }
+}
+
 /// Left-aligned columns, two spaces apart.
 fn table(rows: &[Vec<String>]) -> Vec<String> {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
@@ -651,6 +659,15 @@ async fn status(c: RestClient) -> Result<Report, CliError> {
         text(&pool["orchestrator"]),
         text(&pool["balanced"]),
     )];
+    if let Some(Value::Object(need)) = pool.get("bucketsNeedRebalance") {
+        let reasons: Vec<String> = need
+            .iter()
+            .map(|(reason, b)| format!("{reason}: {}", list_text(b)))
+            .collect();
+        if !reasons.is_empty() {
+            human.push(format!("needs rebalance: {}", reasons.join("; ")));
+        }
+    }
     human.extend(table(&node_rows));
     for s in &strays {
         let per = &copies[*s];
@@ -709,6 +726,7 @@ async fn status(c: RestClient) -> Result<Report, CliError> {
         "clusterName": pool["clusterName"],
         "orchestrator": pool["orchestrator"],
         "balanced": pool["balanced"],
+        "bucketsNeedRebalance": pool["bucketsNeedRebalance"],
         "rebalanceStatus": reb_status,
         "nodes": node_json,
         "buckets": bucket_json,

@@ -706,7 +706,12 @@ async fn status_counts_copies_per_node_and_reports_the_rebalance() {
     let with_progress = Arc::new(AtomicUsize::new(0));
     let wp = with_progress.clone();
     let fake = Fake::start(move |r| match r.path.as_str() {
-        "/pools/default" => ok(pool("healthy")),
+        "/pools/default" => {
+            let mut p = pool("healthy");
+            p["balanced"] = json!(false);
+            p["bucketsNeedRebalance"] = json!({"servers_not_balanced": ["b1"]});
+            ok(p)
+        }
         "/pools/default/buckets" => ok(json!([bucket(json!([[0, 1], [1, 0], [0, 1], [0, -1]]))])),
         "/pools/default/rebalanceProgress" if wp.load(Ordering::SeqCst) == 1 => ok(json!({
             "status":"none","errorMessage":"Rebalance failed: move_failed: vb:3 timed out"})),
@@ -722,6 +727,11 @@ async fn status_counts_copies_per_node_and_reports_the_rebalance() {
     let v = only_json(&out);
     assert_eq!(v["ok"], true);
     assert_eq!(v["orchestrator"], "n_0@127.0.0.1");
+    assert_eq!(v["balanced"], false);
+    assert_eq!(
+        v["bucketsNeedRebalance"],
+        json!({"servers_not_balanced": ["b1"]})
+    );
     assert_eq!(v["rebalanceStatus"], "none", "from /pools/default");
     assert_eq!(v["rebalance"], Value::Null);
     let nodes = v["nodes"].as_array().expect("nodes");
@@ -772,6 +782,10 @@ async fn status_counts_copies_per_node_and_reports_the_rebalance() {
     assert_eq!(row("n_1@127.0.0.1")[4], "1/2");
     assert_eq!(row("b1"), vec!["b1", "1", "4", "true", "12"]);
     assert!(text.contains("rebalance: none"), "{text}");
+    assert!(
+        text.contains("needs rebalance: servers_not_balanced: b1"),
+        "{text}"
+    );
     assert!(
         text.contains("last rebalance error: Rebalance failed: move_failed: vb:3 timed out"),
         "{text}"
