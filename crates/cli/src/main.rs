@@ -9,11 +9,13 @@ use bytes::BytesMut;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod cluster_cmd;
 mod decode;
 mod demo;
 mod node_cmd;
 mod replicate_cmd;
 mod replicate_json;
+mod rest_client;
 
 /// Conduit: Couchbase-style data nodes and DCP replication.
 #[derive(Debug, Parser)]
@@ -37,6 +39,14 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run one data node (buckets, vbuckets, KV, DCP, admin API) until SIGINT/SIGTERM.
     Node(node_cmd::NodeArgs),
+    /// Cluster membership over the REST API: init, add-node, eject-node.
+    #[command(subcommand)]
+    Cluster(cluster_cmd::ClusterCommand),
+    /// Buckets over the cluster REST API: create, list, delete.
+    #[command(subcommand)]
+    Bucket(cluster_cmd::BucketCommand),
+    /// The cluster at a glance: nodes, copies per bucket, buckets, rebalance.
+    Status(cluster_cmd::StatusArgs),
     /// Decode MCBP/DCP frames given as hex (arguments, or stdin when none) and print
     /// one JSON object per frame.
     Decode {
@@ -75,7 +85,11 @@ fn main() -> ExitCode {
     // Long-running services log their lifecycle; the demo and benchmarks print their
     // own report on stdout and keep stderr for warnings. RUST_LOG overrides both.
     let default_level = match cli.command {
-        Command::Demo(_) | Command::Bench(_) => "warn",
+        Command::Demo(_)
+        | Command::Bench(_)
+        | Command::Cluster(_)
+        | Command::Bucket(_)
+        | Command::Status(_) => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -89,6 +103,9 @@ fn main() -> ExitCode {
         Command::Decode { hex, max_body } => run_decode(hex, max_body),
         Command::Node(args) => rt.block_on(node_cmd::run(args)),
         Command::Demo(args) => rt.block_on(demo::run(args)),
+        Command::Cluster(cmd) => return ExitCode::from(rt.block_on(cluster_cmd::run_cluster(cmd))),
+        Command::Bucket(cmd) => return ExitCode::from(rt.block_on(cluster_cmd::run_bucket(cmd))),
+        Command::Status(args) => return ExitCode::from(rt.block_on(cluster_cmd::run_status(args))),
         Command::Replicate(args) => return ExitCode::from(rt.block_on(replicate_cmd::run(args))),
         Command::MoveVbucket(args) => {
             return ExitCode::from(rt.block_on(replicate_cmd::run_move(args)))

@@ -254,6 +254,25 @@ impl Params {
     }
 }
 
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Params {
+    type Rejection = RestError;
+
+    /// [`Params::parse`] of the request's Content-Type, query string and body (axum's
+    /// default body limit applies).
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, RestError> {
+        let content_type = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let query = req.uri().query().map(str::to_string);
+        let body = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| bad_body(format!("cannot read the body: {e}")))?;
+        Params::parse(content_type.as_deref(), query.as_deref(), &body)
+    }
+}
+
 /// A node reference (§3.1): `ns_1@h` / `n_0@h`-style name, `h:adminport`, or `Self`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeRef {
@@ -344,6 +363,17 @@ pub fn parse_node_ref_param(param: &str, s: &str) -> Result<NodeRef, RestError> 
 /// 400 `invalid_parameter` naming `otpNode`; use [`parse_node_ref_param`] for another param.
 pub fn parse_node_ref(s: &str) -> Result<NodeRef, RestError> {
     parse_node_ref_param("otpNode", s)
+}
+
+/// Every node reference in `key` ([`Params::list`] then [`parse_node_ref_param`]).
+///
+/// # Errors
+/// The first bad reference, naming `key`.
+pub fn node_refs(p: &Params, key: &str) -> Result<Vec<NodeRef>, RestError> {
+    p.list(key)
+        .iter()
+        .map(|s| parse_node_ref_param(key, s))
+        .collect()
 }
 
 /// The node name rule of §2.3 (`ns_1@h` for 8091, `n_<port-9000>@h` for 9000..=9999, else

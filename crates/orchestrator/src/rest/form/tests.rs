@@ -258,6 +258,47 @@ fn bad_node_refs_name_the_parameter() {
 }
 
 #[test]
+fn node_ref_lists_parse_every_item_and_name_the_key() {
+    let p = form("otpNode=ns_1@a&otpNode=b:9001,Self&ejectedNodes=&knownNodes=ok@h,bad");
+    assert_eq!(
+        node_refs(&p, "otpNode"),
+        Ok(vec![
+            NodeRef::Name("ns_1@a".into()),
+            NodeRef::HostPort("b".into(), 9001),
+            NodeRef::SelfNode
+        ])
+    );
+    assert_eq!(node_refs(&p, "ejectedNodes"), Ok(vec![]));
+    assert_err(
+        node_refs(&p, "knownNodes"),
+        400,
+        "invalid_parameter",
+        "knownNodes",
+    );
+}
+
+#[tokio::test]
+async fn params_extract_from_an_axum_request() {
+    use axum::extract::FromRequest;
+    let req = axum::http::Request::builder()
+        .method("POST")
+        .uri("/controller/rebalance?x=1")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(axum::body::Body::from("knownNodes=a%2Cb&ejectedNodes="))
+        .expect("request");
+    let p = Params::from_request(req, &()).await.expect("params");
+    assert_eq!(p.get("x"), Some("1"));
+    assert_eq!(p.list("knownNodes"), vec!["a", "b"]);
+    let req = axum::http::Request::builder()
+        .method("POST")
+        .uri("/x")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from("[1]"))
+        .expect("request");
+    assert_err(Params::from_request(req, &()).await, 400, "bad_body", "_");
+}
+
+#[test]
 fn node_names_follow_the_port_rule() {
     assert_eq!(node_name("10.0.0.1", 8091), "ns_1@10.0.0.1");
     assert_eq!(node_name("127.0.0.1", 9000), "n_0@127.0.0.1");
