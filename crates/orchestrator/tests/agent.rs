@@ -38,6 +38,15 @@ impl Member {
     }
 
     async fn start_in(dir: tempfile::TempDir) -> anyhow::Result<Member> {
+        Member::start_with(dir, false).await
+    }
+
+    /// As the CLI does: a member's node restores no vbucket state (N6).
+    async fn start_fenced_in(dir: tempfile::TempDir) -> anyhow::Result<Member> {
+        Member::start_with(dir, true).await
+    }
+
+    async fn start_with(dir: tempfile::TempDir, fenced: bool) -> anyhow::Result<Member> {
         let kv = TcpListener::bind("127.0.0.1:0").await?;
         let admin = TcpListener::bind("127.0.0.1:0").await?;
         let agent = Agent::start(agent_config(
@@ -47,6 +56,7 @@ impl Member {
         ))
         .await?;
         let mut cfg = NodeConfig::ephemeral(dir.path(), ADMIN, PASSWORD);
+        cfg.restore_vbucket_states = !(fenced && is_member(dir.path()));
         cfg.admin_extension = Some(AdminExtension {
             router: agent.router(),
             public: Vec::new(),
@@ -473,6 +483,246 @@ async fn client_errors_are_typed() -> anyhow::Result<()> {
     .await?
     .expect_err("bad state");
     assert_eq!(refused_kind(&e).as_deref(), Some("bad_request"), "{e}");
+    m.stop().await;
+    Ok(())
+}
+
+/// Joins `a` and `b` into one cluster with a bucket of `vbs` vbuckets, every
+/// vbucket active on `a` and dead on `b`.
+async fn two_member_bucket(
+    a: &Member,
+    b: &Member,
+    vbs: u16,
+) -> anyhow::Result<(AgentClient, AgentClient)> {
+    let (na, nb) = ("n_a@127.0.0.1", "n_b@127.0.0.1");
+    let book = vec![a.entry(na), b.entry(nb)];
+    bounded(
+        "join a",
+        a.client(None, 0).join(&join_request(na, book.clone())),
+    )
+    .await??;
+    bounded("join b", b.client(None, 0).join(&join_request(nb, book))).await??;
+    let (ca, cb) = (a.client(Some(CLUSTER), 1), b.client(Some(CLUSTER), 1));
+    let put = PutBucket {
+        vbuckets: vbs,
+        ram_quota_mb: 64,
+        uuid: "b0b0".into(),
+        cluster_config: None,
+    };
+    bounded("put a", ca.put_bucket("default", &put)).await??;
+    bounded("put b", cb.put_bucket("default", &put)).await??;
+    let promote = ApplyRequest {
+        phase: Phase::Promote,
+        states: (0..vbs).map(|v| (v, "active".to_string())).collect(),
+        incoming: None,
+        timeout_ms: 10_000,
+    };
+    bounded("promote a", ca.apply("default", &promote)).await??;
+    Ok((ca, cb))
+}
+
+async fn load(m: &Member, vb: u16, n: usize) -> anyhow::Result<()> {
+    let mut kv = m.kv_client("default").await?;
+    for i in 0..n {
+        let key = format!("k{vb}-{i}");
+        bounded(
+            "store",
+            kv.store(
+                Opcode::Set,
+                Vbid(vb),
+                key.as_bytes(),
+                b"v",
+                0,
+                0,
+                Cas(0),
+                Datatype::RAW,
+            ),
+        )
+        .await??;
+    }
+    Ok(())
+}
+
+fn vb_of(r: &VbucketsReport, vb: u16) -> orchestrator::agent::api::VbReport {
+    r.vbuckets
+        .iter()
+        .find(|v| v.vb == vb)
+        .cloned()
+        .expect("vbucket listed")
+}
+
+/// One vbucket move through the agent's move steps (§2.6): build, wait-data-move,
+/// wait-persisted, takeover, then the old copy deleted.
+#[tokio::test]
+async fn move_steps_move_a_vbucket_from_a_to_b() -> anyhow::Result<()> {
+    use orchestrator::agent::api::{
+        BuildRequest, TakeoverRequest, UnreplicateRequest, WaitDataMove, WaitPersisted,
+    };
+    let (a, b) = (Member::start().await?, Member::start().await?);
+    let (ca, cb) = two_member_bucket(&a, &b, 2).await?;
+    load(&a, 1, 20).await?;
+    let na = "n_a@127.0.0.1";
+    let t = 10_000;
+    bounded(
+        "build",
+        cb.build(
+            "default",
+            1,
+            &BuildRequest {
+                source: na.into(),
+                timeout_ms: t,
+            },
+        ),
+    )
+    .await??;
+    let r = bounded("vbuckets b", cb.vbuckets("default")).await??;
+    assert_eq!(vb_of(&r, 1).state, "replica");
+    assert_eq!(r.incoming.get(na), Some(&vec![1]));
+    let moved = bounded(
+        "wait data move",
+        cb.wait_data_move(
+            "default",
+            1,
+            &WaitDataMove {
+                source: na.into(),
+                done_limit: 1000,
+                stall_ms: 0,
+                timeout_ms: t,
+            },
+        ),
+    )
+    .await??;
+    assert!(
+        moved.estimate_at_start.is_some_and(|e| e <= 20),
+        "{moved:?}"
+    );
+    let high = vb_of(&bounded("vbuckets a", ca.vbuckets("default")).await??, 1).high_seqno;
+    assert!(high >= 20);
+    bounded(
+        "wait persisted",
+        cb.wait_persisted(
+            "default",
+            1,
+            &WaitPersisted {
+                seqno: high,
+                source: na.into(),
+                timeout_ms: t,
+            },
+        ),
+    )
+    .await??;
+    bounded(
+        "takeover",
+        cb.takeover(
+            "default",
+            1,
+            &TakeoverRequest {
+                source: na.into(),
+                timeout_ms: t,
+            },
+        ),
+    )
+    .await??;
+    let r = bounded("vbuckets b", cb.vbuckets("default")).await??;
+    assert_eq!(vb_of(&r, 1).state, "active");
+    assert_eq!(vb_of(&r, 1).items, 20);
+    bounded(
+        "unreplicate",
+        cb.unreplicate("default", 1, &UnreplicateRequest { timeout_ms: t }),
+    )
+    .await??;
+    assert!(bounded("vbuckets b", cb.vbuckets("default"))
+        .await??
+        .incoming
+        .is_empty());
+    assert_eq!(
+        vb_of(&bounded("vbuckets a", ca.vbuckets("default")).await??, 1).state,
+        "dead"
+    );
+    bounded("delete", ca.delete_vbucket("default", 1)).await??;
+    let old = vb_of(&bounded("vbuckets a", ca.vbuckets("default")).await??, 1);
+    assert_eq!((old.state.as_str(), old.items), ("dead", 0));
+
+    // wait-persisted with no replication from the source is refused at once.
+    let e = bounded(
+        "wait persisted",
+        cb.wait_persisted(
+            "default",
+            0,
+            &WaitPersisted {
+                seqno: 1,
+                source: na.into(),
+                timeout_ms: t,
+            },
+        ),
+    )
+    .await?
+    .expect_err("not replicating");
+    assert_eq!(
+        refused_kind(&e).as_deref(),
+        Some("replication_ended"),
+        "{e}"
+    );
+    a.stop().await;
+    b.stop().await;
+    Ok(())
+}
+
+/// A member restarts fenced (N6, decided by `is_member`), its agent sets no state,
+/// and the next apply brings the bucket back (§2.6 fenced restart).
+#[tokio::test]
+async fn a_restarted_member_starts_fenced_and_an_apply_restores_it() -> anyhow::Result<()> {
+    let m = Member::start().await?;
+    let name = "n_a@127.0.0.1";
+    bounded(
+        "join",
+        m.client(None, 0)
+            .join(&join_request(name, vec![m.entry(name)])),
+    )
+    .await??;
+    let c = m.client(Some(CLUSTER), 1);
+    let put = PutBucket {
+        vbuckets: 2,
+        ram_quota_mb: 64,
+        uuid: "u1".into(),
+        cluster_config: None,
+    };
+    bounded("put", c.put_bucket("default", &put)).await??;
+    let promote = ApplyRequest {
+        phase: Phase::Promote,
+        states: [(0, "active".to_string()), (1, "active".to_string())].into(),
+        incoming: None,
+        timeout_ms: 10_000,
+    };
+    bounded("promote", c.apply("default", &promote)).await??;
+    load(&m, 0, 3).await?;
+    let dir = m.stop().await;
+
+    assert!(is_member(dir.path()));
+    let m = Member::start_fenced_in(dir).await?;
+    let c = m.client(Some(CLUSTER), 1);
+    let r = bounded("vbuckets", c.vbuckets("default")).await??;
+    assert!(r.vbuckets.iter().all(|v| v.state == "dead"), "{r:?}");
+    assert_eq!(vb_of(&r, 0).items, 3);
+    let h = bounded("health", c.health()).await??;
+    assert!(!h.buckets["default"].ready, "{h:?}");
+    bounded("promote", c.apply("default", &promote)).await??;
+    let h = bounded("health", c.health()).await??;
+    assert!(h.buckets["default"].ready, "{h:?}");
+    assert_eq!(h.buckets["default"].active, 2);
+    // A bucket of the same name under another uuid is not the cluster's to touch.
+    let other = PutBucket {
+        uuid: "u2".into(),
+        ..put
+    };
+    let e = bounded("put other", c.put_bucket("default", &other))
+        .await?
+        .expect_err("uuid");
+    assert_eq!(
+        refused_kind(&e).as_deref(),
+        Some("bucket_uuid_mismatch"),
+        "{e}"
+    );
     m.stop().await;
     Ok(())
 }
