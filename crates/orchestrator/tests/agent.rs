@@ -726,3 +726,48 @@ async fn a_restarted_member_starts_fenced_and_an_apply_restores_it() -> anyhow::
     m.stop().await;
     Ok(())
 }
+
+/// An apply that cannot finish within its `timeout_ms` answers `timeout` (504).
+#[tokio::test]
+async fn an_apply_overrunning_its_timeout_answers_timeout() -> anyhow::Result<()> {
+    // A producer that accepts TCP connections and never answers.
+    let black_hole = TcpListener::bind("127.0.0.1:0").await?;
+    let hole = black_hole.local_addr()?;
+    let m = Member::start().await?;
+    let (me, other) = ("n_a@127.0.0.1", "n_x@127.0.0.1");
+    let book = vec![
+        m.entry(me),
+        AddressEntry {
+            name: other.into(),
+            host: "127.0.0.1".into(),
+            kv_port: hole.port(),
+            admin_port: 1,
+        },
+    ];
+    bounded("join", m.client(None, 0).join(&join_request(me, book))).await??;
+    let c = m.client(Some(CLUSTER), 1);
+    let put = PutBucket {
+        vbuckets: 2,
+        ram_quota_mb: 64,
+        uuid: "u".into(),
+        cluster_config: None,
+    };
+    bounded("put", c.put_bucket("default", &put)).await??;
+    let req = ApplyRequest {
+        phase: Phase::Replications,
+        states: Default::default(),
+        incoming: Some([(other.to_string(), vec![0, 1])].into()),
+        timeout_ms: 300,
+    };
+    let e = bounded("apply", c.apply("default", &req))
+        .await?
+        .expect_err("hangs");
+    assert_eq!(refused_kind(&e).as_deref(), Some("timeout"), "{e}");
+    assert!(
+        matches!(e, AgentCallError::Refused { status: 504, .. }),
+        "{e}"
+    );
+    drop(black_hole);
+    m.stop().await;
+    Ok(())
+}
