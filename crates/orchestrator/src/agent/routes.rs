@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 use super::api::{
     AddressBook, ApplyRequest, BucketHealth, BuildRequest, DataMoveAnswer, Health, JoinRequest,
-    LeaveRequest, Phase, PutBucket, TakeoverRequest, UnreplicateRequest, VbucketsReport,
+    LeaveRequest, Phase, PutBucket, TakeoverRequest, UnreplicateRequest, VbReport, VbucketsReport,
     WaitDataMove, WaitPersisted,
 };
 use super::client::{CLUSTER_HEADER, TERM_HEADER};
@@ -578,19 +578,20 @@ async fn set_states(agent: &Agent, bucket: &str, wanted: &[(u16, &str)]) -> Resu
         .ok_or_else(|| AgentError::NoSuchBucket {
             bucket: bucket.to_string(),
         })?;
-    let current: BTreeMap<u16, &str> = b
-        .vbuckets
-        .iter()
-        .map(|v| (v.vb, v.state.as_str()))
-        .collect();
+    let current: BTreeMap<u16, &VbReport> = b.vbuckets.iter().map(|v| (v.vb, v)).collect();
     let mut c = agent.node.mcbp(bucket).await?;
     for &(vb, want) in wanted {
-        let Some(&have) = current.get(&vb) else {
+        let Some(&now) = current.get(&vb) else {
             return Err(AgentError::bad(format!(
                 "bucket {bucket} has no vbucket {vb}"
             )));
         };
+        let have = now.state.as_str();
         if want == "delete" {
+            // Already dead and empty: every janitor pass may ask again.
+            if have == "dead" && now.items == 0 && now.high_seqno == 0 {
+                continue;
+            }
             if have != "dead" {
                 c.set_state(vb, VbState::Dead).await?;
             }
