@@ -710,6 +710,21 @@ async fn a_restarted_member_starts_fenced_and_an_apply_restores_it() -> anyhow::
     let h = bounded("health", c.health()).await??;
     assert!(h.buckets["default"].ready, "{h:?}");
     assert_eq!(h.buckets["default"].active, 2);
+    // Config push: newer accepted, older refused; health reports what the node serves.
+    let cfg = |rev: u64| serde_json::json!({"rev": rev, "revEpoch": 1, "name": "default"});
+    assert!(bounded("push", c.push_bucket_config("default", &cfg(10))).await??);
+    assert!(bounded("push same", c.push_bucket_config("default", &cfg(10))).await??);
+    assert!(!bounded("push older", c.push_bucket_config("default", &cfg(5))).await??);
+    assert!(bounded("push global", c.push_global_config(&cfg(3))).await??);
+    let h = bounded("health", c.health()).await??;
+    assert_eq!(h.buckets["default"].config, Some((1, 10)), "{h:?}");
+    let e = bounded("push nowhere", c.push_bucket_config("nope", &cfg(1)))
+        .await?
+        .expect_err("no bucket");
+    assert!(
+        matches!(e, AgentCallError::Refused { status: 404, .. }),
+        "{e}"
+    );
     // A bucket of the same name under another uuid is not the cluster's to touch.
     let other = PutBucket {
         uuid: "u2".into(),
