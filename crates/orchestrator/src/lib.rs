@@ -1,10 +1,11 @@
-//! The cluster manager's pieces (cluster.md §2, §4): vbucket map generation and the
-//! metadata store seam.
+//! The cluster manager (cluster.md): every node runs the [`agent`] beside its data
+//! node; the node where the cluster was initialised also runs the [`orch`]estrator,
+//! which keeps everything it must remember in the [`store`] and serves the REST
+//! routes of [`http`].
 //!
-//! [`map`] is a pure core: no I/O, no clock, no global randomness; the caller passes the
-//! seed. [`store`] is the seam behind which everything the cluster must remember lives,
-//! with its embedded default (one redb file) and an in-memory double for tests. The
-//! orchestrator actor, agents, REST routes, janitor and rebalance are not built yet.
+//! Pure cores (no I/O, no clock, no global randomness; seeds are inputs): [`map`]
+//! (vbucket map generation), [`janitor`] (chain rules and apply phases), [`config`]
+//! (the client map JSON) and [`rest`] (request parameters and error answers).
 
 #![warn(missing_docs)]
 

@@ -11,9 +11,9 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::api::{
-    AddressBook, AgentInfo, ApplyRequest, BuildRequest, Creds, DataMoveAnswer, Health,
-    JoinRequest, LeaveRequest, PutBucket, TakeoverRequest, UnreplicateRequest, VbucketsReport,
-    WaitDataMove, WaitPersisted,
+    AddressBook, AgentInfo, ApplyRequest, BuildRequest, Creds, DataMoveAnswer, Health, JoinRequest,
+    LeaveRequest, PutBucket, TakeoverRequest, UnreplicateRequest, VbucketsReport, WaitDataMove,
+    WaitPersisted,
 };
 
 /// Bound of a call without `timeout_ms`.
@@ -205,8 +205,13 @@ impl AgentClient {
     /// # Errors
     /// [`AgentCallError`].
     pub async fn fence(&self) -> Result<(), AgentCallError> {
-        self.agent_unit(reqwest::Method::POST, "/agent/v1/fence", Some(&json!({})), None)
-            .await
+        self.agent_unit(
+            reqwest::Method::POST,
+            "/agent/v1/fence",
+            Some(&json!({})),
+            None,
+        )
+        .await
     }
 
     /// `PUT /agent/v1/buckets/{b}`.
@@ -254,8 +259,13 @@ impl AgentClient {
     /// [`AgentCallError`].
     pub async fn apply(&self, bucket: &str, req: &ApplyRequest) -> Result<(), AgentCallError> {
         let path = format!("/agent/v1/buckets/{bucket}/apply");
-        self.agent_unit(reqwest::Method::POST, &path, Some(req), Some(req.timeout_ms))
-            .await
+        self.agent_unit(
+            reqwest::Method::POST,
+            &path,
+            Some(req),
+            Some(req.timeout_ms),
+        )
+        .await
     }
 
     /// `…/vbuckets/{vb}/build`.
@@ -269,8 +279,13 @@ impl AgentClient {
         req: &BuildRequest,
     ) -> Result<(), AgentCallError> {
         let path = format!("/agent/v1/buckets/{bucket}/vbuckets/{vb}/build");
-        self.agent_unit(reqwest::Method::POST, &path, Some(req), Some(req.timeout_ms))
-            .await
+        self.agent_unit(
+            reqwest::Method::POST,
+            &path,
+            Some(req),
+            Some(req.timeout_ms),
+        )
+        .await
     }
 
     /// `…/vbuckets/{vb}/wait-data-move`.
@@ -284,8 +299,13 @@ impl AgentClient {
         req: &WaitDataMove,
     ) -> Result<DataMoveAnswer, AgentCallError> {
         let path = format!("/agent/v1/buckets/{bucket}/vbuckets/{vb}/wait-data-move");
-        self.agent(reqwest::Method::POST, &path, Some(req), Some(req.timeout_ms))
-            .await
+        self.agent(
+            reqwest::Method::POST,
+            &path,
+            Some(req),
+            Some(req.timeout_ms),
+        )
+        .await
     }
 
     /// `…/vbuckets/{vb}/wait-persisted`.
@@ -299,8 +319,13 @@ impl AgentClient {
         req: &WaitPersisted,
     ) -> Result<(), AgentCallError> {
         let path = format!("/agent/v1/buckets/{bucket}/vbuckets/{vb}/wait-persisted");
-        self.agent_unit(reqwest::Method::POST, &path, Some(req), Some(req.timeout_ms))
-            .await
+        self.agent_unit(
+            reqwest::Method::POST,
+            &path,
+            Some(req),
+            Some(req.timeout_ms),
+        )
+        .await
     }
 
     /// `…/vbuckets/{vb}/takeover`.
@@ -314,8 +339,13 @@ impl AgentClient {
         req: &TakeoverRequest,
     ) -> Result<(), AgentCallError> {
         let path = format!("/agent/v1/buckets/{bucket}/vbuckets/{vb}/takeover");
-        self.agent_unit(reqwest::Method::POST, &path, Some(req), Some(req.timeout_ms))
-            .await
+        self.agent_unit(
+            reqwest::Method::POST,
+            &path,
+            Some(req),
+            Some(req.timeout_ms),
+        )
+        .await
     }
 
     /// `…/vbuckets/{vb}/unreplicate`.
@@ -329,8 +359,13 @@ impl AgentClient {
         req: &UnreplicateRequest,
     ) -> Result<(), AgentCallError> {
         let path = format!("/agent/v1/buckets/{bucket}/vbuckets/{vb}/unreplicate");
-        self.agent_unit(reqwest::Method::POST, &path, Some(req), Some(req.timeout_ms))
-            .await
+        self.agent_unit(
+            reqwest::Method::POST,
+            &path,
+            Some(req),
+            Some(req.timeout_ms),
+        )
+        .await
     }
 
     /// `…/vbuckets/{vb}/delete`.

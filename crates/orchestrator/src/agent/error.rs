@@ -216,3 +216,58 @@ impl IntoResponse for AgentError {
             .into_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// §2.6: replication failures are the replication layer's JSON unchanged.
+    #[test]
+    fn a_replication_error_is_the_replication_layers_object_unchanged() {
+        let e = AgentError::Repl {
+            bucket: "b".into(),
+            vb: Some(3),
+            source: ReplError::UnknownNode {
+                node: "n_9@h".into(),
+            },
+        };
+        let v = e.to_json();
+        assert_eq!(v["kind"], "unknown_node");
+        assert_eq!(v["node"], "n_9@h");
+        assert_eq!(
+            v,
+            super::super::repl_json::to_json(&ReplError::UnknownNode {
+                node: "n_9@h".into()
+            })
+        );
+        assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+    }
+
+    #[test]
+    fn every_agent_error_object_has_kind_and_message() {
+        let errors = [
+            AgentError::NotMember,
+            AgentError::StaleTerm { got: 1, seen: 2 },
+            AgentError::Timeout {
+                what: "apply".into(),
+                after_ms: 5,
+            },
+            AgentError::bad("nope"),
+        ];
+        for e in errors {
+            let v = e.to_json();
+            assert_eq!(v["kind"], e.kind());
+            assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        }
+        let v = AgentError::StaleTerm { got: 1, seen: 2 }.to_json();
+        assert_eq!((v["got"].as_u64(), v["term"].as_u64()), (Some(1), Some(2)));
+        assert_eq!(
+            AgentError::Timeout {
+                what: "x".into(),
+                after_ms: 1
+            }
+            .status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+    }
+}

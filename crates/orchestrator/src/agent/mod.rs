@@ -39,7 +39,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 pub use api::{AddressEntry, AgentInfo, BucketRef, Creds};
-pub use client::{AgentCallError, AgentClient, CLUSTER_HEADER, TERM_HEADER};
+pub use client::{
+    AgentCallError, AgentClient, CALL_SLACK, CLUSTER_HEADER, DEFAULT_CALL_BOUND, TERM_HEADER,
+};
 pub use error::AgentError;
 
 use node::NodeLink;
@@ -335,8 +337,9 @@ impl Agent {
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
         self.tasks.close();
-        let all: Vec<Arc<ReplicationManager>> =
-            std::mem::take(&mut *lock(&self.managers)).into_values().collect();
+        let all: Vec<Arc<ReplicationManager>> = std::mem::take(&mut *lock(&self.managers))
+            .into_values()
+            .collect();
         futures::future::join_all(all.iter().map(|m| m.shutdown())).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await;
     }

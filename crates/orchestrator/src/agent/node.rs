@@ -58,10 +58,7 @@ impl NodeLink {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| AgentError::node(&what, e))?;
+        let resp = req.send().await.map_err(|e| AgentError::node(&what, e))?;
         let status = resp.status().as_u16();
         let text = resp.text().await.map_err(|e| AgentError::node(&what, e))?;
         let v = if text.trim().is_empty() {
@@ -233,7 +230,11 @@ impl Mcbp {
     pub(crate) async fn set_state(&mut self, vb: u16, state: VbState) -> Result<(), AgentError> {
         self.c.set_vbucket(Vbid(vb), state).await.map_err(|e| {
             AgentError::node(
-                format!("SET_VBUCKET bucket {} vb:{vb} {}", self.bucket, state.as_str()),
+                format!(
+                    "SET_VBUCKET bucket {} vb:{vb} {}",
+                    self.bucket,
+                    state.as_str()
+                ),
                 e,
             )
         })
@@ -249,9 +250,11 @@ impl Mcbp {
             vbucket: Vbid(vb),
             opaque,
         };
-        self.c.call_ok(&req).await.map(drop).map_err(|e| {
-            AgentError::node(format!("DEL_VBUCKET bucket {} vb:{vb}", self.bucket), e)
-        })
+        self.c
+            .call_ok(&req)
+            .await
+            .map(drop)
+            .map_err(|e| AgentError::node(format!("DEL_VBUCKET bucket {} vb:{vb}", self.bucket), e))
     }
 
     /// GET_CLUSTER_CONFIG: `(revEpoch, rev)` of the config the node serves for the
@@ -279,7 +282,11 @@ impl Mcbp {
     }
 
     /// SEQNO_PERSISTENCE once: `true` when `seqno` is persisted, `false` on ETMPFAIL.
-    pub(crate) async fn seqno_persisted(&mut self, vb: u16, seqno: u64) -> Result<bool, AgentError> {
+    pub(crate) async fn seqno_persisted(
+        &mut self,
+        vb: u16,
+        seqno: u64,
+    ) -> Result<bool, AgentError> {
         self.c
             .seqno_persistence(Vbid(vb), mcbp::Seqno(seqno))
             .await

@@ -493,7 +493,6 @@ impl From<&ReplError> for ErrorJson {
     }
 }
 
-
 /// `e` as the replication layer's error object.
 pub(crate) fn to_json(e: &ReplError) -> serde_json::Value {
     serde_json::to_value(ErrorJson::from(e))

@@ -370,18 +370,15 @@ async fn init(st: &ClusterHttp, p: &Params, legacy: bool) -> Result<Response, Re
         services: vec!["kv".to_owned()],
     };
     let cfg = st.orch_config(&name);
-    let (store, secrets) = Orchestrator::init(&cfg, &ip, me).await?;
-    let o = Orchestrator::start(cfg, store, secrets.clone());
-    if let Some(n) = pend_vbs {
-        o.set_default_vbuckets(n).await?;
-    }
-    let view = o.view().await?;
+    let (store, secrets, cluster) = Orchestrator::init(&cfg, &ip, me).await?;
+    // The local agent joins first (it installs the internal user the orchestrator's
+    // calls authenticate with), then the orchestrator starts.
     let local = AgentClient::new(format!("127.0.0.1:{}", info.admin_port), name.clone(), st.cfg.local_admin.clone(), None, 0);
     local
         .join(&JoinRequest {
-            cluster: view.cluster.uuid.clone(),
+            cluster: cluster.uuid.clone(),
             name: name.clone(),
-            term: view.cluster.term,
+            term: cluster.term,
             orchestrator: name.clone(),
             nodes: vec![AddressEntry { name: name.clone(), host, kv_port: info.kv_port, admin_port: info.admin_port }],
             admin: secrets.admin.clone(),
@@ -390,6 +387,10 @@ async fn init(st: &ClusterHttp, p: &Params, legacy: bool) -> Result<Response, Re
         })
         .await
         .map_err(|e| RestError::internal(format!("the local agent refused to join the new cluster: {e}")))?;
+    let o = Orchestrator::start(cfg, store, secrets);
+    if let Some(n) = pend_vbs {
+        o.set_default_vbuckets(n).await?;
+    }
     st.set_orch(o);
     info!(node = %name, "cluster initialised");
     Ok(ok_empty())

@@ -147,7 +147,7 @@ impl Orchestrator {
         cfg: &OrchConfig,
         params: &InitParams,
         me: NodeRecord,
-    ) -> Result<(Arc<dyn MetadataStore>, Secrets), RestError> {
+    ) -> Result<(Arc<dyn MetadataStore>, Secrets, model::ClusterRecord), RestError> {
         let dir = cluster_dir(&cfg.data_dir);
         let store: Arc<dyn MetadataStore> = Arc::new(
             RedbStore::open(&dir)
@@ -164,7 +164,8 @@ impl Orchestrator {
         .await
         .map_err(|e| RestError::internal(format!("writing the cluster secrets: {e}")))?;
         actor::init_cluster(store.as_ref(), params, me).await?;
-        Ok((store, secrets))
+        let view = actor::read_view(store.as_ref()).await?;
+        Ok((store, secrets, view.cluster))
     }
 
     /// Opens the store of an initialised orchestrator node (restart).
