@@ -125,7 +125,11 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let node = Node::start_with_listeners(cfg, kv, admin)
         .await
         .context("starting the node")?;
-    if http.resume().await.map_err(|e| anyhow::anyhow!("{}", e.to_json()))? {
+    if http
+        .resume()
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.to_json()))?
+    {
         eprintln!("conduit node: this node runs the cluster's orchestrator");
     }
     eprintln!(

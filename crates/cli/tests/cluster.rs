@@ -30,7 +30,10 @@ async fn rest(
     form: &[(&str, &str)],
 ) -> anyhow::Result<(u16, String)> {
     let client = reqwest::Client::builder().timeout(CALL).build()?;
-    let mut req = client.request(reqwest::Method::from_bytes(method.as_bytes())?, format!("http://{addr}{path}"));
+    let mut req = client.request(
+        reqwest::Method::from_bytes(method.as_bytes())?,
+        format!("http://{addr}{path}"),
+    );
     if let Some((u, p)) = auth {
         req = req.basic_auth(u, Some(p));
     }
@@ -48,7 +51,11 @@ async fn rest(
     let resp = req.send().await?;
     let status = resp.status().as_u16();
     let text = resp.text().await?;
-    assert!(started.elapsed() < CALL, "I3: {method} {path} took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < CALL,
+        "I3: {method} {path} took {:?}",
+        started.elapsed()
+    );
     if !(200..300).contains(&status) {
         // I4: every error is typed.
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
@@ -64,21 +71,34 @@ fn urlencode(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }
     out
 }
 
-async fn ok(addr: SocketAddr, method: &str, path: &str, form: &[(&str, &str)], want: u16) -> anyhow::Result<Value> {
+async fn ok(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    form: &[(&str, &str)],
+    want: u16,
+) -> anyhow::Result<Value> {
     let (status, text) = rest(addr, method, path, Some(ADMIN), form).await?;
-    anyhow::ensure!(status == want, "{method} {path}: {status} (wanted {want}): {text}");
+    anyhow::ensure!(
+        status == want,
+        "{method} {path}: {status} (wanted {want}): {text}"
+    );
     Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 fn start_nodes(n: usize) -> anyhow::Result<Vec<NodeProcess>> {
-    (0..n).map(|_| NodeProcess::start(&conduit(), PW, &[])).collect()
+    (0..n)
+        .map(|_| NodeProcess::start(&conduit(), PW, &[]))
+        .collect()
 }
 
 fn host_port(n: &NodeProcess) -> String {
@@ -88,51 +108,149 @@ fn host_port(n: &NodeProcess) -> String {
 /// The harness flow (T15): legacy init, addNode ×(n−1), rebalance, poll progress.
 async fn form_cluster(nodes: &[NodeProcess]) -> anyhow::Result<Vec<String>> {
     let a = nodes[0].admin;
-    let (s, _) = rest(a, "POST", "/node/controller/setupServices", Some(("admin", PW)), &[("services", "kv")]).await?;
+    let (s, _) = rest(
+        a,
+        "POST",
+        "/node/controller/setupServices",
+        Some(("admin", PW)),
+        &[("services", "kv")],
+    )
+    .await?;
     assert_eq!(s, 200);
-    let (s, _) = rest(a, "POST", "/nodes/self/controller/settings", Some(("admin", PW)), &[("path", "/tmp/data"), ("index_path", "/tmp/idx")]).await?;
+    let (s, _) = rest(
+        a,
+        "POST",
+        "/nodes/self/controller/settings",
+        Some(("admin", PW)),
+        &[("path", "/tmp/data"), ("index_path", "/tmp/idx")],
+    )
+    .await?;
     assert_eq!(s, 200);
-    let (s, t) = rest(a, "POST", "/pools/default", Some(("admin", PW)), &[("memoryQuota", "2048")]).await?;
+    let (s, t) = rest(
+        a,
+        "POST",
+        "/pools/default",
+        Some(("admin", PW)),
+        &[("memoryQuota", "2048")],
+    )
+    .await?;
     assert_eq!(s, 200, "{t}");
-    let (s, t) = rest(a, "POST", "/settings/web", Some(("admin", PW)), &[("username", ADMIN.0), ("password", ADMIN.1), ("port", "SAME")]).await?;
+    let (s, t) = rest(
+        a,
+        "POST",
+        "/settings/web",
+        Some(("admin", PW)),
+        &[
+            ("username", ADMIN.0),
+            ("password", ADMIN.1),
+            ("port", "SAME"),
+        ],
+    )
+    .await?;
     assert_eq!(s, 200, "{t}");
     let mut names = vec![];
     let pd = ok(a, "GET", "/pools/default", &[], 200).await?;
-    names.push(pd["nodes"][0]["otpNode"].as_str().unwrap_or_default().to_owned());
+    names.push(
+        pd["nodes"][0]["otpNode"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    );
     for n in &nodes[1..] {
-        let v = ok(a, "POST", "/controller/addNode", &[("hostname", &host_port(n)), ("user", "admin"), ("password", PW), ("services", "kv")], 200).await?;
+        let v = ok(
+            a,
+            "POST",
+            "/controller/addNode",
+            &[
+                ("hostname", &host_port(n)),
+                ("user", "admin"),
+                ("password", PW),
+                ("services", "kv"),
+            ],
+            200,
+        )
+        .await?;
         names.push(v["otpNode"].as_str().unwrap_or_default().to_owned());
     }
     let pd = ok(a, "GET", "/pools/default", &[], 200).await?;
-    let added = pd["nodes"].as_array().map(|ns| ns.iter().filter(|n| n["clusterMembership"] == "inactiveAdded").count());
+    let added = pd["nodes"].as_array().map(|ns| {
+        ns.iter()
+            .filter(|n| n["clusterMembership"] == "inactiveAdded")
+            .count()
+    });
     assert_eq!(added, Some(nodes.len() - 1), "{pd}");
-    assert_eq!(pd["balanced"], false, "added nodes make the cluster unbalanced: {pd}");
+    assert_eq!(
+        pd["balanced"], false,
+        "added nodes make the cluster unbalanced: {pd}"
+    );
     let known = names.join(",");
-    ok(a, "POST", "/controller/rebalance", &[("knownNodes", &known), ("ejectedNodes", "")], 200).await?;
+    ok(
+        a,
+        "POST",
+        "/controller/rebalance",
+        &[("knownNodes", &known), ("ejectedNodes", "")],
+        200,
+    )
+    .await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (s, t) = rest(a, "GET", "/pools/default/rebalanceProgress", Some(ADMIN), &[]).await?;
+        let (s, t) = rest(
+            a,
+            "GET",
+            "/pools/default/rebalanceProgress",
+            Some(ADMIN),
+            &[],
+        )
+        .await?;
         if s == 200 && t == r#"{"status":"none"}"# {
             break;
         }
-        anyhow::ensure!(Instant::now() < deadline, "rebalance progress never became exactly none: {t}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "rebalance progress never became exactly none: {t}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let pd = ok(a, "GET", "/pools/default", &[], 200).await?;
-    let active = pd["nodes"].as_array().map(|ns| ns.iter().filter(|n| n["clusterMembership"] == "active").count());
+    let active = pd["nodes"].as_array().map(|ns| {
+        ns.iter()
+            .filter(|n| n["clusterMembership"] == "active")
+            .count()
+    });
     assert_eq!(active, Some(nodes.len()), "{pd}");
     Ok(names)
 }
 
 /// Creates a bucket with jepsen's parameters through `via` and waits until every
 /// node serves it (healthy) and the map is complete.
-async fn create_bucket(via: SocketAddr, orchestrator: SocketAddr, name: &str, replicas: &str) -> anyhow::Result<Value> {
-    let (s, t) = rest(via, "POST", "/pools/default/buckets", Some(ADMIN), &[
-        ("name", name), ("ramQuotaMB", "256"), ("bucketType", "membase"), ("replicaNumber", replicas),
-        ("threadsNumber", "3"), ("flushEnabled", "1"), ("evictionPolicy", "valueOnly"),
-        ("conflictResolutionType", "seqno"), ("maxTTL", "0"), ("compressionMode", "off"),
-        ("storageBackend", "couchstore"), ("durabilityMinLevel", "none"), ("numVBuckets", "64"),
-    ]).await?;
+async fn create_bucket(
+    via: SocketAddr,
+    orchestrator: SocketAddr,
+    name: &str,
+    replicas: &str,
+) -> anyhow::Result<Value> {
+    let (s, t) = rest(
+        via,
+        "POST",
+        "/pools/default/buckets",
+        Some(ADMIN),
+        &[
+            ("name", name),
+            ("ramQuotaMB", "256"),
+            ("bucketType", "membase"),
+            ("replicaNumber", replicas),
+            ("threadsNumber", "3"),
+            ("flushEnabled", "1"),
+            ("evictionPolicy", "valueOnly"),
+            ("conflictResolutionType", "seqno"),
+            ("maxTTL", "0"),
+            ("compressionMode", "off"),
+            ("storageBackend", "couchstore"),
+            ("durabilityMinLevel", "none"),
+            ("numVBuckets", "64"),
+        ],
+    )
+    .await?;
     anyhow::ensure!(s == 202, "bucket create: {s} {t}");
     wait_healthy(orchestrator, name).await
 }
@@ -141,35 +259,62 @@ async fn wait_healthy(a: SocketAddr, bucket: &str) -> anyhow::Result<Value> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let pd = ok(a, "GET", "/pools/default", &[], 200).await?;
-        let healthy = pd["nodes"].as_array().is_some_and(|ns| ns.iter().all(|n| n["status"] == "healthy"));
-        let (s, t) = rest(a, "GET", &format!("/pools/default/buckets/{bucket}"), Some(ADMIN), &[]).await?;
+        let healthy = pd["nodes"]
+            .as_array()
+            .is_some_and(|ns| ns.iter().all(|n| n["status"] == "healthy"));
+        let (s, t) = rest(
+            a,
+            "GET",
+            &format!("/pools/default/buckets/{bucket}"),
+            Some(ADMIN),
+            &[],
+        )
+        .await?;
         if healthy && s == 200 {
             let b: Value = serde_json::from_str(&t)?;
-            let full = b["vBucketServerMap"]["vBucketMap"].as_array().is_some_and(|rows| {
-                !rows.is_empty() && rows.iter().all(|r| r[0].as_i64().is_some_and(|i| i >= 0))
-            });
+            let full = b["vBucketServerMap"]["vBucketMap"]
+                .as_array()
+                .is_some_and(|rows| {
+                    !rows.is_empty() && rows.iter().all(|r| r[0].as_i64().is_some_and(|i| i >= 0))
+                });
             if full {
                 return Ok(b);
             }
         }
-        anyhow::ensure!(Instant::now() < deadline, "bucket {bucket} never became healthy: {pd}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "bucket {bucket} never became healthy: {pd}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 /// Each node's vbucket states of `bucket`, read from the node's own admin API:
 /// kv-port -> vb -> (state, high seqno).
-async fn states(nodes: &[&NodeProcess], bucket: &str) -> anyhow::Result<BTreeMap<u16, BTreeMap<u16, (String, u64)>>> {
+async fn states(
+    nodes: &[&NodeProcess],
+    bucket: &str,
+) -> anyhow::Result<BTreeMap<u16, BTreeMap<u16, (String, u64)>>> {
     let mut out = BTreeMap::new();
     for n in nodes {
-        let (s, t) = testkit::http(n.admin, "GET", &format!("/buckets/{bucket}"), Some(("admin", PW)), None).await?;
+        let (s, t) = testkit::http(
+            n.admin,
+            "GET",
+            &format!("/buckets/{bucket}"),
+            Some(("admin", PW)),
+            None,
+        )
+        .await?;
         let mut m = BTreeMap::new();
         if s == 200 {
             let v: Value = serde_json::from_str(&t)?;
             for vb in v["vbuckets"].as_array().into_iter().flatten() {
                 m.insert(
                     vb["vb"].as_u64().unwrap_or(0) as u16,
-                    (vb["state"].as_str().unwrap_or("").to_owned(), vb["high_seqno"].as_u64().unwrap_or(0)),
+                    (
+                        vb["state"].as_str().unwrap_or("").to_owned(),
+                        vb["high_seqno"].as_u64().unwrap_or(0),
+                    ),
                 );
             }
         }
@@ -203,10 +348,17 @@ fn mismatches(bucket: &Value, st: &BTreeMap<u16, BTreeMap<u16, (String, u64)>>) 
         .filter_map(|s| s.as_str()?.rsplit(':').next()?.parse().ok())
         .collect();
     let mut bad = vec![];
-    for (vb, row) in smap["vBucketMap"].as_array().into_iter().flatten().enumerate() {
+    for (vb, row) in smap["vBucketMap"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         for (port, vbs) in st {
             let pos = row.as_array().into_iter().flatten().position(|i| {
-                i.as_i64().and_then(|i| servers.get(usize::try_from(i).ok()?)) == Some(port)
+                i.as_i64()
+                    .and_then(|i| servers.get(usize::try_from(i).ok()?))
+                    == Some(port)
             });
             let want = match pos {
                 Some(0) => "active",
@@ -223,23 +375,39 @@ fn mismatches(bucket: &Value, st: &BTreeMap<u16, BTreeMap<u16, (String, u64)>>) 
 }
 
 /// Waits (bounded) until I6 holds, checking I1 at every sample.
-async fn wait_states_match(a: SocketAddr, nodes: &[&NodeProcess], bucket: &str, within: Duration) -> anyhow::Result<()> {
+async fn wait_states_match(
+    a: SocketAddr,
+    nodes: &[&NodeProcess],
+    bucket: &str,
+    within: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
     loop {
-        let b = ok(a, "GET", &format!("/pools/default/buckets/{bucket}"), &[], 200).await?;
+        let b = ok(
+            a,
+            "GET",
+            &format!("/pools/default/buckets/{bucket}"),
+            &[],
+            200,
+        )
+        .await?;
         let st = states(nodes, bucket).await?;
         assert_single_active(&st);
         let bad = mismatches(&b, &st);
         if bad.is_empty() {
             return Ok(());
         }
-        anyhow::ensure!(Instant::now() < deadline, "I6 did not hold within {within:?}: {bad:?}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "I6 did not hold within {within:?}: {bad:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn harness_flow_forms_a_cluster_whose_states_match_the_map_and_ejects_cleanly() -> anyhow::Result<()> {
+async fn harness_flow_forms_a_cluster_whose_states_match_the_map_and_ejects_cleanly(
+) -> anyhow::Result<()> {
     let nodes = start_nodes(4)?;
     let (three, spare) = nodes.split_at(3);
     let names = form_cluster(three).await?;
@@ -249,11 +417,17 @@ async fn harness_flow_forms_a_cluster_whose_states_match_the_map_and_ejects_clea
     assert_eq!(s, 200);
     let pools: Value = serde_json::from_str(&t)?;
     assert_eq!(pools["isEnterprise"], true);
-    assert!(pools["uuid"].as_str().is_some_and(|u| u.len() == 32), "{pools}");
+    assert!(
+        pools["uuid"].as_str().is_some_and(|u| u.len() == 32),
+        "{pools}"
+    );
     // Created through a member that is not the orchestrator: forwarded.
     let b = create_bucket(three[1].admin, a, "default", "1").await?;
     assert_eq!(b["vBucketServerMap"]["numReplicas"], 1);
-    assert_eq!(b["vBucketServerMap"]["serverList"].as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        b["vBucketServerMap"]["serverList"].as_array().map(Vec::len),
+        Some(3)
+    );
     let refs: Vec<&NodeProcess> = three.iter().collect();
     wait_states_match(a, &refs, "default", Duration::from_secs(15)).await?;
     // Every node serves the same map version with the cluster's epoch (I5 at rest).
@@ -264,15 +438,38 @@ async fn harness_flow_forms_a_cluster_whose_states_match_the_map_and_ejects_clea
         assert!(v["rev"].as_u64().unwrap_or(0) >= rev, "{v}");
     }
     // A fourth node added, then ejected before a rebalance: it leaves nothing behind (I7).
-    let v = ok(a, "POST", "/controller/addNode", &[("hostname", &host_port(&spare[0])), ("user", "admin"), ("password", PW)], 200).await?;
+    let v = ok(
+        a,
+        "POST",
+        "/controller/addNode",
+        &[
+            ("hostname", &host_port(&spare[0])),
+            ("user", "admin"),
+            ("password", PW),
+        ],
+        200,
+    )
+    .await?;
     let fourth = v["otpNode"].as_str().unwrap_or_default().to_owned();
-    ok(a, "POST", "/controller/ejectNode", &[("otpNode", &fourth)], 200).await?;
+    ok(
+        a,
+        "POST",
+        "/controller/ejectNode",
+        &[("otpNode", &fourth)],
+        200,
+    )
+    .await?;
     let pd = ok(a, "GET", "/pools/default", &[], 200).await?;
     assert_eq!(pd["nodes"].as_array().map(Vec::len), Some(3), "{pd}");
-    let (s, t) = testkit::http(spare[0].admin, "GET", "/buckets", Some(("admin", PW)), None).await?;
+    let (s, t) =
+        testkit::http(spare[0].admin, "GET", "/buckets", Some(("admin", PW)), None).await?;
     assert_eq!((s, t.as_str()), (200, "[]"));
     let (_, t) = rest(spare[0].admin, "GET", "/pools", None, &[]).await?;
-    assert_eq!(serde_json::from_str::<Value>(&t)?["uuid"], serde_json::json!([]), "the ejected node forgot the cluster");
+    assert_eq!(
+        serde_json::from_str::<Value>(&t)?["uuid"],
+        serde_json::json!([]),
+        "the ejected node forgot the cluster"
+    );
     // Deleting the bucket removes it from every node.
     ok(a, "DELETE", "/pools/default/buckets/default", &[], 200).await?;
     for n in three {
@@ -292,10 +489,20 @@ async fn janitor_repairs_a_dead_active_a_stray_active_and_a_lost_replica() -> an
     let refs: Vec<&NodeProcess> = nodes.iter().collect();
     wait_states_match(a, &refs, "default", Duration::from_secs(15)).await?;
     let smap = &b["vBucketServerMap"];
-    let servers: Vec<u16> = smap["serverList"].as_array().into_iter().flatten().filter_map(|s| s.as_str()?.rsplit(':').next()?.parse().ok()).collect();
+    let servers: Vec<u16> = smap["serverList"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str()?.rsplit(':').next()?.parse().ok())
+        .collect();
     let node_of = |kv: u16| nodes.iter().find(|n| n.kv.port() == kv);
     let chain = |vb: usize| -> Vec<u16> {
-        smap["vBucketMap"][vb].as_array().into_iter().flatten().filter_map(|i| servers.get(usize::try_from(i.as_i64()?).ok()?).copied()).collect()
+        smap["vBucketMap"][vb]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| servers.get(usize::try_from(i.as_i64()?).ok()?).copied())
+            .collect()
     };
     let set = |n: &NodeProcess, vb: usize, state: &str| {
         let path = format!("/buckets/default/vbuckets/{vb}");
@@ -317,9 +524,18 @@ async fn janitor_repairs_a_dead_active_a_stray_active_and_a_lost_replica() -> an
     assert!(started.elapsed() < Duration::from_secs(10));
     // J6: the stray active of vb 1 became its chain's head.
     let b2 = ok(a, "GET", "/pools/default/buckets/default", &[], 200).await?;
-    let head1 = b2["vBucketServerMap"]["vBucketMap"][1][0].as_i64().and_then(|i| servers.get(usize::try_from(i).ok()?).copied());
-    assert_eq!(head1, Some(c1[1]), "the janitor adopted the active copy as the head");
-    assert!(b2["rev"].as_u64() > b["rev"].as_u64(), "the map change bumped the rev (I5)");
+    let head1 = b2["vBucketServerMap"]["vBucketMap"][1][0]
+        .as_i64()
+        .and_then(|i| servers.get(usize::try_from(i).ok()?).copied());
+    assert_eq!(
+        head1,
+        Some(c1[1]),
+        "the janitor adopted the active copy as the head"
+    );
+    assert!(
+        b2["rev"].as_u64() > b["rev"].as_u64(),
+        "the map change bumped the rev (I5)"
+    );
     Ok(())
 }
 
@@ -338,18 +554,25 @@ async fn a_member_restarts_fenced_and_the_janitor_restores_it() -> anyhow::Resul
     let dir = member.terminate()?;
     // Hold the orchestrator still, so the janitor cannot act before we look.
     let orch_pid = nodes[0].pid().to_string();
-    std::process::Command::new("kill").args(["-STOP", &orch_pid]).status()?;
+    std::process::Command::new("kill")
+        .args(["-STOP", &orch_pid])
+        .status()?;
     let restarted = NodeProcess::start_on(dir, &conduit(), PW, ports, &[]);
     let fenced = match &restarted {
         Ok(n) => states(&[n], "default").await,
         Err(e) => Err(anyhow::anyhow!("{e}")),
     };
-    std::process::Command::new("kill").args(["-CONT", &orch_pid]).status()?;
+    std::process::Command::new("kill")
+        .args(["-CONT", &orch_pid])
+        .status()?;
     let restarted = restarted?;
     let fenced = fenced?;
     let vbs = fenced.get(&ports.0).cloned().unwrap_or_default();
     assert_eq!(vbs.len(), 64, "the bucket reopened with its data");
-    assert!(vbs.values().all(|(s, _)| s == "dead"), "a member restarts with every vbucket dead: {vbs:?}");
+    assert!(
+        vbs.values().all(|(s, _)| s == "dead"),
+        "a member restarts with every vbucket dead: {vbs:?}"
+    );
     nodes.push(restarted);
     let refs: Vec<&NodeProcess> = nodes.iter().collect();
     wait_states_match(a, &refs, "default", Duration::from_secs(10)).await?;
@@ -365,28 +588,137 @@ async fn rest_bad_input_gets_its_status_and_kind() -> anyhow::Result<()> {
     assert_eq!(s, 404);
     let (s, t) = rest(a, "GET", "/pools", None, &[]).await?;
     assert_eq!(s, 200);
-    assert_eq!(serde_json::from_str::<Value>(&t)?["pools"], serde_json::json!([]));
+    assert_eq!(
+        serde_json::from_str::<Value>(&t)?["pools"],
+        serde_json::json!([])
+    );
     // Init refusals.
-    let (s, t) = rest(a, "POST", "/clusterInit", Some(("admin", PW)), &[("username", "x"), ("password", "y"), ("services", "kv,n1ql")]).await?;
+    let (s, t) = rest(
+        a,
+        "POST",
+        "/clusterInit",
+        Some(("admin", PW)),
+        &[
+            ("username", "x"),
+            ("password", "y"),
+            ("services", "kv,n1ql"),
+        ],
+    )
+    .await?;
     assert_eq!(s, 400, "{t}");
     assert!(t.contains("unsupported_service"), "{t}");
-    let (s, t) = rest(a, "POST", "/clusterInit", Some(("admin", PW)), &[("username", "x"), ("password", "y"), ("bogus", "1")]).await?;
+    let (s, t) = rest(
+        a,
+        "POST",
+        "/clusterInit",
+        Some(("admin", PW)),
+        &[("username", "x"), ("password", "y"), ("bogus", "1")],
+    )
+    .await?;
     assert_eq!(s, 400, "{t}");
     assert!(t.contains("Unsupported key"), "{t}");
     form_cluster(&nodes[..2]).await?;
     let cases: Vec<(&str, &str, Vec<(&str, &str)>, u16, &str)> = vec![
-        ("POST", "/clusterInit", vec![("username", "a"), ("password", "b")], 400, "already_initialised"),
-        ("POST", "/pools/default/buckets", vec![("name", "b1"), ("ramQuotaMB", "100"), ("replicaNumber", "4")], 400, "replicaNumber"),
-        ("POST", "/pools/default/buckets", vec![("name", ".bad"), ("ramQuotaMB", "100")], 400, "name"),
-        ("POST", "/pools/default/buckets", vec![("name", "e"), ("ramQuotaMB", "100"), ("bucketType", "ephemeral")], 400, "unsupported_bucket_type"),
-        ("POST", "/pools/default/buckets", vec![("name", "q"), ("ramQuotaMB", "100000")], 400, "ramQuota"),
-        ("POST", "/pools/default/buckets", vec![("name", "n"), ("ramQuotaMB", "100"), ("numVBuckets", "0")], 400, "numVBuckets"),
-        ("POST", "/pools/default/buckets", vec![("name", "u"), ("ramQuotaMB", "100"), ("whatever", "1")], 400, "Unsupported key"),
-        ("POST", "/controller/addNode", vec![("hostname", "127.0.0.1:1"), ("user", "a"), ("password", "b")], 400, "Could not connect"),
-        ("POST", "/controller/addNode", vec![("hostname", "https://127.0.0.1:1"), ("user", "a"), ("password", "b")], 400, "kind"),
-        ("POST", "/controller/ejectNode", vec![("otpNode", "n_1@nowhere")], 400, "Server does not exist."),
-        ("POST", "/controller/rebalance", vec![("knownNodes", "")], 400, "empty_known_nodes"),
-        ("POST", "/controller/rebalance", vec![("knownNodes", "n_1@nowhere")], 400, "mismatch"),
+        (
+            "POST",
+            "/clusterInit",
+            vec![("username", "a"), ("password", "b")],
+            400,
+            "already_initialised",
+        ),
+        (
+            "POST",
+            "/pools/default/buckets",
+            vec![
+                ("name", "b1"),
+                ("ramQuotaMB", "100"),
+                ("replicaNumber", "4"),
+            ],
+            400,
+            "replicaNumber",
+        ),
+        (
+            "POST",
+            "/pools/default/buckets",
+            vec![("name", ".bad"), ("ramQuotaMB", "100")],
+            400,
+            "name",
+        ),
+        (
+            "POST",
+            "/pools/default/buckets",
+            vec![
+                ("name", "e"),
+                ("ramQuotaMB", "100"),
+                ("bucketType", "ephemeral"),
+            ],
+            400,
+            "unsupported_bucket_type",
+        ),
+        (
+            "POST",
+            "/pools/default/buckets",
+            vec![("name", "q"), ("ramQuotaMB", "100000")],
+            400,
+            "ramQuota",
+        ),
+        (
+            "POST",
+            "/pools/default/buckets",
+            vec![("name", "n"), ("ramQuotaMB", "100"), ("numVBuckets", "0")],
+            400,
+            "numVBuckets",
+        ),
+        (
+            "POST",
+            "/pools/default/buckets",
+            vec![("name", "u"), ("ramQuotaMB", "100"), ("whatever", "1")],
+            400,
+            "Unsupported key",
+        ),
+        (
+            "POST",
+            "/controller/addNode",
+            vec![
+                ("hostname", "127.0.0.1:1"),
+                ("user", "a"),
+                ("password", "b"),
+            ],
+            400,
+            "Could not connect",
+        ),
+        (
+            "POST",
+            "/controller/addNode",
+            vec![
+                ("hostname", "https://127.0.0.1:1"),
+                ("user", "a"),
+                ("password", "b"),
+            ],
+            400,
+            "kind",
+        ),
+        (
+            "POST",
+            "/controller/ejectNode",
+            vec![("otpNode", "n_1@nowhere")],
+            400,
+            "Server does not exist.",
+        ),
+        (
+            "POST",
+            "/controller/rebalance",
+            vec![("knownNodes", "")],
+            400,
+            "empty_known_nodes",
+        ),
+        (
+            "POST",
+            "/controller/rebalance",
+            vec![("knownNodes", "n_1@nowhere")],
+            400,
+            "mismatch",
+        ),
         ("GET", "/pools/default/buckets/nope", vec![], 404, "kind"),
         ("DELETE", "/pools/default/buckets/nope", vec![], 404, "kind"),
         ("POST", "/diag/eval", vec![], 400, "unsupported"),
@@ -394,26 +726,72 @@ async fn rest_bad_input_gets_its_status_and_kind() -> anyhow::Result<()> {
     for (method, path, form, want, needle) in cases {
         let (s, t) = rest(a, method, path, Some(ADMIN), &form).await?;
         assert_eq!(s, want, "{method} {path} {form:?}: {t}");
-        assert!(t.contains(needle), "{method} {path} {form:?}: {t} lacks {needle:?}");
+        assert!(
+            t.contains(needle),
+            "{method} {path} {form:?}: {t} lacks {needle:?}"
+        );
     }
     // The addNode with another node's wrong password.
-    let (s, t) = rest(a, "POST", "/controller/addNode", Some(ADMIN), &[("hostname", &host_port(&nodes[2])), ("user", "admin"), ("password", "wrong")]).await?;
+    let (s, t) = rest(
+        a,
+        "POST",
+        "/controller/addNode",
+        Some(ADMIN),
+        &[
+            ("hostname", &host_port(&nodes[2])),
+            ("user", "admin"),
+            ("password", "wrong"),
+        ],
+    )
+    .await?;
     assert_eq!(s, 400, "{t}");
     assert!(t.contains("Authentication failed"), "{t}");
     // A node already in this cluster cannot be added again.
-    let (s, t) = rest(a, "POST", "/controller/addNode", Some(ADMIN), &[("hostname", &host_port(&nodes[1])), ("user", "admin"), ("password", PW)]).await?;
+    let (s, t) = rest(
+        a,
+        "POST",
+        "/controller/addNode",
+        Some(ADMIN),
+        &[
+            ("hostname", &host_port(&nodes[1])),
+            ("user", "admin"),
+            ("password", PW),
+        ],
+    )
+    .await?;
     assert_eq!(s, 400, "{t}");
     // Ejecting an active node and the orchestrator is refused.
     let pd = ok(a, "GET", "/pools/default", &[], 200).await?;
-    let member = pd["nodes"].as_array().and_then(|ns| ns.iter().find(|n| n["thisNode"] == false)).map(|n| n["otpNode"].as_str().unwrap_or_default().to_owned()).unwrap_or_default();
-    let (s, t) = rest(a, "POST", "/controller/ejectNode", Some(ADMIN), &[("otpNode", &member)]).await?;
+    let member = pd["nodes"]
+        .as_array()
+        .and_then(|ns| ns.iter().find(|n| n["thisNode"] == false))
+        .map(|n| n["otpNode"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    let (s, t) = rest(
+        a,
+        "POST",
+        "/controller/ejectNode",
+        Some(ADMIN),
+        &[("otpNode", &member)],
+    )
+    .await?;
     assert_eq!(s, 400, "{t}");
     assert!(t.contains("Cannot remove active server."), "{t}");
-    let (s, t) = rest(a, "POST", "/controller/ejectNode", Some(ADMIN), &[("otpNode", "Self")]).await?;
+    let (s, t) = rest(
+        a,
+        "POST",
+        "/controller/ejectNode",
+        Some(ADMIN),
+        &[("otpNode", "Self")],
+    )
+    .await?;
     assert_eq!(s, 400, "{t}");
     assert!(t.contains("orchestrator_immovable"), "{t}");
     // Auth: none -> 401 with the challenge; wrong -> 401; members forward with auth.
-    let resp = reqwest::Client::new().get(format!("http://{a}/pools/default")).send().await?;
+    let resp = reqwest::Client::new()
+        .get(format!("http://{a}/pools/default"))
+        .send()
+        .await?;
     assert_eq!(resp.status().as_u16(), 401);
     assert!(resp.headers().get("www-authenticate").is_some());
     let (s, _) = rest(a, "GET", "/pools/default", Some((ADMIN.0, "nope")), &[]).await?;
@@ -421,8 +799,22 @@ async fn rest_bad_input_gets_its_status_and_kind() -> anyhow::Result<()> {
     let (s, _) = rest(nodes[1].admin, "GET", "/pools/default", Some(ADMIN), &[]).await?;
     assert_eq!(s, 200, "a member forwards to the orchestrator");
     // Duplicate bucket.
-    ok(a, "POST", "/pools/default/buckets", &[("name", "dup"), ("ramQuotaMB", "100")], 202).await?;
-    let (s, t) = rest(a, "POST", "/pools/default/buckets", Some(ADMIN), &[("name", "dup"), ("ramQuotaMB", "100")]).await?;
+    ok(
+        a,
+        "POST",
+        "/pools/default/buckets",
+        &[("name", "dup"), ("ramQuotaMB", "100")],
+        202,
+    )
+    .await?;
+    let (s, t) = rest(
+        a,
+        "POST",
+        "/pools/default/buckets",
+        Some(ADMIN),
+        &[("name", "dup"), ("ramQuotaMB", "100")],
+    )
+    .await?;
     assert_eq!(s, 400, "{t}");
     assert!(t.contains("Bucket with given name already exists"), "{t}");
     Ok(())
@@ -454,7 +846,11 @@ async fn the_official_sdk_reads_every_copy_on_a_three_node_cluster() -> anyhow::
     )
     .await???;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "SDK cluster probe failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "SDK cluster probe failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}"))?;
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["upserted"], 400);
@@ -463,7 +859,10 @@ async fn the_official_sdk_reads_every_copy_on_a_three_node_cluster() -> anyhow::
     // Documents landed on all three nodes' actives.
     let st = states(&refs, "default").await?;
     for (port, vbs) in &st {
-        let written = vbs.values().filter(|(s, h)| s == "active" && *h > 0).count();
+        let written = vbs
+            .values()
+            .filter(|(s, h)| s == "active" && *h > 0)
+            .count();
         assert!(written > 0, "node :{port} holds no written active vbucket");
     }
     // Replica high seqnos equal the actives' (I6, quiet).
@@ -484,7 +883,10 @@ async fn the_official_sdk_reads_every_copy_on_a_three_node_cluster() -> anyhow::
         if high.values().all(|(a, rs)| rs.iter().all(|r| r == a)) {
             break;
         }
-        anyhow::ensure!(Instant::now() < deadline, "replicas never caught up: {high:?}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "replicas never caught up: {high:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(())

@@ -101,12 +101,16 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
 }
 
+/// Basic auth as an admin: missing or wrong credentials → 401 with the challenge; a
+/// user without the admin role → 403. Both bodies are typed (`kind`), in the shape
+/// the cluster's REST errors use.
 fn check_auth(state: &NodeState, headers: &HeaderMap) -> Result<(), Response> {
     let denied = || {
+        let message = "admin credentials required";
         (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Basic realm=\"conduit\"")],
-            Json(json!({"error": "admin credentials required"})),
+            Json(json!({"error": message, "kind": "unauthorized", "message": message, "errors": {"_": message}})),
         )
             .into_response()
     };
@@ -124,7 +128,15 @@ fn check_auth(state: &NodeState, headers: &HeaderMap) -> Result<(), Response> {
     let (user, password) = text.split_once(':').ok_or_else(denied)?;
     match state.users.authenticate(user, password) {
         Some(u) if u.is_admin() => Ok(()),
-        _ => Err(denied()),
+        Some(_) => {
+            let message = "this user lacks the admin role";
+            Err((
+                StatusCode::FORBIDDEN,
+                Json(json!({"error": message, "kind": "forbidden", "message": message, "errors": {"_": message}})),
+            )
+                .into_response())
+        }
+        None => Err(denied()),
     }
 }
 

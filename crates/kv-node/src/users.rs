@@ -291,7 +291,10 @@ mod tests {
         let users = Users::default();
         users.insert(User::new("ops", "old", Role::Admin));
         assert!(users.authenticate("ops", "old").is_some());
-        assert!(users.authenticate("ops", "old").is_some(), "served from the cache");
+        assert!(
+            users.authenticate("ops", "old").is_some(),
+            "served from the cache"
+        );
         users.insert(User::new("ops", "new", Role::Admin));
         assert!(users.authenticate("ops", "old").is_none());
         assert!(users.authenticate("ops", "new").is_some());

@@ -163,3 +163,26 @@ async fn buckets_and_ports_survive_a_restart() -> anyhow::Result<()> {
     assert_eq!(v["flush_enabled"], true);
     Ok(())
 }
+
+#[tokio::test]
+async fn refusals_are_typed_401_without_credentials_and_403_without_the_admin_role(
+) -> anyhow::Result<()> {
+    let n = TestNode::start_with(|cfg| {
+        cfg.bucket_users.push(kv_node::BucketUserConfig {
+            name: "reader".into(),
+            password: "rpw".into(),
+            bucket: "default".into(),
+        });
+    })
+    .await?;
+    let a = n.node.admin_addr();
+    let (status, body) = http(a, "GET", "/buckets", Some((ADMIN, "bad")), None).await?;
+    assert_eq!(status, 401);
+    let v: Value = serde_json::from_str(&body)?;
+    assert_eq!(v["kind"], "unauthorized", "{body}");
+    let (status, body) = http(a, "GET", "/buckets", Some(("reader", "rpw")), None).await?;
+    assert_eq!(status, 403, "{body}");
+    let v: Value = serde_json::from_str(&body)?;
+    assert_eq!(v["kind"], "forbidden", "{body}");
+    Ok(())
+}

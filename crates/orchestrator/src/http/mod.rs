@@ -18,8 +18,8 @@ use serde_json::{json, Value};
 use tracing::info;
 
 use crate::agent::api::{AddressEntry, Creds, JoinRequest};
-use crate::agent::AgentClient;
 use crate::agent::Agent;
+use crate::agent::AgentClient;
 use crate::orch::{has_store, Membership, NodeRecord, OrchConfig, Orchestrator};
 use crate::rest::error::RestError;
 use crate::rest::form::{
@@ -69,7 +69,10 @@ pub struct ClusterHttp {
 
 enum Mode {
     Orchestrator(Orchestrator),
-    Member { orchestrator: String, addr: Option<String> },
+    Member {
+        orchestrator: String,
+        addr: Option<String>,
+    },
     Uninitialised,
 }
 
@@ -174,7 +177,9 @@ pub fn public_routes() -> Vec<(Method, String)> {
 fn basic_creds(headers: &HeaderMap) -> Option<(String, String)> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let enc = v.strip_prefix("Basic ")?;
-    let dec = base64::engine::general_purpose::STANDARD.decode(enc.trim()).ok()?;
+    let dec = base64::engine::general_purpose::STANDARD
+        .decode(enc.trim())
+        .ok()?;
     let text = String::from_utf8(dec).ok()?;
     let (u, p) = text.split_once(':')?;
     Some((u.to_owned(), p.to_owned()))
@@ -182,13 +187,22 @@ fn basic_creds(headers: &HeaderMap) -> Option<(String, String)> {
 
 async fn pools(State(st): State<Arc<ClusterHttp>>, headers: HeaderMap) -> Response {
     let creds = basic_creds(&headers);
-    let matches = |c: &Creds| creds.as_ref().is_some_and(|(u, p)| *u == c.user && *p == c.password);
+    let matches = |c: &Creds| {
+        creds
+            .as_ref()
+            .is_some_and(|(u, p)| *u == c.user && *p == c.password)
+    };
     let membership = st.agent.membership();
     let is_admin = matches(&st.cfg.local_admin)
-        || membership.as_ref().is_some_and(|m| matches(&m.admin) || matches(&m.internal));
+        || membership
+            .as_ref()
+            .is_some_and(|m| matches(&m.admin) || matches(&m.internal));
     let ver = st.implementation_version();
     let (uuid, pools) = match &membership {
-        Some(m) => (json!(m.cluster), json!([{"name": "default", "uri": "/pools/default", "streamingUri": "/poolsStreaming/default"}])),
+        Some(m) => (
+            json!(m.cluster),
+            json!([{"name": "default", "uri": "/pools/default", "streamingUri": "/poolsStreaming/default"}]),
+        ),
         None => (json!([]), json!([])),
     };
     Json(json!({
@@ -207,7 +221,13 @@ async fn dispatch(State(st): State<Arc<ClusterHttp>>, req: Request) -> Response 
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
         Err(_) => {
-            return RestError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "_", format!("the request body exceeds {MAX_BODY} bytes")).into_response();
+            return RestError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "_",
+                format!("the request body exceeds {MAX_BODY} bytes"),
+            )
+            .into_response();
         }
     };
     let path = parts.uri.path().to_owned();
@@ -215,70 +235,144 @@ async fn dispatch(State(st): State<Arc<ClusterHttp>>, req: Request) -> Response 
         return RestError::not_found(format!("no route {} {path}", parts.method)).into_response();
     }
     match st.mode() {
-        Mode::Orchestrator(o) => local(&st, &o, &parts.method, &path, parts.uri.query(), &parts.headers, &body)
-            .await
-            .unwrap_or_else(IntoResponse::into_response),
+        Mode::Orchestrator(o) => local(
+            &st,
+            &o,
+            &parts.method,
+            &path,
+            parts.uri.query(),
+            &parts.headers,
+            &body,
+        )
+        .await
+        .unwrap_or_else(IntoResponse::into_response),
         Mode::Member { orchestrator, addr } => {
             if parts.headers.contains_key(FORWARDED) {
-                return RestError::new(StatusCode::SERVICE_UNAVAILABLE, "orchestrator_unreachable", "_", format!("{orchestrator} is not running the orchestrator"))
-                    .into_response();
+                return RestError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "orchestrator_unreachable",
+                    "_",
+                    format!("{orchestrator} is not running the orchestrator"),
+                )
+                .into_response();
             }
             forward(&st, &orchestrator, addr.as_deref(), &parts, body).await
         }
-        Mode::Uninitialised => uninitialised(&st, &parts.method, &path, parts.uri.query(), &parts.headers, &body)
-            .await
-            .unwrap_or_else(IntoResponse::into_response),
+        Mode::Uninitialised => uninitialised(
+            &st,
+            &parts.method,
+            &path,
+            parts.uri.query(),
+            &parts.headers,
+            &body,
+        )
+        .await
+        .unwrap_or_else(IntoResponse::into_response),
     }
 }
 
 fn is_cluster_route(path: &str) -> bool {
-    const PREFIXES: [&str; 8] = ["/pools/", "/controller/", "/clusterInit", "/settings/", "/node/", "/nodes/", "/diag/eval", "/logs/"];
+    const PREFIXES: [&str; 8] = [
+        "/pools/",
+        "/controller/",
+        "/clusterInit",
+        "/settings/",
+        "/node/",
+        "/nodes/",
+        "/diag/eval",
+        "/logs/",
+    ];
     PREFIXES.iter().any(|p| path.starts_with(p))
 }
 
-async fn forward(st: &ClusterHttp, orchestrator: &str, addr: Option<&str>, parts: &axum::http::request::Parts, body: Bytes) -> Response {
+async fn forward(
+    st: &ClusterHttp,
+    orchestrator: &str,
+    addr: Option<&str>,
+    parts: &axum::http::request::Parts,
+    body: Bytes,
+) -> Response {
     let unreachable = |msg: String| {
-        RestError::new(StatusCode::SERVICE_UNAVAILABLE, "orchestrator_unreachable", "_", msg)
-            .with("node", json!(orchestrator))
-            .into_response()
+        RestError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "orchestrator_unreachable",
+            "_",
+            msg,
+        )
+        .with("node", json!(orchestrator))
+        .into_response()
     };
     let Some(addr) = addr else {
-        return unreachable(format!("the address of the orchestrator {orchestrator} is unknown"));
+        return unreachable(format!(
+            "the address of the orchestrator {orchestrator} is unknown"
+        ));
     };
     let url = match parts.uri.query() {
         Some(q) => format!("http://{addr}{}?{q}", parts.uri.path()),
         None => format!("http://{addr}{}", parts.uri.path()),
     };
-    let mut rb = st.forward.request(parts.method.clone(), &url).header(FORWARDED, "1").body(body);
+    let mut rb = st
+        .forward
+        .request(parts.method.clone(), &url)
+        .header(FORWARDED, "1")
+        .body(body);
     for h in [header::AUTHORIZATION, header::CONTENT_TYPE] {
         if let Some(v) = parts.headers.get(&h) {
             rb = rb.header(h, v.clone());
         }
     }
-    let resp = match tokio::time::timeout(FORWARD_BOUND, rb.send()).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return unreachable(format!("forwarding to the orchestrator {orchestrator} at {addr}: {e}")),
-        Err(_) => return unreachable(format!("the orchestrator {orchestrator} at {addr} did not answer within {FORWARD_BOUND:?}")),
-    };
+    let resp =
+        match tokio::time::timeout(FORWARD_BOUND, rb.send()).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                return unreachable(format!(
+                    "forwarding to the orchestrator {orchestrator} at {addr}: {e}"
+                ))
+            }
+            Err(_) => return unreachable(format!(
+                "the orchestrator {orchestrator} at {addr} did not answer within {FORWARD_BOUND:?}"
+            )),
+        };
     let status = resp.status();
     let mut out = HeaderMap::new();
-    for h in [header::CONTENT_TYPE, header::LOCATION, header::WWW_AUTHENTICATE] {
+    for h in [
+        header::CONTENT_TYPE,
+        header::LOCATION,
+        header::WWW_AUTHENTICATE,
+    ] {
         if let Some(v) = resp.headers().get(&h) {
             out.insert(h, v.clone());
         }
     }
     match tokio::time::timeout(FORWARD_BOUND, resp.bytes()).await {
         Ok(Ok(b)) => (status, out, b).into_response(),
-        _ => unreachable(format!("the orchestrator {orchestrator} at {addr} broke off its answer")),
+        _ => unreachable(format!(
+            "the orchestrator {orchestrator} at {addr} broke off its answer"
+        )),
     }
 }
 
-const INIT_IGNORED_NODE_SETTINGS: [&str; 6] = ["path", "data_path", "index_path", "cbas_path", "eventing_path", "analytics_path"];
+const INIT_IGNORED_NODE_SETTINGS: [&str; 6] = [
+    "path",
+    "data_path",
+    "index_path",
+    "cbas_path",
+    "eventing_path",
+    "analytics_path",
+];
 const POOLS_DEFAULT_KNOWN: [&str; 2] = ["memoryQuota", "clusterName"];
-const POOLS_DEFAULT_IGNORED: [&str; 5] = ["indexMemoryQuota", "ftsMemoryQuota", "cbasMemoryQuota", "eventingMemoryQuota", "queryMemoryQuota"];
+const POOLS_DEFAULT_IGNORED: [&str; 5] = [
+    "indexMemoryQuota",
+    "ftsMemoryQuota",
+    "cbasMemoryQuota",
+    "eventingMemoryQuota",
+    "queryMemoryQuota",
+];
 
 fn params(headers: &HeaderMap, query: Option<&str>, body: &[u8]) -> Result<Params, RestError> {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
     Params::parse(ct, query, body)
 }
 
@@ -289,14 +383,26 @@ fn ok_empty() -> Response {
 fn services_ok(p: &Params) -> Result<(), RestError> {
     for s in p.list("services") {
         if s != "kv" {
-            return Err(RestError::new(StatusCode::BAD_REQUEST, "unsupported_service", "services", format!("Unsupported service {s:?}: this cluster runs kv only")));
+            return Err(RestError::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported_service",
+                "services",
+                format!("Unsupported service {s:?}: this cluster runs kv only"),
+            ));
         }
     }
     Ok(())
 }
 
 /// Routes of a node that has not joined a cluster.
-async fn uninitialised(st: &ClusterHttp, method: &Method, path: &str, query: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Result<Response, RestError> {
+async fn uninitialised(
+    st: &ClusterHttp,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, RestError> {
     let p = params(headers, query, body)?;
     match (method.as_str(), path) {
         ("POST", "/clusterInit") => init(st, &p, false).await,
@@ -346,17 +452,31 @@ async fn uninitialised(st: &ClusterHttp, method: &Method, path: &str, query: Opt
 async fn init(st: &ClusterHttp, p: &Params, legacy: bool) -> Result<Response, RestError> {
     let _serial = st.init_lock.lock().await;
     if st.orchestrator().is_some() || st.agent.membership().is_some() {
-        return Err(RestError::new(StatusCode::BAD_REQUEST, "already_initialised", "_", "Cluster is already initialized"));
+        return Err(RestError::new(
+            StatusCode::BAD_REQUEST,
+            "already_initialised",
+            "_",
+            "Cluster is already initialized",
+        ));
     }
     let info = st.agent.info();
     let mut ip = init_params(p, info.admin_port, legacy)?;
     let (pend_host, pend_quota, pend_name, pend_vbs) = match st.pending.lock() {
-        Ok(pd) => (pd.hostname.clone(), pd.memory_quota_mb, pd.cluster_name.clone(), pd.default_vbuckets),
+        Ok(pd) => (
+            pd.hostname.clone(),
+            pd.memory_quota_mb,
+            pd.cluster_name.clone(),
+            pd.default_vbuckets,
+        ),
         Err(_) => (None, None, None, None),
     };
     ip.memory_quota_mb = ip.memory_quota_mb.or(pend_quota);
     ip.cluster_name = ip.cluster_name.or(pend_name);
-    let host = ip.hostname.clone().or(pend_host).unwrap_or_else(|| info.host.clone());
+    let host = ip
+        .hostname
+        .clone()
+        .or(pend_host)
+        .unwrap_or_else(|| info.host.clone());
     let name = node_name(&host, info.admin_port);
     let me = NodeRecord {
         name: name.clone(),
@@ -373,20 +493,35 @@ async fn init(st: &ClusterHttp, p: &Params, legacy: bool) -> Result<Response, Re
     let (store, secrets, cluster) = Orchestrator::init(&cfg, &ip, me).await?;
     // The local agent joins first (it installs the internal user the orchestrator's
     // calls authenticate with), then the orchestrator starts.
-    let local = AgentClient::new(format!("127.0.0.1:{}", info.admin_port), name.clone(), st.cfg.local_admin.clone(), None, 0);
+    let local = AgentClient::new(
+        format!("127.0.0.1:{}", info.admin_port),
+        name.clone(),
+        st.cfg.local_admin.clone(),
+        None,
+        0,
+    );
     local
         .join(&JoinRequest {
             cluster: cluster.uuid.clone(),
             name: name.clone(),
             term: cluster.term,
             orchestrator: name.clone(),
-            nodes: vec![AddressEntry { name: name.clone(), host, kv_port: info.kv_port, admin_port: info.admin_port }],
+            nodes: vec![AddressEntry {
+                name: name.clone(),
+                host,
+                kv_port: info.kv_port,
+                admin_port: info.admin_port,
+            }],
             admin: secrets.admin.clone(),
             internal: secrets.internal.clone(),
             wipe: false,
         })
         .await
-        .map_err(|e| RestError::internal(format!("the local agent refused to join the new cluster: {e}")))?;
+        .map_err(|e| {
+            RestError::internal(format!(
+                "the local agent refused to join the new cluster: {e}"
+            ))
+        })?;
     let o = Orchestrator::start(cfg, store, secrets);
     if let Some(n) = pend_vbs {
         o.set_default_vbuckets(n).await?;
@@ -409,7 +544,15 @@ fn resolve_ref(view: &crate::orch::ClusterView, me: &str, r: &str) -> Result<Str
 }
 
 /// Routes on the orchestrator node.
-async fn local(st: &ClusterHttp, o: &Orchestrator, method: &Method, path: &str, query: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Result<Response, RestError> {
+async fn local(
+    st: &ClusterHttp,
+    o: &Orchestrator,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, RestError> {
     let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     if method == Method::POST && path == "/diag/eval" {
         let n = diag_eval(&String::from_utf8_lossy(body))?;
@@ -418,14 +561,24 @@ async fn local(st: &ClusterHttp, o: &Orchestrator, method: &Method, path: &str, 
     }
     let p = params(headers, query, body)?;
     match (method.as_str(), segs.as_slice()) {
-        ("POST", ["clusterInit"]) => Err(RestError::new(StatusCode::BAD_REQUEST, "already_initialised", "_", "Cluster is already initialized")),
+        ("POST", ["clusterInit"]) => Err(RestError::new(
+            StatusCode::BAD_REQUEST,
+            "already_initialised",
+            "_",
+            "Cluster is already initialized",
+        )),
         ("POST", ["settings", "web"]) => {
             let same = p.get("username") == Some(o.secrets().admin.user.as_str())
                 && p.get("password") == Some(o.secrets().admin.password.as_str());
             if same {
                 Ok(ok_empty())
             } else {
-                Err(RestError::new(StatusCode::BAD_REQUEST, "already_initialised", "_", "Cluster is already initialized; the credentials can not be changed here"))
+                Err(RestError::new(
+                    StatusCode::BAD_REQUEST,
+                    "already_initialised",
+                    "_",
+                    "Cluster is already initialized; the credentials can not be changed here",
+                ))
             }
         }
         ("POST", ["node", "controller", "setupServices"]) => {
@@ -443,13 +596,19 @@ async fn local(st: &ClusterHttp, o: &Orchestrator, method: &Method, path: &str, 
             let view = o.view().await?;
             match view.nodes.get(o.self_name()) {
                 Some(me) if me.host == h => Ok(ok_empty()),
-                _ => Err(RestError::new(StatusCode::BAD_REQUEST, "rename_not_allowed", "hostname", "Renaming an initialised node is not supported in this version.")),
+                _ => Err(RestError::new(
+                    StatusCode::BAD_REQUEST,
+                    "rename_not_allowed",
+                    "hostname",
+                    "Renaming an initialised node is not supported in this version.",
+                )),
             }
         }
         ("POST", ["pools", "default"]) => {
             p.check_keys(&POOLS_DEFAULT_KNOWN, &POOLS_DEFAULT_IGNORED)?;
             let q = p.int_in("memoryQuota", 256, 1 << 30)?.map(|q| q as u64);
-            o.set_cluster_settings(q, p.get("clusterName").map(str::to_owned)).await?;
+            o.set_cluster_settings(q, p.get("clusterName").map(str::to_owned))
+                .await?;
             Ok(ok_empty())
         }
         ("POST", ["controller", "addNode"]) => {
@@ -467,8 +626,14 @@ async fn local(st: &ClusterHttp, o: &Orchestrator, method: &Method, path: &str, 
         ("POST", ["controller", "rebalance"]) => {
             let (known, ejected) = rebalance_params(&p)?;
             let view = o.view().await?;
-            let known = known.iter().map(|k| resolve_ref(&view, o.self_name(), k)).collect::<Result<Vec<_>, _>>()?;
-            let ejected = ejected.iter().map(|k| resolve_ref(&view, o.self_name(), k)).collect::<Result<Vec<_>, _>>()?;
+            let known = known
+                .iter()
+                .map(|k| resolve_ref(&view, o.self_name(), k))
+                .collect::<Result<Vec<_>, _>>()?;
+            let ejected = ejected
+                .iter()
+                .map(|k| resolve_ref(&view, o.self_name(), k))
+                .collect::<Result<Vec<_>, _>>()?;
             let v = o.rebalance(known, ejected).await?;
             Ok(Json(v).into_response())
         }
@@ -476,14 +641,28 @@ async fn local(st: &ClusterHttp, o: &Orchestrator, method: &Method, path: &str, 
             p.check_keys(&["allowUnsafe"], &[])?;
             Ok(ok_empty())
         }
-        ("GET", ["pools", "default", "rebalanceProgress"]) => Ok(views::rebalance_progress(o).await?),
+        ("GET", ["pools", "default", "rebalanceProgress"]) => {
+            Ok(views::rebalance_progress(o).await?)
+        }
         ("GET", ["pools", "default", "tasks"]) => Ok(views::tasks(o).await?),
-        ("GET", ["pools", "default"]) => Ok(Json(views::pools_default(st, o).await?).into_response()),
-        ("GET", ["pools", "default", "serverGroups"]) => Ok(Json(views::server_groups(st, o).await?).into_response()),
-        ("GET", ["pools", "default", "nodeServices"]) => Ok(Json(views::node_services(o).await?).into_response()),
-        ("GET", ["pools", "default", "buckets"]) => Ok(Json(views::bucket_list(st, o).await?).into_response()),
-        ("GET", ["pools", "default", "buckets", name]) => Ok(Json(views::bucket(st, o, name).await?).into_response()),
-        ("GET", ["pools", "default", "b", name]) => Ok(Json(views::client_config(o, name).await?).into_response()),
+        ("GET", ["pools", "default"]) => {
+            Ok(Json(views::pools_default(st, o).await?).into_response())
+        }
+        ("GET", ["pools", "default", "serverGroups"]) => {
+            Ok(Json(views::server_groups(st, o).await?).into_response())
+        }
+        ("GET", ["pools", "default", "nodeServices"]) => {
+            Ok(Json(views::node_services(o).await?).into_response())
+        }
+        ("GET", ["pools", "default", "buckets"]) => {
+            Ok(Json(views::bucket_list(st, o).await?).into_response())
+        }
+        ("GET", ["pools", "default", "buckets", name]) => {
+            Ok(Json(views::bucket(st, o, name).await?).into_response())
+        }
+        ("GET", ["pools", "default", "b", name]) => {
+            Ok(Json(views::client_config(o, name).await?).into_response())
+        }
         ("POST", ["pools", "default", "buckets"]) => {
             let view = o.view().await?;
             let left = view.cluster.memory_quota_mb.map(|q| {
@@ -492,14 +671,24 @@ async fn local(st: &ClusterHttp, o: &Orchestrator, method: &Method, path: &str, 
             let bp = bucket_params(&p, view.cluster.default_num_vbuckets, left)?;
             let name = bp.name.clone();
             o.create_bucket(bp).await?;
-            Ok((StatusCode::ACCEPTED, [(header::LOCATION, format!("/pools/default/buckets/{name}"))], "").into_response())
+            Ok((
+                StatusCode::ACCEPTED,
+                [(header::LOCATION, format!("/pools/default/buckets/{name}"))],
+                "",
+            )
+                .into_response())
         }
         ("DELETE", ["pools", "default", "buckets", name]) => {
             o.delete_bucket((*name).to_owned()).await?;
             Ok(ok_empty())
         }
         ("POST", ["pools", "default", "buckets", _name, "controller", "doFlush"]) => {
-            Err(RestError::new(StatusCode::BAD_REQUEST, "unsupported", "_", "Flush is not supported in this version."))
+            Err(RestError::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported",
+                "_",
+                "Flush is not supported in this version.",
+            ))
         }
         _ => Err(RestError::not_found(format!("no route {method} {path}"))),
     }

@@ -57,17 +57,27 @@ fn balance(view: &ClusterView) -> (bool, BTreeMap<&'static str, Vec<String>>) {
             stored_options_hash: (b.record.map_opts_hash != 0).then_some(b.record.map_opts_hash),
         };
         for r in rebalance_reasons(&input) {
-            reasons.entry(r.as_str()).or_default().push(b.record.name.clone());
+            reasons
+                .entry(r.as_str())
+                .or_default()
+                .push(b.record.name.clone());
         }
     }
     // Nodes added but not rebalanced in also make the cluster unbalanced.
-    let added = view.nodes.values().any(|n| n.membership != crate::orch::Membership::Active);
+    let added = view
+        .nodes
+        .values()
+        .any(|n| n.membership != crate::orch::Membership::Active);
     (reasons.is_empty() && !added, reasons)
 }
 
 pub(super) async fn pools_default(st: &ClusterHttp, o: &Orchestrator) -> Result<Value, RestError> {
     let view = o.view().await?;
-    let nodes: Vec<Value> = view.nodes.values().map(|n| node_json(st, o, &view, n)).collect();
+    let nodes: Vec<Value> = view
+        .nodes
+        .values()
+        .map(|n| node_json(st, o, &view, n))
+        .collect();
     let (balanced, reasons) = balance(&view);
     let j = o.janitor_status();
     let mut v = json!({
@@ -99,7 +109,10 @@ pub(super) async fn server_groups(st: &ClusterHttp, o: &Orchestrator) -> Result<
     let view = o.view().await?;
     let mut groups: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
     for n in view.nodes.values() {
-        groups.entry(&n.server_group).or_default().push(node_json(st, o, &view, n));
+        groups
+            .entry(&n.server_group)
+            .or_default()
+            .push(node_json(st, o, &view, n));
     }
     let list: Vec<Value> = groups
         .into_iter()
@@ -113,9 +126,16 @@ pub(super) async fn node_services(o: &Orchestrator) -> Result<Value, RestError> 
     o.global_config(None).await
 }
 
-async fn bucket_json(st: &ClusterHttp, o: &Orchestrator, view: &ClusterView, name: &str) -> Result<Value, RestError> {
+async fn bucket_json(
+    st: &ClusterHttp,
+    o: &Orchestrator,
+    view: &ClusterView,
+    name: &str,
+) -> Result<Value, RestError> {
     let Some(b) = view.buckets.get(name) else {
-        return Err(RestError::not_found(format!("Requested resource not found: bucket {name}")));
+        return Err(RestError::not_found(format!(
+            "Requested resource not found: bucket {name}"
+        )));
     };
     let nodes: Vec<Value> = b
         .record
@@ -128,13 +148,22 @@ async fn bucket_json(st: &ClusterHttp, o: &Orchestrator, view: &ClusterView, nam
     let mut mem = 0u64;
     for (_, listing) in o.bucket_listings(view, name, STATS_BOUND).await {
         if let Some(l) = listing {
-            items += l.vbuckets.iter().filter(|v| v.state == "active").map(|v| v.items).sum::<u64>();
+            items += l
+                .vbuckets
+                .iter()
+                .filter(|v| v.state == "active")
+                .map(|v| v.items)
+                .sum::<u64>();
             mem += l.vbuckets.iter().map(|v| v.items).sum::<u64>();
         }
     }
     let config = o.bucket_config(name, None).await?;
     let (smap, rev, rev_epoch) = match &config {
-        Some(c) => (c["vBucketServerMap"].clone(), c["rev"].clone(), c["revEpoch"].clone()),
+        Some(c) => (
+            c["vBucketServerMap"].clone(),
+            c["rev"].clone(),
+            c["revEpoch"].clone(),
+        ),
         None => (Value::Null, Value::Null, Value::Null),
     };
     let ram = b.record.ram_quota_mb * 1024 * 1024;
@@ -167,7 +196,11 @@ pub(super) async fn bucket_list(st: &ClusterHttp, o: &Orchestrator) -> Result<Va
     Ok(Value::Array(out))
 }
 
-pub(super) async fn bucket(st: &ClusterHttp, o: &Orchestrator, name: &str) -> Result<Value, RestError> {
+pub(super) async fn bucket(
+    st: &ClusterHttp,
+    o: &Orchestrator,
+    name: &str,
+) -> Result<Value, RestError> {
     let view = o.view().await?;
     bucket_json(st, o, &view, name).await
 }
@@ -175,18 +208,33 @@ pub(super) async fn bucket(st: &ClusterHttp, o: &Orchestrator, name: &str) -> Re
 pub(super) async fn client_config(o: &Orchestrator, name: &str) -> Result<Value, RestError> {
     let view = o.view().await?;
     if !view.buckets.contains_key(name) {
-        return Err(RestError::not_found(format!("Requested resource not found: bucket {name}")));
+        return Err(RestError::not_found(format!(
+            "Requested resource not found: bucket {name}"
+        )));
     }
-    o.bucket_config(name, None)
-        .await?
-        .ok_or_else(|| RestError::new(StatusCode::SERVICE_UNAVAILABLE, "bucket_not_ready", "_", format!("bucket {name:?} has no map yet")))
+    o.bucket_config(name, None).await?.ok_or_else(|| {
+        RestError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "bucket_not_ready",
+            "_",
+            format!("bucket {name:?} has no map yet"),
+        )
+    })
 }
 
 /// Exactly `{"status":"none"}` when idle (§3.5).
 pub(super) async fn rebalance_progress(_o: &Orchestrator) -> Result<Response, RestError> {
-    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], r#"{"status":"none"}"#).into_response())
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        r#"{"status":"none"}"#,
+    )
+        .into_response())
 }
 
 pub(super) async fn tasks(_o: &Orchestrator) -> Result<Response, RestError> {
-    Ok(axum::Json(json!([{"type": "rebalance", "status": "notRunning", "statusIsStale": false}])).into_response())
+    Ok(
+        axum::Json(json!([{"type": "rebalance", "status": "notRunning", "statusIsStale": false}]))
+            .into_response(),
+    )
 }

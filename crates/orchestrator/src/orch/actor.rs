@@ -12,14 +12,15 @@ use tracing::{info, warn};
 
 use super::model::{
     bucket_key, ff_map_key, last_balanced_key, map_key, node_key, BucketRecord, ClusterRecord,
-    ClusterView, Counters, Membership, NodeRecord, CLUSTER_KEY, COUNTERS_KEY,
-    REBALANCE_STATUS_KEY,
+    ClusterView, Counters, Membership, NodeRecord, CLUSTER_KEY, COUNTERS_KEY, REBALANCE_STATUS_KEY,
 };
 use super::uploader::{client_for, Desired, Uploaders};
 use super::{janitor_pass, Command, Reply, Shared};
 use crate::agent::api::{AddressBook, AddressEntry, Creds, JoinRequest};
 use crate::agent::{AgentCallError, AgentClient};
-use crate::config::{bucket_config, bucket_fingerprint, global_config, BucketConfigInput, ConfigNode};
+use crate::config::{
+    bucket_config, bucket_fingerprint, global_config, BucketConfigInput, ConfigNode,
+};
 use crate::map::NodeId;
 use crate::rest::error::RestError;
 use crate::rest::form::{node_name, AddNodeParams, BucketParams, InitParams};
@@ -157,10 +158,14 @@ pub(super) async fn init_cluster(
 
 /// A parsed snapshot of an initialised store.
 pub(super) async fn read_view(store: &dyn MetadataStore) -> Result<ClusterView, RestError> {
-    let snap = store
-        .snapshot()
-        .await
-        .map_err(|e| RestError::new(StatusCode::SERVICE_UNAVAILABLE, "metadata_unavailable", "_", e.to_string()))?;
+    let snap = store.snapshot().await.map_err(|e| {
+        RestError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metadata_unavailable",
+            "_",
+            e.to_string(),
+        )
+    })?;
     match ClusterView::parse(snap) {
         Ok(Some(v)) => Ok(v),
         Ok(None) => Err(RestError::not_found("the cluster is not initialised")),
@@ -190,7 +195,12 @@ pub(super) fn address_book(view: &ClusterView) -> Vec<AddressEntry> {
 }
 
 /// Maps an agent call failure to a REST error naming the node.
-pub(super) fn agent_error(e: &AgentCallError, status: StatusCode, kind: &str, what: &str) -> RestError {
+pub(super) fn agent_error(
+    e: &AgentCallError,
+    status: StatusCode,
+    kind: &str,
+    what: &str,
+) -> RestError {
     RestError::new(status, kind, "_", format!("{what}: {e}"))
         .with("node", json!(e.node()))
         .with("cause", e.to_json())
@@ -238,14 +248,28 @@ impl Actor {
     fn publish(&mut self, view: &ClusterView) {
         let members: Vec<ConfigNode> = view.active_nodes().map(config_node).collect();
         let global_fp = {
-            let v = global_config(0, REV_EPOCH, &members, &view.cluster.uuid, &view.cluster.name, None);
+            let v = global_config(
+                0,
+                REV_EPOCH,
+                &members,
+                &view.cluster.uuid,
+                &view.cluster.name,
+                None,
+            );
             fingerprint(&v)
         };
         let global_rev = self.bump("", global_fp, view.rev.0);
         let mut per_node: BTreeMap<String, Desired> = BTreeMap::new();
         for n in view.nodes.values() {
             let id = NodeId(n.name.clone());
-            let g = global_config(global_rev, REV_EPOCH, &members, &view.cluster.uuid, &view.cluster.name, Some(&id));
+            let g = global_config(
+                global_rev,
+                REV_EPOCH,
+                &members,
+                &view.cluster.uuid,
+                &view.cluster.name,
+                Some(&id),
+            );
             per_node.entry(n.name.clone()).or_default().global = Some(((REV_EPOCH, global_rev), g));
         }
         let bucket_names: BTreeSet<String> = view.buckets.keys().cloned().collect();
@@ -295,7 +319,12 @@ impl Actor {
     }
 
     /// The bucket config `node` should hold now (installed with the bucket).
-    pub(super) fn bucket_config_for(&self, view: &ClusterView, bucket: &str, node: &str) -> Option<Value> {
+    pub(super) fn bucket_config_for(
+        &self,
+        view: &ClusterView,
+        bucket: &str,
+        node: &str,
+    ) -> Option<Value> {
         let rev = self.shared.config_rev(bucket).unwrap_or(view.rev.0);
         bucket_config_at(view, bucket, rev, Some(node))
     }
@@ -333,9 +362,10 @@ impl Actor {
             }
             Command::DeleteBucket(n) => (self.delete_bucket(&n).await, None),
             Command::Rebalance { known, ejected } => (self.rebalance(known, ejected).await, None),
-            Command::SetClusterSettings { memory_quota_mb, name } => {
-                (self.cluster_settings(memory_quota_mb, name).await, None)
-            }
+            Command::SetClusterSettings {
+                memory_quota_mb,
+                name,
+            } => (self.cluster_settings(memory_quota_mb, name).await, None),
             Command::SetDefaultVbuckets(n) => (self.default_vbuckets(n).await, None),
             Command::RunJanitor => {
                 let r = janitor_pass::run_all(self).await;
@@ -352,29 +382,57 @@ impl Actor {
             .values()
             .any(|n| n.host == p.host && n.admin_port == p.port)
         {
-            return Err(RestError::new(StatusCode::BAD_REQUEST, "node_in_cluster", "hostname", "Node is already part of cluster."));
+            return Err(RestError::new(
+                StatusCode::BAD_REQUEST,
+                "node_in_cluster",
+                "hostname",
+                "Node is already part of cluster.",
+            ));
         }
         let probe = AgentClient::new(
             target.clone(),
             target.clone(),
-            Creds { user: p.user.clone(), password: p.password.clone() },
+            Creds {
+                user: p.user.clone(),
+                password: p.password.clone(),
+            },
             None,
             0,
         );
         let info = match tokio::time::timeout(AGENT_CALL, probe.info()).await {
             Ok(Ok(i)) => i,
             Ok(Err(AgentCallError::Unauthorized { .. })) => {
-                return Err(RestError::new(StatusCode::BAD_REQUEST, "authentication_failed", "_", format!("Authentication failed. Verify username and password for {target}.")));
+                return Err(RestError::new(
+                    StatusCode::BAD_REQUEST,
+                    "authentication_failed",
+                    "_",
+                    format!("Authentication failed. Verify username and password for {target}."),
+                ));
             }
             Ok(Err(e)) => {
-                return Err(agent_error(&e, StatusCode::BAD_REQUEST, "node_unreachable", &format!("Could not connect to {target}")));
+                return Err(agent_error(
+                    &e,
+                    StatusCode::BAD_REQUEST,
+                    "node_unreachable",
+                    &format!("Could not connect to {target}"),
+                ));
             }
             Err(_) => {
-                return Err(RestError::new(StatusCode::BAD_REQUEST, "node_unreachable", "_", format!("Could not connect to {target}: no answer within {AGENT_CALL:?}")));
+                return Err(RestError::new(
+                    StatusCode::BAD_REQUEST,
+                    "node_unreachable",
+                    "_",
+                    format!("Could not connect to {target}: no answer within {AGENT_CALL:?}"),
+                ));
             }
         };
         if info.cluster.is_some() || view.nodes.values().any(|n| n.uuid == info.uuid) {
-            return Err(RestError::new(StatusCode::BAD_REQUEST, "node_in_cluster", "hostname", format!("Node {target} is already part of a cluster.")));
+            return Err(RestError::new(
+                StatusCode::BAD_REQUEST,
+                "node_in_cluster",
+                "hostname",
+                format!("Node {target} is already part of a cluster."),
+            ));
         }
         let name = node_name(&p.host, p.port);
         let record = NodeRecord {
@@ -390,7 +448,12 @@ impl Actor {
         };
         transact_view(self.shared.store.as_ref(), |v| {
             if v.nodes.contains_key(&name) {
-                return Err(RestError::new(StatusCode::BAD_REQUEST, "node_in_cluster", "hostname", format!("A node named {name} is already in the cluster.")));
+                return Err(RestError::new(
+                    StatusCode::BAD_REQUEST,
+                    "node_in_cluster",
+                    "hostname",
+                    format!("A node named {name} is already in the cluster."),
+                ));
             }
             Ok(Some((
                 vec![v.snapshot.unchanged(&node_key(&name))],
@@ -410,12 +473,29 @@ impl Actor {
             wipe: true,
         };
         let joined = match tokio::time::timeout(AGENT_CALL * 2, probe.join(&join)).await {
-            Ok(r) => r.map_err(|e| agent_error(&e, StatusCode::BAD_REQUEST, "join_failed", &format!("{target} refused to join"))),
-            Err(_) => Err(RestError::new(StatusCode::BAD_REQUEST, "join_failed", "_", format!("{target} did not finish joining within {:?}", AGENT_CALL * 2))),
+            Ok(r) => r.map_err(|e| {
+                agent_error(
+                    &e,
+                    StatusCode::BAD_REQUEST,
+                    "join_failed",
+                    &format!("{target} refused to join"),
+                )
+            }),
+            Err(_) => Err(RestError::new(
+                StatusCode::BAD_REQUEST,
+                "join_failed",
+                "_",
+                format!(
+                    "{target} did not finish joining within {:?}",
+                    AGENT_CALL * 2
+                ),
+            )),
         };
         if let Err(e) = joined {
             let _ = transact_view(self.shared.store.as_ref(), |v| {
-                Ok(v.nodes.contains_key(&name).then(|| (vec![], vec![Op::delete(node_key(&name))])))
+                Ok(v.nodes
+                    .contains_key(&name)
+                    .then(|| (vec![], vec![Op::delete(node_key(&name))])))
             })
             .await;
             return Err(e);
@@ -429,13 +509,28 @@ impl Actor {
     async fn eject_node(&mut self, name: &str) -> Result<Value, RestError> {
         let view = read_view(self.shared.store.as_ref()).await?;
         let Some(node) = view.nodes.get(name).cloned() else {
-            return Err(RestError::new(StatusCode::BAD_REQUEST, "unknown_node", "otpNode", "Server does not exist."));
+            return Err(RestError::new(
+                StatusCode::BAD_REQUEST,
+                "unknown_node",
+                "otpNode",
+                "Server does not exist.",
+            ));
         };
         if node.name == view.cluster.orchestrator {
-            return Err(RestError::new(StatusCode::BAD_REQUEST, "orchestrator_immovable", "otpNode", "The orchestrator node cannot be ejected in this version."));
+            return Err(RestError::new(
+                StatusCode::BAD_REQUEST,
+                "orchestrator_immovable",
+                "otpNode",
+                "The orchestrator node cannot be ejected in this version.",
+            ));
         }
         if node.membership == Membership::Active {
-            return Err(RestError::new(StatusCode::BAD_REQUEST, "active_node", "otpNode", "Cannot remove active server."));
+            return Err(RestError::new(
+                StatusCode::BAD_REQUEST,
+                "active_node",
+                "otpNode",
+                "Cannot remove active server.",
+            ));
         }
         let client = self.client(&view, &node);
         match tokio::time::timeout(AGENT_CALL * 3, client.leave()).await {
@@ -444,7 +539,12 @@ impl Actor {
             Err(_) => warn!(node = %name, "the ejected node did not answer leave in time"),
         }
         transact_view(self.shared.store.as_ref(), |v| {
-            Ok(v.nodes.contains_key(name).then(|| (vec![v.snapshot.unchanged(&node_key(name))], vec![Op::delete(node_key(name))])))
+            Ok(v.nodes.contains_key(name).then(|| {
+                (
+                    vec![v.snapshot.unchanged(&node_key(name))],
+                    vec![Op::delete(node_key(name))],
+                )
+            }))
         })
         .await?;
         info!(node = %name, "node ejected");
@@ -498,7 +598,9 @@ impl Actor {
     async fn delete_bucket(&mut self, name: &str) -> Result<Value, RestError> {
         let view = read_view(self.shared.store.as_ref()).await?;
         let Some(b) = view.buckets.get(name) else {
-            return Err(RestError::not_found(format!("Requested resource not found: bucket {name}")));
+            return Err(RestError::not_found(format!(
+                "Requested resource not found: bucket {name}"
+            )));
         };
         let servers = b.record.servers.clone();
         transact_view(self.shared.store.as_ref(), |v| {
@@ -531,7 +633,11 @@ impl Actor {
         Ok(json!({}))
     }
 
-    async fn rebalance(&mut self, known: Vec<String>, ejected: Vec<String>) -> Result<Value, RestError> {
+    async fn rebalance(
+        &mut self,
+        known: Vec<String>,
+        ejected: Vec<String>,
+    ) -> Result<Value, RestError> {
         let view = read_view(self.shared.store.as_ref()).await?;
         let resolve = |r: &str| -> Option<String> {
             if view.nodes.contains_key(r) {
@@ -543,8 +649,13 @@ impl Actor {
                 .map(|n| n.name.clone())
         };
         let mismatch = || {
-            RestError::new(StatusCode::BAD_REQUEST, "mismatch", "_", "knownNodes must name every node of the cluster and ejectedNodes only known nodes.")
-                .with("mismatch", json!(1))
+            RestError::new(
+                StatusCode::BAD_REQUEST,
+                "mismatch",
+                "_",
+                "knownNodes must name every node of the cluster and ejectedNodes only known nodes.",
+            )
+            .with("mismatch", json!(1))
         };
         let mut known_set = BTreeSet::new();
         for k in &known {
@@ -563,7 +674,12 @@ impl Actor {
             return Err(mismatch());
         }
         if eject_set.contains(&view.cluster.orchestrator) {
-            return Err(RestError::new(StatusCode::BAD_REQUEST, "orchestrator_immovable", "ejectedNodes", "The orchestrator node cannot be ejected in this version."));
+            return Err(RestError::new(
+                StatusCode::BAD_REQUEST,
+                "orchestrator_immovable",
+                "ejectedNodes",
+                "The orchestrator node cannot be ejected in this version.",
+            ));
         }
         let keep: BTreeSet<String> = view
             .nodes
@@ -572,7 +688,12 @@ impl Actor {
             .map(|n| n.name.clone())
             .collect();
         if keep.is_empty() {
-            return Err(RestError::new(StatusCode::BAD_REQUEST, "no_active_nodes_left", "_", "No active nodes left"));
+            return Err(RestError::new(
+                StatusCode::BAD_REQUEST,
+                "no_active_nodes_left",
+                "_",
+                "No active nodes left",
+            ));
         }
         for b in view.buckets.values() {
             let servers: BTreeSet<String> = b.record.servers.iter().cloned().collect();
@@ -594,7 +715,10 @@ impl Actor {
             .map(|n| {
                 let client = self.client(&view, n);
                 async move {
-                    let ok = matches!(tokio::time::timeout(REBALANCE_HEALTH, client.health()).await, Ok(Ok(_)));
+                    let ok = matches!(
+                        tokio::time::timeout(REBALANCE_HEALTH, client.health()).await,
+                        Ok(Ok(_))
+                    );
                     (n.name.clone(), ok)
                 }
             });
@@ -653,13 +777,24 @@ impl Actor {
         Ok(json!({"rebalance_id": id}))
     }
 
-    async fn cluster_settings(&mut self, quota: Option<u64>, name: Option<String>) -> Result<Value, RestError> {
+    async fn cluster_settings(
+        &mut self,
+        quota: Option<u64>,
+        name: Option<String>,
+    ) -> Result<Value, RestError> {
         transact_view(self.shared.store.as_ref(), |v| {
             let mut c = v.cluster.clone();
             if let Some(q) = quota {
                 let used: u64 = v.buckets.values().map(|b| b.record.ram_quota_mb).sum();
                 if q < used {
-                    return Err(RestError::new(StatusCode::BAD_REQUEST, "memory_quota_too_small", "memoryQuota", format!("The memory quota must be at least the buckets' total ({used} MiB).")));
+                    return Err(RestError::new(
+                        StatusCode::BAD_REQUEST,
+                        "memory_quota_too_small",
+                        "memoryQuota",
+                        format!(
+                            "The memory quota must be at least the buckets' total ({used} MiB)."
+                        ),
+                    ));
                 }
                 c.memory_quota_mb = Some(q);
             }
@@ -669,7 +804,10 @@ impl Actor {
             if c == v.cluster {
                 return Ok(None);
             }
-            Ok(Some((vec![v.snapshot.unchanged(CLUSTER_KEY)], vec![json_op(CLUSTER_KEY, &c)?])))
+            Ok(Some((
+                vec![v.snapshot.unchanged(CLUSTER_KEY)],
+                vec![json_op(CLUSTER_KEY, &c)?],
+            )))
         })
         .await?;
         self.refresh().await?;
@@ -694,7 +832,12 @@ impl Actor {
 }
 
 /// A bucket's client config at `rev` as `node` (or a client, with `None`) sees it.
-pub(super) fn bucket_config_at(view: &ClusterView, bucket: &str, rev: u64, node: Option<&str>) -> Option<Value> {
+pub(super) fn bucket_config_at(
+    view: &ClusterView,
+    bucket: &str,
+    rev: u64,
+    node: Option<&str>,
+) -> Option<Value> {
     let b = view.buckets.get(bucket)?;
     let map = b.map.as_ref()?;
     let members: Vec<ConfigNode> = view.active_nodes().map(config_node).collect();
@@ -727,7 +870,14 @@ pub(super) fn bucket_config_at(view: &ClusterView, bucket: &str, rev: u64, node:
 pub(super) fn global_config_at(view: &ClusterView, rev: u64, node: Option<&str>) -> Value {
     let members: Vec<ConfigNode> = view.active_nodes().map(config_node).collect();
     let id = node.map(|n| NodeId(n.to_owned()));
-    global_config(rev, REV_EPOCH, &members, &view.cluster.uuid, &view.cluster.name, id.as_ref())
+    global_config(
+        rev,
+        REV_EPOCH,
+        &members,
+        &view.cluster.uuid,
+        &view.cluster.name,
+        id.as_ref(),
+    )
 }
 
 fn fingerprint(v: &Value) -> u64 {

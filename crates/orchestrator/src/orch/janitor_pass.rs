@@ -10,7 +10,9 @@ use serde_json::json;
 use tracing::{error, warn};
 
 use super::actor::{now_rfc3339, read_view, transact_view, Actor};
-use super::model::{bucket_key, last_balanced_key, map_key, put_map, BucketView, ClusterView, NodeRecord};
+use super::model::{
+    bucket_key, last_balanced_key, map_key, put_map, BucketView, ClusterView, NodeRecord,
+};
 use crate::agent::api::{ApplyRequest, Phase, PutBucket};
 use crate::janitor::{apply_plan, fix_chains, Actual, NodeApply, VbCopy, VbState, Wanted};
 use crate::map::{generate, Map, MapInput, MapOptions, NodeId, DEFAULT_MAX_SLAVES, DEFAULT_TRIES};
@@ -20,7 +22,8 @@ use crate::rest::error::RestError;
 const CREATE_BOUND: Duration = Duration::from_secs(30);
 
 fn jerr(kind: &str, bucket: &str, message: impl Into<String>) -> RestError {
-    RestError::new(StatusCode::INTERNAL_SERVER_ERROR, kind, "_", message).with("bucket", json!(bucket))
+    RestError::new(StatusCode::INTERNAL_SERVER_ERROR, kind, "_", message)
+        .with("bucket", json!(bucket))
 }
 
 /// Runs the janitor over every bucket; buckets are independent. Records the result.
@@ -70,18 +73,29 @@ async fn bucket(actor: &mut Actor, name: &str) -> Result<(), RestError> {
     // 1. Servers must be active members; none yet: every active member.
     let active: Vec<String> = view.active_nodes().map(|n| n.name.clone()).collect();
     if let Some(bad) = b.record.servers.iter().find(|s| !active.contains(s)) {
-        return Err(jerr("corrupted_server_list", name, format!("bucket {name:?} lists server {bad} which is not an active member")).with("node", json!(bad)));
+        return Err(jerr(
+            "corrupted_server_list",
+            name,
+            format!("bucket {name:?} lists server {bad} which is not an active member"),
+        )
+        .with("node", json!(bad)));
     }
     if b.record.servers.is_empty() {
         transact_view(actor.shared.store.as_ref(), |v| {
-            let Some(b) = v.buckets.get(name) else { return Ok(None) };
+            let Some(b) = v.buckets.get(name) else {
+                return Ok(None);
+            };
             if !b.record.servers.is_empty() {
                 return Ok(None);
             }
             let mut r = b.record.clone();
             r.servers = v.active_nodes().map(|n| n.name.clone()).collect();
-            let op = crate::store::Op::put_json(bucket_key(name), &r).map_err(|e| RestError::internal(e.to_string()))?;
-            Ok(Some((vec![v.snapshot.unchanged(&bucket_key(name))], vec![op])))
+            let op = crate::store::Op::put_json(bucket_key(name), &r)
+                .map_err(|e| RestError::internal(e.to_string()))?;
+            Ok(Some((
+                vec![v.snapshot.unchanged(&bucket_key(name))],
+                vec![op],
+            )))
         })
         .await?;
     }
@@ -93,7 +107,12 @@ async fn bucket(actor: &mut Actor, name: &str) -> Result<(), RestError> {
     let Some(b) = view.buckets.get(name) else {
         return Ok(());
     };
-    let servers: Vec<&NodeRecord> = b.record.servers.iter().filter_map(|s| view.nodes.get(s)).collect();
+    let servers: Vec<&NodeRecord> = b
+        .record
+        .servers
+        .iter()
+        .filter_map(|s| view.nodes.get(s))
+        .collect();
     ensure_created(actor, &view, name, &servers).await?;
     // 3. Every server's actual states, in parallel.
     let actual = query(actor, &view, name, &servers).await?;
@@ -107,9 +126,16 @@ async fn bucket(actor: &mut Actor, name: &str) -> Result<(), RestError> {
     }
     if let Some(x) = fixed.several_actives.first() {
         let nodes: Vec<&str> = x.nodes.iter().map(|n| n.0.as_str()).collect();
-        return Err(jerr("several_actives", name, format!("vbucket {} of {name:?} is active on {nodes:?}, none of them its map's head", x.vb))
-            .with("vb", json!(x.vb))
-            .with("nodes", json!(nodes)));
+        return Err(jerr(
+            "several_actives",
+            name,
+            format!(
+                "vbucket {} of {name:?} is active on {nodes:?}, none of them its map's head",
+                x.vb
+            ),
+        )
+        .with("vb", json!(x.vb))
+        .with("nodes", json!(nodes)));
     }
     let map = if fixed.map == map {
         map
@@ -120,11 +146,18 @@ async fn bucket(actor: &mut Actor, name: &str) -> Result<(), RestError> {
         let old_map = map.clone();
         let new_map = fixed.map.clone();
         transact_view(actor.shared.store.as_ref(), |v| {
-            let Some(cur) = v.buckets.get(name) else { return Ok(None) };
+            let Some(cur) = v.buckets.get(name) else {
+                return Ok(None);
+            };
             if cur.map.as_ref() != Some(&old_map) {
-                return Err(jerr("map_changed", name, "the map changed during the janitor pass"));
+                return Err(jerr(
+                    "map_changed",
+                    name,
+                    "the map changed during the janitor pass",
+                ));
             }
-            let op = put_map(map_key(name), Some(&new_map)).map_err(|e| RestError::internal(e.to_string()))?;
+            let op = put_map(map_key(name), Some(&new_map))
+                .map_err(|e| RestError::internal(e.to_string()))?;
             Ok(Some((vec![v.snapshot.unchanged(&map_key(name))], vec![op])))
         })
         .await?;
@@ -139,7 +172,9 @@ async fn bucket(actor: &mut Actor, name: &str) -> Result<(), RestError> {
 
 async fn initial_map(actor: &mut Actor, name: &str) -> Result<(), RestError> {
     let view = read_view(actor.shared.store.as_ref()).await?;
-    let Some(b) = view.buckets.get(name) else { return Ok(()) };
+    let Some(b) = view.buckets.get(name) else {
+        return Ok(());
+    };
     let nodes: Vec<NodeId> = b.record.servers.iter().map(|s| NodeId(s.clone())).collect();
     let r = usize::from(b.record.num_replicas);
     let current = Map::empty(usize::from(b.record.num_vbuckets), r);
@@ -157,19 +192,27 @@ async fn initial_map(actor: &mut Actor, name: &str) -> Result<(), RestError> {
     .map_err(|e| jerr("map_generation_failed", name, e.to_string()))?;
     let hash = options(b).hash();
     transact_view(actor.shared.store.as_ref(), |v| {
-        let Some(cur) = v.buckets.get(name) else { return Ok(None) };
+        let Some(cur) = v.buckets.get(name) else {
+            return Ok(None);
+        };
         if cur.map.is_some() {
             return Ok(None);
         }
         let mut rec = cur.record.clone();
         rec.map_opts_hash = hash;
         let ops = vec![
-            put_map(map_key(name), Some(&outcome.map)).map_err(|e| RestError::internal(e.to_string()))?,
-            put_map(last_balanced_key(name), Some(&outcome.map)).map_err(|e| RestError::internal(e.to_string()))?,
-            crate::store::Op::put_json(bucket_key(name), &rec).map_err(|e| RestError::internal(e.to_string()))?,
+            put_map(map_key(name), Some(&outcome.map))
+                .map_err(|e| RestError::internal(e.to_string()))?,
+            put_map(last_balanced_key(name), Some(&outcome.map))
+                .map_err(|e| RestError::internal(e.to_string()))?,
+            crate::store::Op::put_json(bucket_key(name), &rec)
+                .map_err(|e| RestError::internal(e.to_string()))?,
         ];
         Ok(Some((
-            vec![v.snapshot.unchanged(&bucket_key(name)), v.snapshot.unchanged(&map_key(name))],
+            vec![
+                v.snapshot.unchanged(&bucket_key(name)),
+                v.snapshot.unchanged(&map_key(name)),
+            ],
             ops,
         )))
     })
@@ -178,8 +221,15 @@ async fn initial_map(actor: &mut Actor, name: &str) -> Result<(), RestError> {
 }
 
 /// Creates the bucket (all vbuckets dead) on every server that lacks it.
-async fn ensure_created(actor: &Actor, view: &ClusterView, name: &str, servers: &[&NodeRecord]) -> Result<(), RestError> {
-    let Some(b) = view.buckets.get(name) else { return Ok(()) };
+async fn ensure_created(
+    actor: &Actor,
+    view: &ClusterView,
+    name: &str,
+    servers: &[&NodeRecord],
+) -> Result<(), RestError> {
+    let Some(b) = view.buckets.get(name) else {
+        return Ok(());
+    };
     let calls = servers.iter().map(|n| {
         let client = actor.client(view, n);
         let req = PutBucket {
@@ -191,8 +241,22 @@ async fn ensure_created(actor: &Actor, view: &ClusterView, name: &str, servers: 
         async move {
             match tokio::time::timeout(CREATE_BOUND, client.put_bucket(name, &req)).await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(jerr("bucket_create_failed", name, format!("creating bucket {name:?} on {}: {e}", n.name)).with("node", json!(n.name)).with("cause", e.to_json())),
-                Err(_) => Err(jerr("bucket_create_failed", name, format!("creating bucket {name:?} on {} took over {CREATE_BOUND:?}", n.name)).with("node", json!(n.name))),
+                Ok(Err(e)) => Err(jerr(
+                    "bucket_create_failed",
+                    name,
+                    format!("creating bucket {name:?} on {}: {e}", n.name),
+                )
+                .with("node", json!(n.name))
+                .with("cause", e.to_json())),
+                Err(_) => Err(jerr(
+                    "bucket_create_failed",
+                    name,
+                    format!(
+                        "creating bucket {name:?} on {} took over {CREATE_BOUND:?}",
+                        n.name
+                    ),
+                )
+                .with("node", json!(n.name))),
             }
         }
     });
@@ -209,28 +273,51 @@ fn parse_state(s: &str) -> Option<VbState> {
     }
 }
 
-async fn query(actor: &Actor, view: &ClusterView, name: &str, servers: &[&NodeRecord]) -> Result<Actual, RestError> {
+async fn query(
+    actor: &Actor,
+    view: &ClusterView,
+    name: &str,
+    servers: &[&NodeRecord],
+) -> Result<Actual, RestError> {
     let bound = actor.shared.cfg.janitor_query_timeout;
     let calls = servers.iter().map(|n| {
         let client = actor.client(view, n);
         async move {
             let fail = |msg: String| {
-                RestError::new(StatusCode::SERVICE_UNAVAILABLE, "janitor_query_failed", "_", msg)
-                    .with("bucket", json!(name))
-                    .with("node", json!(n.name))
+                RestError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "janitor_query_failed",
+                    "_",
+                    msg,
+                )
+                .with("bucket", json!(name))
+                .with("node", json!(n.name))
             };
             match tokio::time::timeout(bound, client.vbuckets(name)).await {
                 Ok(Ok(report)) => {
                     let mut copies = BTreeMap::new();
                     for v in report.vbuckets {
                         if let Some(state) = parse_state(&v.state) {
-                            copies.insert(v.vb, VbCopy { state, high_seqno: v.high_seqno });
+                            copies.insert(
+                                v.vb,
+                                VbCopy {
+                                    state,
+                                    high_seqno: v.high_seqno,
+                                },
+                            );
                         }
                     }
                     Ok((NodeId(n.name.clone()), copies))
                 }
-                Ok(Err(e)) => Err(fail(format!("reading the vbuckets of {name:?} on {}: {e}", n.name)).with("cause", e.to_json())),
-                Err(_) => Err(fail(format!("{} did not list the vbuckets of {name:?} within {bound:?}", n.name))),
+                Ok(Err(e)) => Err(fail(format!(
+                    "reading the vbuckets of {name:?} on {}: {e}",
+                    n.name
+                ))
+                .with("cause", e.to_json())),
+                Err(_) => Err(fail(format!(
+                    "{} did not list the vbuckets of {name:?} within {bound:?}",
+                    n.name
+                ))),
             }
         }
     });
@@ -255,12 +342,23 @@ async fn apply(
     let bound = actor.shared.cfg.janitor_apply_timeout;
     for phase in [Phase::Demote, Phase::Promote, Phase::Replications] {
         let calls = servers.iter().filter_map(|n| {
-            let work = plan.get(&NodeId(n.name.clone())).cloned().unwrap_or_default();
-            let incoming: BTreeMap<String, Vec<u16>> = work.incoming.iter().map(|(k, v)| (k.0.clone(), v.clone())).collect();
+            let work = plan
+                .get(&NodeId(n.name.clone()))
+                .cloned()
+                .unwrap_or_default();
+            let incoming: BTreeMap<String, Vec<u16>> = work
+                .incoming
+                .iter()
+                .map(|(k, v)| (k.0.clone(), v.clone()))
+                .collect();
             let req = match phase {
                 Phase::Demote => ApplyRequest {
                     phase,
-                    states: work.demote.iter().map(|(vb, w)| (*vb, wanted_str(*w).to_owned())).collect(),
+                    states: work
+                        .demote
+                        .iter()
+                        .map(|(vb, w)| (*vb, wanted_str(*w).to_owned()))
+                        .collect(),
                     incoming: Some(incoming),
                     timeout_ms: bound.as_millis() as u64,
                 },
@@ -270,7 +368,11 @@ async fn apply(
                     }
                     ApplyRequest {
                         phase,
-                        states: work.promote.iter().map(|vb| (*vb, "active".to_owned())).collect(),
+                        states: work
+                            .promote
+                            .iter()
+                            .map(|vb| (*vb, "active".to_owned()))
+                            .collect(),
                         incoming: None,
                         timeout_ms: bound.as_millis() as u64,
                     }
@@ -286,15 +388,25 @@ async fn apply(
             Some(async move {
                 match client.apply(name, &req).await {
                     Ok(()) => Ok(()),
-                    Err(e) => Err(RestError::new(StatusCode::SERVICE_UNAVAILABLE, "janitor_apply_failed", "_", format!("applying the {phase:?} phase of {name:?} on {}: {e}", n.name))
-                        .with("bucket", json!(name))
-                        .with("node", json!(n.name))
-                        .with("cause", e.to_json())),
+                    Err(e) => Err(RestError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "janitor_apply_failed",
+                        "_",
+                        format!(
+                            "applying the {phase:?} phase of {name:?} on {}: {e}",
+                            n.name
+                        ),
+                    )
+                    .with("bucket", json!(name))
+                    .with("node", json!(n.name))
+                    .with("cause", e.to_json())),
                 }
             })
         });
         let results: Vec<Result<(), RestError>> = futures::future::join_all(calls).await;
-        results.into_iter().collect::<Result<Vec<()>, RestError>>()?;
+        results
+            .into_iter()
+            .collect::<Result<Vec<()>, RestError>>()?;
     }
     Ok(())
 }

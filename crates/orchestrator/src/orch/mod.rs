@@ -84,8 +84,14 @@ pub(crate) enum Command {
     EjectNode(String),
     CreateBucket(BucketParams),
     DeleteBucket(String),
-    Rebalance { known: Vec<String>, ejected: Vec<String> },
-    SetClusterSettings { memory_quota_mb: Option<u64>, name: Option<String> },
+    Rebalance {
+        known: Vec<String>,
+        ejected: Vec<String>,
+    },
+    SetClusterSettings {
+        memory_quota_mb: Option<u64>,
+        name: Option<String>,
+    },
     SetDefaultVbuckets(u16),
     RunJanitor,
 }
@@ -244,7 +250,11 @@ impl Orchestrator {
         self.call(Command::DeleteBucket(name)).await
     }
     /// `POST /controller/rebalance` (membership only in this stage).
-    pub async fn rebalance(&self, known: Vec<String>, ejected: Vec<String>) -> Result<Value, RestError> {
+    pub async fn rebalance(
+        &self,
+        known: Vec<String>,
+        ejected: Vec<String>,
+    ) -> Result<Value, RestError> {
         self.call(Command::Rebalance { known, ejected }).await
     }
     /// `POST /pools/default`.
@@ -253,7 +263,11 @@ impl Orchestrator {
         memory_quota_mb: Option<u64>,
         name: Option<String>,
     ) -> Result<Value, RestError> {
-        self.call(Command::SetClusterSettings { memory_quota_mb, name }).await
+        self.call(Command::SetClusterSettings {
+            memory_quota_mb,
+            name,
+        })
+        .await
     }
     /// `/diag/eval` of the default vbucket count.
     pub async fn set_default_vbuckets(&self, n: u16) -> Result<Value, RestError> {
@@ -269,7 +283,9 @@ impl Orchestrator {
     /// # Errors
     /// The store is unreadable.
     pub async fn view(&self) -> Result<Arc<ClusterView>, RestError> {
-        actor::read_view(self.shared.store.as_ref()).await.map(Arc::new)
+        actor::read_view(self.shared.store.as_ref())
+            .await
+            .map(Arc::new)
     }
 
     /// A bucket's client config (§7.1) as clients see it (`None`: no such bucket or no
@@ -277,7 +293,11 @@ impl Orchestrator {
     ///
     /// # Errors
     /// The store is unreadable.
-    pub async fn bucket_config(&self, bucket: &str, node: Option<&str>) -> Result<Option<Value>, RestError> {
+    pub async fn bucket_config(
+        &self,
+        bucket: &str,
+        node: Option<&str>,
+    ) -> Result<Option<Value>, RestError> {
         let view = self.view().await?;
         let rev = self.shared.config_rev(bucket).unwrap_or(view.rev.0);
         Ok(actor::bucket_config_at(&view, bucket, rev, node))
@@ -309,19 +329,24 @@ impl Orchestrator {
         let Some(b) = view.buckets.get(bucket) else {
             return Vec::new();
         };
-        let calls = b.record.servers.iter().filter_map(|s| view.nodes.get(s)).map(|n| {
-            let client = uploader::client_for(
-                n.admin_addr(),
-                n.name.clone(),
-                &self.shared.secrets.internal,
-                &view.cluster.uuid,
-                view.cluster.term,
-            );
-            async move {
-                let r = tokio::time::timeout(bound, client.vbuckets(bucket)).await;
-                (n.name.clone(), r.ok().and_then(Result::ok))
-            }
-        });
+        let calls = b
+            .record
+            .servers
+            .iter()
+            .filter_map(|s| view.nodes.get(s))
+            .map(|n| {
+                let client = uploader::client_for(
+                    n.admin_addr(),
+                    n.name.clone(),
+                    &self.shared.secrets.internal,
+                    &view.cluster.uuid,
+                    view.cluster.term,
+                );
+                async move {
+                    let r = tokio::time::timeout(bound, client.vbuckets(bucket)).await;
+                    (n.name.clone(), r.ok().and_then(Result::ok))
+                }
+            });
         futures::future::join_all(calls).await
     }
 

@@ -198,7 +198,10 @@ pub struct ViewError {
     pub message: String,
 }
 
-fn parse<T: serde::de::DeserializeOwned>(snap: &Snapshot, key: &str) -> Result<Option<T>, ViewError> {
+fn parse<T: serde::de::DeserializeOwned>(
+    snap: &Snapshot,
+    key: &str,
+) -> Result<Option<T>, ViewError> {
     match snap.get(key) {
         None => Ok(None),
         Some(e) => e.json::<Option<T>>().map_err(|err| ViewError {
@@ -212,10 +215,12 @@ fn parse_map(snap: &Snapshot, key: &str) -> Result<Option<Map>, ViewError> {
     let Some(compact) = parse::<CompactMap>(snap, key)? else {
         return Ok(None);
     };
-    Map::from_compact(&compact).map(Some).map_err(|e| ViewError {
-        key: key.to_owned(),
-        message: e.to_string(),
-    })
+    Map::from_compact(&compact)
+        .map(Some)
+        .map_err(|e| ViewError {
+            key: key.to_owned(),
+            message: e.to_string(),
+        })
 }
 
 impl ClusterView {

@@ -149,6 +149,12 @@ async fn run(
 }
 
 /// A client for `node` at `addr` with the internal credentials.
-pub(crate) fn client_for(addr: String, node: String, internal: &Creds, cluster: &str, term: u64) -> AgentClient {
+pub(crate) fn client_for(
+    addr: String,
+    node: String,
+    internal: &Creds,
+    cluster: &str,
+    term: u64,
+) -> AgentClient {
     AgentClient::new(addr, node, internal.clone(), Some(cluster.to_owned()), term)
 }
