@@ -579,6 +579,15 @@ async fn a_member_restarts_fenced_and_the_janitor_restores_it() -> anyhow::Resul
     Ok(())
 }
 
+/// Method, path, form, wanted status, a text the answer must contain.
+type BadCase = (
+    &'static str,
+    &'static str,
+    Vec<(&'static str, &'static str)>,
+    u16,
+    &'static str,
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_bad_input_gets_its_status_and_kind() -> anyhow::Result<()> {
     let nodes = start_nodes(3)?;
@@ -618,7 +627,7 @@ async fn rest_bad_input_gets_its_status_and_kind() -> anyhow::Result<()> {
     assert_eq!(s, 400, "{t}");
     assert!(t.contains("Unsupported key"), "{t}");
     form_cluster(&nodes[..2]).await?;
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, u16, &str)> = vec![
+    let cases: Vec<BadCase> = vec![
         (
             "POST",
             "/clusterInit",

@@ -321,18 +321,19 @@ async fn forward(
             rb = rb.header(h, v.clone());
         }
     }
-    let resp =
-        match tokio::time::timeout(FORWARD_BOUND, rb.send()).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                return unreachable(format!(
-                    "forwarding to the orchestrator {orchestrator} at {addr}: {e}"
-                ))
-            }
-            Err(_) => return unreachable(format!(
+    let resp = match tokio::time::timeout(FORWARD_BOUND, rb.send()).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            return unreachable(format!(
+                "forwarding to the orchestrator {orchestrator} at {addr}: {e}"
+            ))
+        }
+        Err(_) => {
+            return unreachable(format!(
                 "the orchestrator {orchestrator} at {addr} did not answer within {FORWARD_BOUND:?}"
-            )),
-        };
+            ))
+        }
+    };
     let status = resp.status();
     let mut out = HeaderMap::new();
     for h in [

@@ -96,22 +96,18 @@ pub(super) async fn transact_view<F>(
 where
     F: FnMut(&ClusterView) -> Result<Option<(Vec<Check>, Vec<Op>)>, RestError> + Send,
 {
-    let mut refusal: Option<RestError> = None;
     let res = transact_with_retry(store, |snap: &Snapshot| {
         let view = match ClusterView::parse(snap.clone()) {
             Ok(Some(v)) => v,
             Ok(None) => return Err(RestError::internal("the cluster record is missing")),
             Err(e) => return Err(RestError::internal(e.to_string())),
         };
-        build(&view).map_err(|e| {
-            refusal = Some(e.clone());
-            e
-        })
+        build(&view)
     })
     .await;
     match res {
         Ok(rev) => Ok(rev.is_some()),
-        Err(RetryError::Build(e)) => Err(refusal.unwrap_or(e)),
+        Err(RetryError::Build(e)) => Err(e),
         Err(e) => Err(store_error(e)),
     }
 }
