@@ -14,7 +14,6 @@ mod decode;
 mod demo;
 mod node_cmd;
 mod replicate_cmd;
-mod replicate_json;
 mod rest_client;
 
 /// Conduit: Couchbase-style data nodes and DCP replication.

@@ -13,7 +13,7 @@ use replication::core::CoreConfig;
 use replication::{move_vbucket, ManagerConfig, MoveConfig, ReplError, ReplicationManager};
 use serde_json::{json, Value};
 
-use crate::replicate_json::ErrorJson;
+use replication::json::ErrorJson;
 
 /// Parses `0,1,5-9` (empty = no vbuckets).
 pub(crate) fn parse_vbuckets(s: &str) -> Result<BTreeSet<u16>, String> {

@@ -9,7 +9,7 @@
 //! side that failed. Causes stay typed: an `io::Error` or a decode error is the
 //! [`source`](std::error::Error::source), never flattened into the message. How the
 //! CLI prints these errors (kinds, JSON fields) is the CLI's business
-//! (`crates/cli/src/replicate_json.rs`).
+//! (`replication::json`).
 
 use std::fmt;
 use std::io;

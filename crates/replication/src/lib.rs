@@ -24,6 +24,7 @@
 pub mod core;
 pub mod error;
 pub mod io;
+pub mod json;
 mod lock;
 pub mod manager;
 pub mod mover;

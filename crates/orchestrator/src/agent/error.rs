@@ -152,7 +152,7 @@ impl AgentError {
     pub fn to_json(&self) -> Value {
         let mut v = json!({"kind": self.kind(), "message": self.to_string()});
         match self {
-            AgentError::Repl { source, .. } => return super::repl_json::to_json(source),
+            AgentError::Repl { source, .. } => return replication::json::to_json(source),
             AgentError::WrongCluster { got, ours } => {
                 v["got"] = json!(got);
                 v["cluster"] = json!(ours);
@@ -236,7 +236,7 @@ mod tests {
         assert_eq!(v["node"], "n_9@h");
         assert_eq!(
             v,
-            super::super::repl_json::to_json(&ReplError::UnknownNode {
+            replication::json::to_json(&ReplError::UnknownNode {
                 node: "n_9@h".into()
             })
         );

@@ -20,7 +20,6 @@ pub mod api;
 mod client;
 mod error;
 mod node;
-mod repl_json;
 mod routes;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -1,8 +1,8 @@
-//! The error objects `conduit replicate` and `conduit move-vbucket` print (README
-//! "Replicating and moving vbuckets"): part of the commands' black-box contract, so
-//! they live here and not in the library. [`ErrorJson`] is built from the typed
-//! [`ReplError`]; this module alone decides the `kind` strings and which fields each
-//! kind carries.
+//! The replication layer's error objects: what `conduit replicate` and `conduit
+//! move-vbucket` print (README "Replicating and moving vbuckets") and what the
+//! cluster's agents carry unchanged in their answers (cluster.md §2.6). [`ErrorJson`]
+//! is built from the typed [`ReplError`]; this module alone decides the `kind`
+//! strings and which fields each kind carries.
 //!
 //! Every object has `kind` and `message` ([`ReplError::message`]: the error's text
 //! followed by its sources'); every number is an integer (`status` is the u16 wire status, except for
@@ -12,16 +12,16 @@
 //! `serde_json::Value`, whose maps are ordered by key, so the output's key order is
 //! alphabetical whatever the field order below.
 
+use crate::core::{StreamFailure, StreamOp, TakeoverStep};
+use crate::{ConnectCause, ConnectError, ReplError, WaitFor};
 use kv_client::ClientError;
 use mcbp::{Status, Vbid};
-use replication::core::{StreamFailure, StreamOp, TakeoverStep};
-use replication::{ConnectCause, ConnectError, ReplError, WaitFor};
 use serde::Serialize;
 
 /// The `kind` of an error object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum Kind {
+pub enum Kind {
     /// The producer ended a stream before it was established.
     UnexpectedStreamEnd,
     /// ADD_STREAM commands failed (also a takeover's ADD_STREAM).
@@ -60,7 +60,7 @@ pub(crate) enum Kind {
 /// `dcp-vbtakeover` stat's string.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
-pub(crate) enum StatusJson {
+pub enum StatusJson {
     /// The u16 wire status.
     Wire(u16),
     /// The stat's status string.
@@ -69,7 +69,7 @@ pub(crate) enum StatusJson {
 
 /// One failed stream command (`failures`, `close_failures`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub(crate) struct FailureJson {
+pub struct FailureJson {
     vbucket: u16,
     status: u16,
     status_name: &'static str,
@@ -99,7 +99,7 @@ impl From<&StreamFailure> for FailureJson {
 
 /// The error object of an `{"ok":false,"error":…}` line.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub(crate) struct ErrorJson {
+pub struct ErrorJson {
     kind: Kind,
     message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -199,7 +199,7 @@ fn connect_kind(c: &ConnectError) -> Kind {
 }
 
 /// The `kind` of an error.
-pub(crate) fn kind(e: &ReplError) -> Kind {
+pub fn kind(e: &ReplError) -> Kind {
     match e {
         ReplError::UnexpectedStreamEnd { .. } => Kind::UnexpectedStreamEnd,
         ReplError::StreamsFailed { failures, .. } => {
@@ -500,17 +500,24 @@ impl From<&ReplError> for ErrorJson {
     }
 }
 
+/// `e` as its error object.
+#[must_use]
+pub fn to_json(e: &ReplError) -> serde_json::Value {
+    serde_json::to_value(ErrorJson::from(e))
+        .unwrap_or_else(|_| serde_json::json!({"kind": "internal", "message": e.message()}))
+}
+
 #[cfg(test)]
 mod tests {
     use std::io;
     use std::sync::Arc;
     use std::time::Duration;
 
+    use crate::core::{ConnError, Operation, Side};
+    use crate::{MoveStep, ProtocolCause, Stage};
     use mcbp::dcp::EndReason;
     use mcbp::kv::Feature;
     use mcbp::{DecodeError, Opaque, VbState};
-    use replication::core::{ConnError, Operation, Side};
-    use replication::{MoveStep, ProtocolCause, Stage};
     use serde_json::{json, Value};
 
     use super::*;
