@@ -24,10 +24,10 @@ const POLL: Duration = Duration::from_millis(250);
 pub(crate) struct RestArgs {
     /// The cluster's REST address: any member node's admin port (HOST:PORT).
     #[arg(long, env = "CONDUIT_CLUSTER", default_value = "127.0.0.1:8091")]
-    cluster: String,
+    pub(crate) cluster: String,
     /// Cluster admin user.
     #[arg(long, default_value = "Administrator")]
-    user: String,
+    pub(crate) user: String,
     /// Cluster admin password.
     #[arg(
         long,
@@ -35,10 +35,10 @@ pub(crate) struct RestArgs {
         default_value = "password",
         hide_env_values = true
     )]
-    password: String,
+    pub(crate) password: String,
     /// One JSON object per line instead of human text.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// `conduit cluster …`.
@@ -107,7 +107,7 @@ pub(crate) enum BucketCommand {
     Delete(BucketDeleteArgs),
 }
 
-fn parse_seconds(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_seconds(s: &str) -> Result<Duration, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 && v <= 86_400.0 => Ok(Duration::from_secs_f64(v)),
         _ => Err(format!("{s:?} is not a number of seconds in (0, 86400]")),
@@ -163,13 +163,13 @@ pub(crate) struct StatusArgs {
 
 /// What a successful command prints: the JSON line and the human lines.
 #[derive(Debug)]
-struct Report {
+pub(crate) struct Report {
     json: Value,
     human: Vec<String>,
 }
 
 impl Report {
-    fn new(fields: Value, human: impl Into<String>) -> Report {
+    pub(crate) fn new(fields: Value, human: impl Into<String>) -> Report {
         Report::lines(fields, vec![human.into()])
     }
 
@@ -210,7 +210,7 @@ fn finish(json: bool, r: Result<Report, CliError>) -> u8 {
     }
 }
 
-async fn with_client<F, Fut>(rest: &RestArgs, f: F) -> u8
+pub(crate) async fn with_client<F, Fut>(rest: &RestArgs, f: F) -> u8
 where
     F: FnOnce(RestClient) -> Fut,
     Fut: std::future::Future<Output = Result<Report, CliError>>,

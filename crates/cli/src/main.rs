@@ -13,6 +13,7 @@ mod cluster_cmd;
 mod decode;
 mod demo;
 mod node_cmd;
+mod rebalance_cmd;
 mod replicate_cmd;
 mod rest_client;
 
@@ -46,6 +47,8 @@ enum Command {
     Bucket(cluster_cmd::BucketCommand),
     /// The cluster at a glance: nodes, copies per bucket, buckets, rebalance.
     Status(cluster_cmd::StatusArgs),
+    /// Rebalance the cluster: every listed node stays, `--eject` nodes leave.
+    Rebalance(rebalance_cmd::RebalanceArgs),
     /// Decode MCBP/DCP frames given as hex (arguments, or stdin when none) and print
     /// one JSON object per frame.
     Decode {
@@ -88,7 +91,8 @@ fn main() -> ExitCode {
         | Command::Bench(_)
         | Command::Cluster(_)
         | Command::Bucket(_)
-        | Command::Status(_) => "warn",
+        | Command::Status(_)
+        | Command::Rebalance(_) => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -105,6 +109,7 @@ fn main() -> ExitCode {
         Command::Cluster(cmd) => return ExitCode::from(rt.block_on(cluster_cmd::run_cluster(cmd))),
         Command::Bucket(cmd) => return ExitCode::from(rt.block_on(cluster_cmd::run_bucket(cmd))),
         Command::Status(args) => return ExitCode::from(rt.block_on(cluster_cmd::run_status(args))),
+        Command::Rebalance(args) => return ExitCode::from(rt.block_on(rebalance_cmd::run(args))),
         Command::Replicate(args) => return ExitCode::from(rt.block_on(replicate_cmd::run(args))),
         Command::MoveVbucket(args) => {
             return ExitCode::from(rt.block_on(replicate_cmd::run_move(args)))

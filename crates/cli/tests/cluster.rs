@@ -6,7 +6,12 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use mcbp::kv::GetClusterConfig;
+use mcbp::Opaque;
 
 use serde_json::Value;
 use testkit::{skip, NodeProcess};
@@ -93,6 +98,91 @@ async fn ok(
         "{method} {path}: {status} (wanted {want}): {text}"
     );
     Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// I5: a raw client per node polls GET_CLUSTER_CONFIG of one bucket; (revEpoch, rev)
+/// never goes back and equal versions have equal content (ignoring `thisNode`).
+struct ConfigWatch {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<usize>>>,
+}
+
+fn without_this_node(mut v: Value) -> Value {
+    if let Some(ns) = v.get_mut("nodesExt").and_then(Value::as_array_mut) {
+        for n in ns {
+            if let Some(o) = n.as_object_mut() {
+                o.remove("thisNode");
+            }
+        }
+    }
+    v
+}
+
+impl ConfigWatch {
+    fn start(nodes: &[&NodeProcess], bucket: &str) -> ConfigWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = nodes
+            .iter()
+            .map(|n| {
+                let (kv, stop, bucket) = (n.kv, stop.clone(), bucket.to_owned());
+                tokio::spawn(async move {
+                    let cfg = kv_client::ClientConfig {
+                        timeout: Duration::from_secs(5),
+                        ..Default::default()
+                    };
+                    let mut c = kv_client::Client::connect(&kv.to_string(), cfg).await?;
+                    c.auth_plain(&kv_client::Credentials {
+                        user: "admin".into(),
+                        password: PW.into(),
+                    })
+                    .await?;
+                    c.select_bucket(&bucket).await?;
+                    let mut seen: BTreeMap<(i64, i64), Value> = BTreeMap::new();
+                    let mut last = (i64::MIN, i64::MIN);
+                    while !stop.load(Ordering::Relaxed) {
+                        let f = c
+                            .call_ok(&GetClusterConfig {
+                                opaque: Opaque(9),
+                                known: None,
+                            })
+                            .await?;
+                        let v: Value = serde_json::from_slice(f.value())?;
+                        let version = (
+                            v["revEpoch"].as_i64().unwrap_or(-1),
+                            v["rev"].as_i64().unwrap_or(-1),
+                        );
+                        anyhow::ensure!(
+                            version >= last,
+                            "I5: node {kv} went from {last:?} back to {version:?}"
+                        );
+                        last = version;
+                        let content = without_this_node(v);
+                        if let Some(prev) = seen.get(&version) {
+                            anyhow::ensure!(
+                                *prev == content,
+                                "I5: node {kv} served two configs as {version:?}"
+                            );
+                        } else {
+                            seen.insert(version, content);
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Ok(seen.len())
+                })
+            })
+            .collect();
+        ConfigWatch { stop, tasks }
+    }
+
+    /// Stops the watchers; fails on any I5 violation. Returns the versions each saw.
+    async fn finish(self) -> anyhow::Result<Vec<usize>> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut out = vec![];
+        for t in self.tasks {
+            out.push(t.await??);
+        }
+        Ok(out)
+    }
 }
 
 fn start_nodes(n: usize) -> anyhow::Result<Vec<NodeProcess>> {
@@ -430,6 +520,7 @@ async fn harness_flow_forms_a_cluster_whose_states_match_the_map_and_ejects_clea
     );
     let refs: Vec<&NodeProcess> = three.iter().collect();
     wait_states_match(a, &refs, "default", Duration::from_secs(15)).await?;
+    let watch = ConfigWatch::start(&refs, "default");
     // Every node serves the same map version with the cluster's epoch (I5 at rest).
     let rev = b["rev"].as_u64().unwrap_or(0);
     assert!(rev > 0, "{b}");
@@ -470,6 +561,7 @@ async fn harness_flow_forms_a_cluster_whose_states_match_the_map_and_ejects_clea
         serde_json::json!([]),
         "the ejected node forgot the cluster"
     );
+    watch.finish().await?;
     // Deleting the bucket removes it from every node.
     ok(a, "DELETE", "/pools/default/buckets/default", &[], 200).await?;
     for n in three {
@@ -512,6 +604,7 @@ async fn janitor_repairs_a_dead_active_a_stray_active_and_a_lost_replica() -> an
     };
     // An active made dead, a replica made active (its active demoted first so I1
     // holds), and a replica lost.
+    let watch = ConfigWatch::start(&refs, "default");
     let c0 = chain(0);
     set(node_of(c0[0]).expect("node"), 0, "dead").await?;
     let c1 = chain(1);
@@ -535,6 +628,12 @@ async fn janitor_repairs_a_dead_active_a_stray_active_and_a_lost_replica() -> an
     assert!(
         b2["rev"].as_u64() > b["rev"].as_u64(),
         "the map change bumped the rev (I5)"
+    );
+    // Every node saw the change as a newer version, never an older one.
+    let seen = watch.finish().await?;
+    assert!(
+        seen.iter().all(|n| *n >= 2),
+        "each node saw the old and the new map: {seen:?}"
     );
     Ok(())
 }
@@ -898,5 +997,95 @@ async fn the_official_sdk_reads_every_copy_on_a_three_node_cluster() -> anyhow::
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    Ok(())
+}
+
+fn cli(args: &[&str]) -> anyhow::Result<(i32, Vec<Value>)> {
+    let out = std::process::Command::new(conduit()).args(args).output()?;
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    Ok((out.status.code().unwrap_or(-1), lines))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_forms_a_cluster_creates_a_bucket_and_shows_the_state() -> anyhow::Result<()> {
+    let nodes = start_nodes(3)?;
+    let at = nodes[0].admin.to_string();
+    let common = [
+        "--cluster",
+        at.as_str(),
+        "--user",
+        "admin",
+        "--password",
+        PW,
+        "--json",
+    ];
+    let run = |extra: &[&str]| {
+        let mut args: Vec<&str> = extra.to_vec();
+        args.extend_from_slice(&common);
+        tokio::task::block_in_place(|| cli(&args))
+    };
+    let (code, out) = run(&["cluster", "init", "--name", "c1", "--memory-quota", "1024"])?;
+    assert_eq!(code, 0, "{out:?}");
+    for n in &nodes[1..] {
+        let hp = host_port(n);
+        let (code, out) = run(&[
+            "cluster",
+            "add-node",
+            hp.as_str(),
+            "--node-user",
+            "admin",
+            "--node-password",
+            PW,
+        ])?;
+        assert_eq!(code, 0, "{out:?}");
+        assert!(
+            out[0]["otpNode"]
+                .as_str()
+                .is_some_and(|o| o.ends_with("@127.0.0.1")),
+            "{out:?}"
+        );
+    }
+    let (code, out) = run(&["rebalance", "--wait", "--timeout", "60"])?;
+    assert_eq!(
+        (code, &out[0]["event"]),
+        (0, &serde_json::json!("done")),
+        "{out:?}"
+    );
+    let (code, out) = run(&[
+        "bucket",
+        "create",
+        "default",
+        "--replicas",
+        "1",
+        "--vbuckets",
+        "16",
+        "--ram-quota",
+        "128",
+        "--timeout",
+        "60",
+    ])?;
+    assert_eq!(code, 0, "{out:?}");
+    assert_eq!(out[0]["ready"], true);
+    let (code, out) = run(&["status"])?;
+    assert_eq!(code, 0, "{out:?}");
+    let text = out[0].to_string();
+    assert_eq!(text.matches("\"active\"").count() >= 3, true, "{text}");
+    let (code, out) = run(&["bucket", "list"])?;
+    assert_eq!(code, 0);
+    assert_eq!(
+        out[0]["buckets"].as_array().map(Vec::len),
+        Some(1),
+        "{out:?}"
+    );
+    // A failure is a typed line and exit 1.
+    let (code, out) = run(&["cluster", "eject-node", "n_1@nowhere"])?;
+    assert_eq!(code, 1);
+    assert_eq!(out[0]["ok"], false);
+    assert!(out[0]["error"]["kind"].is_string(), "{out:?}");
+    let (code, _) = run(&["bucket", "delete", "default"])?;
+    assert_eq!(code, 0);
     Ok(())
 }
