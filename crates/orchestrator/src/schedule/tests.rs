@@ -42,11 +42,14 @@ fn start_vb(s: &mut Scheduler, vb: u16) {
     s.start(i);
 }
 
+/// (old chain, new chain, expected backfill nodes).
+type Case<'a> = (&'a [Option<&'a str>], &'a [Option<&'a str>], &'a [&'a str]);
+
 /// §5.2: old active always, new active if it differs, new replicas holding no copy.
 #[test]
 fn backfill_is_charged_on_old_active_new_active_and_new_copies() {
     let names = |v: Vec<NodeId>| v.into_iter().map(|x| x.0).collect::<Vec<_>>();
-    let cases: &[(&[Option<&str>], &[Option<&str>], &[&str])] = &[
+    let cases: &[Case<'_>] = &[
         (
             &[Some("a"), Some("b")],
             &[Some("c"), Some("a")],
