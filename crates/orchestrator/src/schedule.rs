@@ -11,7 +11,10 @@
 //!   copy), on its new active if that differs, and on every new-chain replica that holds
 //!   no copy yet; the charge is released when its persistence wait ends;
 //! * a move is *in flight* on its old and new active from its start until it is done;
-//! * moves from null are charged nothing: the first call returns them all.
+//! * moves from null are charged nothing: the first call returns them all;
+//! * a move starts only when every node it is charged a backfill on is under both
+//!   limits (§5.2 read literally: a new replica's node must also be under the
+//!   in-flight limit, counted for the moves where it is old or new active).
 //!
 //! MoveWeight counts, per node, the moves touching it (any old- or new-chain position)
 //! that have **not yet started**: what is still left to schedule there. ns_server
@@ -265,14 +268,15 @@ impl Scheduler {
         self.backfills.clone()
     }
 
+    /// §5.2: every node the move is charged to is under both limits. The charged
+    /// nodes include the old and new active, so the in-flight limit is checked on
+    /// them too.
     fn fits(&self, e: &Entry) -> bool {
-        e.backfill_nodes
-            .iter()
-            .all(|n| self.backfills.get(n).copied().unwrap_or(0) < self.limits.moves_per_node)
-            && e.in_flight_nodes.iter().all(|n| {
-                self.in_flight_per_node.get(n).copied().unwrap_or(0)
+        e.backfill_nodes.iter().all(|n| {
+            self.backfills.get(n).copied().unwrap_or(0) < self.limits.moves_per_node
+                && self.in_flight_per_node.get(n).copied().unwrap_or(0)
                     < self.limits.in_flight_per_node
-            })
+        })
     }
 
     fn key(&self, e: &Entry) -> Key {

@@ -155,6 +155,29 @@ fn in_flight_limit_holds_until_move_done() {
     assert_eq!(vbs(&s.next_moves()), [2]);
 }
 
+/// §5.2 "every node it is charged to is under both limits": a new replica's node busy
+/// at the in-flight limit (as active of other moves) blocks the move.
+#[test]
+fn in_flight_limit_applies_to_every_charged_node() {
+    let moves = vec![
+        mv(0, &[Some("c"), None], &[Some("d"), None]),
+        mv(1, &[Some("a"), None], &[Some("a"), Some("d")]),
+    ];
+    let limits = Limits {
+        moves_per_node: 4,
+        in_flight_per_node: 1,
+    };
+    let mut s = Scheduler::new(moves, limits);
+    assert_eq!(vbs(&s.next_moves()), [0]);
+    s.backfill_done(Vbid(0));
+    assert!(
+        s.next_moves().is_empty(),
+        "d is in flight as new active of vb0"
+    );
+    s.move_done(Vbid(0));
+    assert_eq!(vbs(&s.next_moves()), [1]);
+}
+
 /// Calls for vbuckets that are not running are ignored, and repeated calls count once.
 #[test]
 fn unknown_and_repeated_completions_are_ignored() {
@@ -336,10 +359,11 @@ fn random_moves(rng: &mut Rng) -> Vec<Move> {
     plan(&Map::new(current), &Map::new(target)).expect("same shape")
 }
 
+/// (running backfills, moves in flight as old or new active) per node.
+type Loads = (BTreeMap<NodeId, usize>, BTreeMap<NodeId, usize>);
+
 /// Loads of the running moves, computed independently of the scheduler.
-fn loads(
-    running: &BTreeMap<Vbid, (Move, bool)>,
-) -> (BTreeMap<NodeId, usize>, BTreeMap<NodeId, usize>) {
+fn loads(running: &BTreeMap<Vbid, (Move, bool)>) -> Loads {
     let mut backfills: BTreeMap<NodeId, usize> = BTreeMap::new();
     let mut in_flight: BTreeMap<NodeId, usize> = BTreeMap::new();
     for (m, backfill) in running.values() {
@@ -382,23 +406,11 @@ fn charged(m: &Move) -> BTreeSet<NodeId> {
     out
 }
 
-fn fits(
-    m: &Move,
-    limits: Limits,
-    loads: &(BTreeMap<NodeId, usize>, BTreeMap<NodeId, usize>),
-) -> bool {
-    let actives: BTreeSet<NodeId> = m
-        .old_active()
-        .into_iter()
-        .chain(m.new_active())
-        .cloned()
-        .collect();
-    charged(m)
-        .iter()
-        .all(|x| loads.0.get(x).copied().unwrap_or(0) < limits.moves_per_node)
-        && actives
-            .iter()
-            .all(|x| loads.1.get(x).copied().unwrap_or(0) < limits.in_flight_per_node)
+fn fits(m: &Move, limits: Limits, loads: &Loads) -> bool {
+    charged(m).iter().all(|x| {
+        loads.0.get(x).copied().unwrap_or(0) < limits.moves_per_node
+            && loads.1.get(x).copied().unwrap_or(0) < limits.in_flight_per_node
+    })
 }
 
 /// Runs `moves` to the end with completions chosen by `seed`, checking the §5.2
