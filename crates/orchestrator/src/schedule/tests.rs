@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 
 use super::*;
-use crate::map::{plan, Chain, Map};
+use crate::map::{generate, plan, Chain, Map, MapInput};
 
 fn n(name: &str) -> NodeId {
     NodeId(format!("ns_1@{name}"))
@@ -359,6 +359,28 @@ fn random_moves(rng: &mut Rng) -> Vec<Move> {
     plan(&Map::new(current), &Map::new(target)).expect("same shape")
 }
 
+/// Moves of a real rebalance: a generated map over some nodes, then the map
+/// [`generate`] builds from it over a changed node set (one node out, one in).
+fn generated_moves(v: usize, n_nodes: usize, r: usize, seed: u64) -> Vec<Move> {
+    let nodes: Vec<NodeId> = (0..n_nodes).map(|i| n(&format!("n{i}"))).collect();
+    let input = |current, nodes| MapInput {
+        current,
+        nodes,
+        groups: None,
+        replicas: r,
+        max_slaves: crate::map::DEFAULT_MAX_SLAVES,
+        last_balanced: None,
+        seed,
+        tries: 1,
+    };
+    let empty = Map::empty(v, r);
+    let current = generate(&input(&empty, &nodes)).expect("a map").map;
+    let mut keep = nodes[1..].to_vec();
+    keep.push(n("new"));
+    let target = generate(&input(&current, &keep)).expect("a map").map;
+    plan(&current.aligned(r), &target.aligned(r)).expect("same shape")
+}
+
 /// (running backfills, moves in flight as old or new active) per node.
 type Loads = (BTreeMap<NodeId, usize>, BTreeMap<NodeId, usize>);
 
@@ -496,6 +518,17 @@ proptest! {
         let first = simulate(&moves, limits, order_seed)?;
         let again = simulate(&moves, limits, order_seed)?;
         prop_assert_eq!(first, again);
+    }
+
+    /// The checker over the moves of a generated rebalance (one node swapped).
+    #[test]
+    fn scheduler_checker_generated_maps(v in 1usize..=128, n_nodes in 1usize..=8, r in 0usize..=3,
+                                        seed in any::<u64>(), order_seed in any::<u64>(),
+                                        moves_per_node in 1usize..=4) {
+        let moves = generated_moves(v, n_nodes, r, seed);
+        let limits = Limits { moves_per_node, ..Limits::default() };
+        let first = simulate(&moves, limits, order_seed)?;
+        prop_assert_eq!(first, simulate(&moves, limits, order_seed)?);
     }
 
     /// The same with the default limits.
