@@ -5,7 +5,9 @@
 //!
 //! Pure cores (no I/O, no clock, no global randomness; seeds are inputs): [`map`]
 //! (vbucket map generation), [`janitor`] (chain rules and apply phases), [`config`]
-//! (the client map JSON) and [`rest`] (request parameters and error answers).
+//! (the client map JSON), [`rest`] (request parameters and error answers), [`schedule`]
+//! (which rebalance moves start when), [`progress`] (rebalance progress) and [`retry`]
+//! (the pending automatic retry).
 
 #![warn(missing_docs)]
 
@@ -15,6 +17,9 @@ pub mod http;
 pub mod janitor;
 pub mod map;
 pub mod orch;
+pub mod progress;
 /// The REST surface (cluster.md §3): request parameters, validation and the error answer.
 pub mod rest;
+pub mod retry;
+pub mod schedule;
 pub mod store;
