@@ -464,6 +464,95 @@ fn mismatches(bucket: &Value, st: &BTreeMap<u16, BTreeMap<u16, (String, u64)>>) 
     bad
 }
 
+/// I6, replications: each node's actual incoming replications (its agent's
+/// listing) equal what the map implies (every replica streams from its head).
+async fn incoming_mismatches(
+    a: SocketAddr,
+    nodes: &[&NodeProcess],
+    bucket: &str,
+    b: &Value,
+) -> anyhow::Result<Vec<String>> {
+    let pd = ok(a, "GET", "/pools/default", &[], 200).await?;
+    let name_of_kv: BTreeMap<u16, String> = pd["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| {
+            Some((
+                u16::try_from(n["ports"]["direct"].as_u64()?).ok()?,
+                n["otpNode"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    let smap = &b["vBucketServerMap"];
+    let servers: Vec<u16> = smap["serverList"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str()?.rsplit(':').next()?.parse().ok())
+        .collect();
+    // consumer kv port -> producer name -> vbuckets
+    let mut want: BTreeMap<u16, BTreeMap<String, Vec<u64>>> = BTreeMap::new();
+    for (vb, row) in smap["vBucketMap"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let chain: Vec<Option<u16>> = row
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| servers.get(usize::try_from(i.as_i64()?).ok()?).copied())
+            .collect();
+        let Some(Some(head)) = chain.first() else {
+            continue;
+        };
+        for r in chain.iter().skip(1).flatten() {
+            let producer = name_of_kv.get(head).cloned().unwrap_or_default();
+            want.entry(*r)
+                .or_default()
+                .entry(producer)
+                .or_default()
+                .push(vb as u64);
+        }
+    }
+    let mut bad = vec![];
+    for n in nodes {
+        let (s, t) = testkit::http(
+            n.admin,
+            "GET",
+            &format!("/agent/v1/buckets/{bucket}/vbuckets"),
+            Some(("admin", PW)),
+            None,
+        )
+        .await?;
+        anyhow::ensure!(s == 200, "agent listing on {}: {s} {t}", n.admin);
+        let v: Value = serde_json::from_str(&t)?;
+        let mut got: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for (producer, vbs) in v["incoming"].as_object().into_iter().flatten() {
+            let mut list: Vec<u64> = vbs
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_u64)
+                .collect();
+            list.sort_unstable();
+            if !list.is_empty() {
+                got.insert(producer.clone(), list);
+            }
+        }
+        let expected = want.get(&n.kv.port()).cloned().unwrap_or_default();
+        if got != expected {
+            bad.push(format!(
+                "incoming on :{}: want {expected:?}, got {got:?}",
+                n.kv.port()
+            ));
+        }
+    }
+    Ok(bad)
+}
+
 /// Waits (bounded) until I6 holds, checking I1 at every sample.
 async fn wait_states_match(
     a: SocketAddr,
@@ -483,7 +572,10 @@ async fn wait_states_match(
         .await?;
         let st = states(nodes, bucket).await?;
         assert_single_active(&st);
-        let bad = mismatches(&b, &st);
+        let mut bad = mismatches(&b, &st);
+        if bad.is_empty() {
+            bad = incoming_mismatches(a, nodes, bucket, &b).await?;
+        }
         if bad.is_empty() {
             return Ok(());
         }
@@ -673,8 +765,21 @@ async fn a_member_restarts_fenced_and_the_janitor_restores_it() -> anyhow::Resul
         "a member restarts with every vbucket dead: {vbs:?}"
     );
     nodes.push(restarted);
+    {
+        let refs: Vec<&NodeProcess> = nodes.iter().collect();
+        wait_states_match(a, &refs, "default", Duration::from_secs(10)).await?;
+    }
+    // The orchestrator node restarts too: it resumes the orchestrator from its store,
+    // comes back fenced, and its janitor restores it.
+    let orch = nodes.remove(0);
+    let ports = (orch.kv.port(), orch.admin.port());
+    let dir = orch.terminate()?;
+    let orch = NodeProcess::start_on(dir, &conduit(), PW, ports, &[])?;
+    nodes.insert(0, orch);
     let refs: Vec<&NodeProcess> = nodes.iter().collect();
-    wait_states_match(a, &refs, "default", Duration::from_secs(10)).await?;
+    wait_states_match(a, &refs, "default", Duration::from_secs(15)).await?;
+    let pd = ok(a, "GET", "/pools/default", &[], 200).await?;
+    assert_eq!(pd["nodes"].as_array().map(Vec::len), Some(3), "{pd}");
     Ok(())
 }
 
