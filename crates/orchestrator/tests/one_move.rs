@@ -19,7 +19,7 @@ use orchestrator::agent::api::{
 use orchestrator::agent::{AddressEntry, Agent, AgentClient, AgentConfig, Creds};
 use orchestrator::map::{Move, NodeId};
 use orchestrator::orch::one_move::{
-    run_move, Commit, MoveBounds, MoveCtx, MoveEvent, MoveNode, Step,
+    run_move, Commit, MoveBounds, MoveCtx, MoveError, MoveEvent, MoveNode, Step,
 };
 use orchestrator::rest::error::RestError;
 use testkit::node::{client_config, ADMIN, BOUND, PASSWORD};
@@ -319,38 +319,51 @@ fn a_move(vb: u16, old: &[Option<usize>], new: &[Option<usize>]) -> Move {
     }
 }
 
-/// Runs a move to its end, bounded; returns its result and the steps it reported.
-async fn run(
-    ctx: &MoveCtx,
-    mv: &Move,
-    commit: &FakeCommit,
-) -> anyhow::Result<(
-    Result<(), orchestrator::orch::one_move::MoveError>,
-    Vec<Step>,
-    bool,
-)> {
+/// What a move did.
+struct Outcome {
+    result: Result<(), MoveError>,
+    steps: Vec<Step>,
+    backfill_done: bool,
+    docs_left: Vec<u64>,
+}
+
+/// Runs a move to its end, bounded, collecting its events.
+async fn run(ctx: &MoveCtx, mv: &Move, commit: &dyn Commit) -> anyhow::Result<Outcome> {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let r = timeout(MOVE_BOUND, run_move(ctx, mv, commit, &tx))
+    let result = timeout(MOVE_BOUND, run_move(ctx, mv, commit, &tx))
         .await
         .context("move hangs")?;
     drop(tx);
-    let mut steps = Vec::new();
-    let mut backfill_done = false;
+    let mut out = Outcome {
+        result,
+        steps: Vec::new(),
+        backfill_done: false,
+        docs_left: Vec::new(),
+    };
     while let Some(e) = rx.recv().await {
         match e {
             MoveEvent::Step { vb, step } => {
                 assert_eq!(vb, mv.vb.0);
-                steps.push(step);
+                out.steps.push(step);
             }
             MoveEvent::BackfillDone { vb } => {
                 assert_eq!(vb, mv.vb.0);
-                assert_eq!(steps.last(), Some(&Step::Persistence), "{steps:?}");
-                backfill_done = true;
+                assert_eq!(
+                    out.steps.last(),
+                    Some(&Step::Persistence),
+                    "{:?}",
+                    out.steps
+                );
+                out.backfill_done = true;
             }
-            MoveEvent::DocsLeft { vb, .. } => assert_eq!(vb, mv.vb.0),
+            MoveEvent::DocsLeft { vb, docs } => {
+                assert_eq!(vb, mv.vb.0);
+                assert_eq!(out.steps.last(), Some(&Step::DataMove), "{:?}", out.steps);
+                out.docs_left.push(docs);
+            }
         }
     }
-    Ok((r, steps, backfill_done))
+    Ok(out)
 }
 
 async fn wait_items(c: &Cluster, i: usize, vb: u16, want: u64) -> anyhow::Result<()> {
@@ -373,7 +386,12 @@ async fn an_active_move_takes_the_vbucket_over_and_deletes_the_old_copy() -> any
     c.load(0, 1, 50).await?;
     let commit = FakeCommit::default();
     let mv = a_move(1, &[Some(0)], &[Some(1)]);
-    let (r, steps, backfill_done) = run(&c.ctx(MoveBounds::default()), &mv, &commit).await?;
+    let Outcome {
+        result: r,
+        steps,
+        backfill_done,
+        docs_left,
+    } = run(&c.ctx(MoveBounds::default()), &mv, &commit).await?;
     r?;
     assert_eq!(
         steps,
@@ -389,6 +407,7 @@ async fn an_active_move_takes_the_vbucket_over_and_deletes_the_old_copy() -> any
         ]
     );
     assert!(backfill_done);
+    assert_eq!(docs_left.last(), Some(&0), "{docs_left:?}");
     assert_eq!(commit.calls(), [(1, names(&[Some(1)]))]);
     let b = c.vb(1, 1).await?;
     assert_eq!((b.state.as_str(), b.items), ("active", 50), "{b:?}");
@@ -410,7 +429,9 @@ async fn a_swap_move_makes_the_old_active_a_replica_of_the_new() -> anyhow::Resu
     c.load(0, 2, 40).await?;
     let commit = FakeCommit::default();
     let mv = a_move(2, &[Some(0), Some(1)], &[Some(1), Some(0)]);
-    let (r, steps, _) = run(&c.ctx(MoveBounds::default()), &mv, &commit).await?;
+    let Outcome {
+        result: r, steps, ..
+    } = run(&c.ctx(MoveBounds::default()), &mv, &commit).await?;
     r?;
     assert!(steps.contains(&Step::Takeover), "{steps:?}");
     assert_eq!(commit.calls(), [(2, names(&[Some(1), Some(0)]))]);
@@ -439,7 +460,12 @@ async fn a_replica_only_move_builds_the_new_replica_and_deletes_the_old() -> any
     c.load(0, 3, 30).await?;
     let commit = FakeCommit::default();
     let mv = a_move(3, &[Some(0), Some(1)], &[Some(0), Some(2)]);
-    let (r, steps, backfill_done) = run(&c.ctx(MoveBounds::default()), &mv, &commit).await?;
+    let Outcome {
+        result: r,
+        steps,
+        backfill_done,
+        docs_left,
+    } = run(&c.ctx(MoveBounds::default()), &mv, &commit).await?;
     r?;
     assert_eq!(
         steps,
@@ -453,6 +479,7 @@ async fn a_replica_only_move_builds_the_new_replica_and_deletes_the_old() -> any
         ]
     );
     assert!(backfill_done);
+    assert_eq!(docs_left.last(), Some(&0), "{docs_left:?}");
     assert_eq!(commit.calls(), [(3, names(&[Some(0), Some(2)]))]);
     assert_eq!(c.vb(0, 3).await?.state, "active");
     let cc = c.vb(2, 3).await?;
@@ -472,13 +499,19 @@ async fn a_move_from_null_promotes_the_new_active() -> anyhow::Result<()> {
     let c = Cluster::start(1).await?;
     let commit = FakeCommit::default();
     let mv = a_move(0, &[None], &[Some(0)]);
-    let (r, steps, backfill_done) = run(&c.ctx(MoveBounds::default()), &mv, &commit).await?;
+    let Outcome {
+        result: r,
+        steps,
+        backfill_done,
+        docs_left,
+    } = run(&c.ctx(MoveBounds::default()), &mv, &commit).await?;
     r?;
     assert_eq!(
         steps,
         [Step::Promote, Step::Commit, Step::Replicate, Step::Cleanup]
     );
     assert!(!backfill_done);
+    assert!(docs_left.is_empty());
     assert_eq!(commit.calls(), [(0, names(&[Some(0)]))]);
     assert_eq!(c.vb(0, 0).await?.state, "active");
     c.stop().await;
@@ -512,7 +545,9 @@ async fn an_unreachable_destination_fails_the_build_naming_the_node() -> anyhow:
         new: vec![Some(NodeId(ghost.clone()))],
     };
     let started = tokio::time::Instant::now();
-    let (r, steps, _) = run(&ctx, &mv, &commit).await?;
+    let Outcome {
+        result: r, steps, ..
+    } = run(&ctx, &mv, &commit).await?;
     let e = r.expect_err("unreachable destination");
     assert!(started.elapsed() < Duration::from_secs(15));
     assert_eq!(e.step, Step::Build);
@@ -591,6 +626,58 @@ async fn dropping_a_move_during_the_data_move_cancels_it() -> anyhow::Result<()>
     bounded("unreplicate", c.client(1).unreplicate(BUCKET, 1, &req)).await??;
     assert!(c.report(1).await?.incoming.is_empty());
     bounded("health", c.client(1).health()).await??;
+    c.stop().await;
+    Ok(())
+}
+
+/// §5.3 step 2: docs left that do not fall for `data_move_stall` fail the move
+/// (here the done limit 0 is never reached and nothing is left to move).
+#[tokio::test]
+async fn a_stalled_data_move_fails_the_move_at_data_move() -> anyhow::Result<()> {
+    let c = Cluster::start(2).await?;
+    c.set_active(0, 1).await?;
+    c.load(0, 1, 10).await?;
+    let ctx = c.ctx(MoveBounds {
+        done_limit: 0,
+        data_move_stall: Duration::from_secs(2),
+        data_move_cap: Duration::from_secs(60),
+        ..MoveBounds::default()
+    });
+    let commit = FakeCommit::default();
+    let mv = a_move(1, &[Some(0)], &[Some(1)]);
+    let started = tokio::time::Instant::now();
+    let out = run(&ctx, &mv, &commit).await?;
+    let e = out.result.expect_err("stalled");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(e.step, Step::DataMove);
+    assert_eq!(e.node.as_deref(), Some(name(1).as_str()));
+    assert_eq!(e.cause["kind"], "timeout", "{}", e.cause);
+    assert_eq!(out.steps, [Step::Build, Step::DataMove]);
+    assert!(!out.docs_left.is_empty());
+    assert!(commit.calls().is_empty());
+    c.stop().await;
+    Ok(())
+}
+
+/// The runner's commit failing is `move_failed` at `commit` with its error as cause.
+#[tokio::test]
+async fn a_failed_commit_is_move_failed_at_commit() -> anyhow::Result<()> {
+    struct Refuse;
+    #[async_trait::async_trait]
+    impl Commit for Refuse {
+        async fn commit(&self, _: u16, _: &[Option<String>]) -> Result<(), RestError> {
+            Err(RestError::internal("metadata store down"))
+        }
+    }
+    let c = Cluster::start(1).await?;
+    let mv = a_move(2, &[None], &[Some(0)]);
+    let out = run(&c.ctx(MoveBounds::default()), &mv, &Refuse).await?;
+    let e = out.result.expect_err("commit refused");
+    assert_eq!(e.step, Step::Commit);
+    assert_eq!(e.node, None);
+    assert_eq!(e.cause["kind"], "internal", "{}", e.cause);
+    assert!(e.message.contains("metadata store down"), "{}", e.message);
+    assert_eq!(out.steps, [Step::Promote, Step::Commit]);
     c.stop().await;
     Ok(())
 }

@@ -435,10 +435,16 @@ impl Run<'_> {
     }
 
     /// Step 0: agent(N) `apply promote {vb: active}`.
+    ///
+    /// When N held a replica in the old chain, its incoming stream for vb is closed
+    /// first: an active must not be written by a stream.
     async fn promote(&self, n: &NodeId) -> Result<(), MoveError> {
         self.enter(Step::Promote);
         let node = self.node(Step::Promote, n)?;
         let bound = self.ctx.bounds.promote;
+        if self.mv.old.iter().flatten().any(|x| x == n) {
+            self.unreplicate(Step::Promote, &[n], bound).await?;
+        }
         let req = ApplyRequest {
             phase: Phase::Promote,
             states: [(self.vb(), "active".to_string())].into(),
