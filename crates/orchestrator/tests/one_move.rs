@@ -518,6 +518,38 @@ async fn a_move_from_null_promotes_the_new_active() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Step 0 when N held the old chain's replica: N's stream is closed before it
+/// becomes active; the new replica then streams from N.
+#[tokio::test]
+async fn a_move_from_null_closes_the_promoted_replicas_stream() -> anyhow::Result<()> {
+    let c = Cluster::start(2).await?;
+    c.set_active(0, 1).await?;
+    c.set_replica(1, 1, 0).await?;
+    c.load(0, 1, 25).await?;
+    wait_items(&c, 1, 1, 25).await?;
+    // The map lost A (still streaming into B): the move must not leave B active
+    // with a stream into it.
+    let commit = FakeCommit::default();
+    let mv = a_move(1, &[None, Some(1)], &[Some(1), Some(0)]);
+    let out = run(&c.ctx(MoveBounds::default()), &mv, &commit).await?;
+    out.result?;
+    assert_eq!(
+        out.steps,
+        [Step::Promote, Step::Commit, Step::Replicate, Step::Cleanup]
+    );
+    assert_eq!(commit.calls(), [(1, names(&[Some(1), Some(0)]))]);
+    let b = c.vb(1, 1).await?;
+    assert_eq!((b.state.as_str(), b.items), ("active", 25), "{b:?}");
+    assert!(c.report(1).await?.incoming.is_empty());
+    assert_eq!(c.vb(0, 1).await?.state, "replica");
+    let want: BTreeMap<String, Vec<u16>> = [(name(1), vec![1])].into();
+    assert_eq!(c.report(0).await?.incoming, want);
+    c.load(1, 1, 30).await?;
+    wait_items(&c, 0, 1, 30).await?;
+    c.stop().await;
+    Ok(())
+}
+
 /// §5.6: the destination's agent is unreachable: `move_failed` at build, naming
 /// the node, bounded; nothing committed.
 #[tokio::test]

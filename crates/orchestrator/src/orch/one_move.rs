@@ -562,8 +562,8 @@ impl Run<'_> {
                         Some(&worst.0),
                         json!({"kind": "timeout", "node": worst.0, "after_ms": ms(stalled),
                                "docs_left": d,
-                               "message": format!("data move stalled: {docs} items left, \
-                                   none moved for {} ms", ms(stalled))}),
+                               "message": format!("data move stalled: {docs} seqnos behind, \
+                                   no progress for {} ms", ms(stalled))}),
                         "data move",
                     );
                 }
