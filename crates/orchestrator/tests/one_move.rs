@@ -493,6 +493,38 @@ async fn a_replica_only_move_builds_the_new_replica_and_deletes_the_old() -> any
     Ok(())
 }
 
+/// [A, B] → [A, null]: nothing to build; B's stream closed and its copy deleted.
+#[tokio::test]
+async fn a_move_dropping_a_replica_deletes_it() -> anyhow::Result<()> {
+    let c = Cluster::start(2).await?;
+    c.set_active(0, 0).await?;
+    c.set_replica(1, 0, 0).await?;
+    c.load(0, 0, 10).await?;
+    let commit = FakeCommit::default();
+    let mv = a_move(0, &[Some(0), Some(1)], &[Some(0), None]);
+    let out = run(&c.ctx(MoveBounds::default()), &mv, &commit).await?;
+    out.result?;
+    assert_eq!(
+        out.steps,
+        [
+            Step::Build,
+            Step::DataMove,
+            Step::Persistence,
+            Step::Commit,
+            Step::Replicate,
+            Step::Cleanup
+        ]
+    );
+    assert_eq!(commit.calls(), [(0, names(&[Some(0), None]))]);
+    let a = c.vb(0, 0).await?;
+    assert_eq!((a.state.as_str(), a.items), ("active", 10), "{a:?}");
+    let b = c.vb(1, 0).await?;
+    assert_eq!((b.state.as_str(), b.items), ("dead", 0), "{b:?}");
+    assert!(c.report(1).await?.incoming.is_empty());
+    c.stop().await;
+    Ok(())
+}
+
 /// Step 0: [null] → [A]: A promoted, then committed.
 #[tokio::test]
 async fn a_move_from_null_promotes_the_new_active() -> anyhow::Result<()> {
@@ -607,7 +639,8 @@ async fn an_unreachable_destination_fails_the_build_naming_the_node() -> anyhow:
 }
 
 /// §5.5: a move dropped during its data-move wait leaves nothing running: the
-/// agent answers at once and the consumer's replication can be removed.
+/// agent answers at once, the consumer's replication can be removed, and the same
+/// move runs again to its end.
 #[tokio::test]
 async fn dropping_a_move_during_the_data_move_cancels_it() -> anyhow::Result<()> {
     let c = Cluster::start(2).await?;
@@ -658,6 +691,12 @@ async fn dropping_a_move_during_the_data_move_cancels_it() -> anyhow::Result<()>
     bounded("unreplicate", c.client(1).unreplicate(BUCKET, 1, &req)).await??;
     assert!(c.report(1).await?.incoming.is_empty());
     bounded("health", c.client(1).health()).await??;
+    // The same move again (a resumed rebalance) runs to its end.
+    let out = run(&c.ctx(MoveBounds::default()), &mv, &commit).await?;
+    out.result?;
+    let b = c.vb(1, 1).await?;
+    assert_eq!((b.state.as_str(), b.items), ("active", 20), "{b:?}");
+    assert_eq!(commit.calls().len(), 1);
     c.stop().await;
     Ok(())
 }

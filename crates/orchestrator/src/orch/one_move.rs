@@ -574,6 +574,9 @@ impl Run<'_> {
     /// Step 3: M's high seqno over MCBP, then every X ∈ B `wait-persisted`.
     async fn persistence(&self, m: &NodeId, builders: &[&NodeId]) -> Result<(), MoveError> {
         self.enter(Step::Persistence);
+        if builders.is_empty() {
+            return Ok(());
+        }
         let bound = self.ctx.bounds.persistence;
         let seqno = self.high_seqno(m).await?;
         debug!(vb = self.vb(), seqno, "waiting for persistence");
