@@ -1,6 +1,6 @@
 //! One vbucket move (cluster.md §5.3): the orchestrator's side of steps 0–11, driven
-//! through the agents of the nodes involved and one MCBP read of the old active's
-//! high seqno. Steps 8–9 (commit, push) belong to the rebalance runner and come in
+//! through the agents of the nodes involved and MCBP reads of the old active's high
+//! seqno (step 3, and step 2's progress). Steps 8–9 (commit, push) belong to the rebalance runner and come in
 //! through [`Commit`].
 //!
 //! Every step is bounded twice: the agent enforces the `timeout_ms` it is sent, and
@@ -259,7 +259,9 @@ pub trait Commit: Send + Sync {
 /// Runs one move through steps 0–11 (§5.3).
 ///
 /// Events go to `events` (never blocks; a closed receiver is ignored). Cancellation
-/// is dropping the future. Step 11's failures are logged only.
+/// is dropping the future. Step 11's failures are logged only. Every node of both
+/// chains must be in `ctx.nodes`; a missing one fails the move before anything
+/// changes (cause `unknown_node`).
 ///
 /// Decisions where §5.3 is silent: when N = M (replica-only) step 7 is skipped (the
 /// new replicas' streams from M are what they need after the commit, and old
