@@ -7,6 +7,7 @@ mod actor;
 mod health;
 mod janitor_pass;
 pub mod model;
+pub mod one_move;
 mod secrets;
 mod uploader;
 
