@@ -283,13 +283,16 @@ impl ReplicationManager {
     }
 
     /// Takes `vb` over from `producer` on connection `vb mod N` (§7.6, §7.3),
-    /// starting that connection if it does not exist yet. Runs outside the
-    /// serializer; the replicator orders it with its other operations.
+    /// starting that connection if it does not exist yet. Holds the serializer:
+    /// the set operations compute whole partition sets from the actual replications,
+    /// and one computed before a takeover but applied after it would stream the
+    /// taken-over vbucket again (into a copy that is active by then).
     ///
     /// # Errors
     /// [`ReplError::UnknownNode`], a start error, else the replicator's takeover
     /// error.
     pub async fn takeover(&self, producer: &str, vb: Vbid) -> Result<(), ReplError> {
+        let _serial = self.serial.lock().await;
         let index = u32::from(vb.0) % self.connection_count();
         let r = match self.replicator(producer, index) {
             Some(r) if r.is_running() => r,

@@ -213,6 +213,18 @@ impl NodeProcess {
         Ok(old)
     }
 
+    /// Kills the process (SIGKILL: no clean shutdown) and returns the data directory
+    /// for a restart.
+    ///
+    /// # Errors
+    /// The kill or the wait failed.
+    pub fn kill(mut self) -> anyhow::Result<tempfile::TempDir> {
+        self.child.kill()?;
+        self.child.wait()?;
+        let dir = tempfile::tempdir()?;
+        Ok(std::mem::replace(&mut self.dir, dir))
+    }
+
     /// An admin-API call as the `admin` user that must answer `want`; returns the body.
     ///
     /// # Errors

@@ -640,12 +640,67 @@ async fn local(
         }
         ("POST", ["controller", "stopRebalance"]) => {
             p.check_keys(&["allowUnsafe"], &[])?;
+            o.stop_rebalance().await?;
             Ok(ok_empty())
         }
-        ("GET", ["pools", "default", "rebalanceProgress"]) => {
-            Ok(views::rebalance_progress(o).await?)
+        ("GET", ["pools", "default", "rebalanceProgress"]) => Ok(views::rebalance_progress(o)),
+        ("GET", ["pools", "default", "tasks"]) => {
+            Ok(Json(json!([o.rebalance_task()])).into_response())
         }
-        ("GET", ["pools", "default", "tasks"]) => Ok(views::tasks(o).await?),
+        ("GET", ["pools", "default", "currentRebalanceReport"]) => {
+            if o.rebalance_running() {
+                Ok(Json(o.rebalance_task()).into_response())
+            } else {
+                Ok(Json(json!({"is_rebalancing": false})).into_response())
+            }
+        }
+        ("GET", ["logs", "rebalanceReport"]) => {
+            p.check_keys(&["reportID"], &[])?;
+            let id = p.get("reportID");
+            if let Some(id) = id {
+                if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(RestError::bad_param(
+                        "reportID",
+                        "reportID must be 32 hex digits",
+                    ));
+                }
+            }
+            match o.rebalance_report(id).await {
+                Some(r) => Ok(Json(r).into_response()),
+                None => Err(RestError::not_found("no such rebalance report")),
+            }
+        }
+        ("GET", ["settings", "rebalance"]) => {
+            Ok(Json(o.rebalance_settings().await?).into_response())
+        }
+        ("POST", ["settings", "rebalance"]) => {
+            const KEYS: [&str; 6] = [
+                "rebalanceMovesPerNode",
+                "moveStallTimeout",
+                "persistenceTimeout",
+                "takeoverTimeout",
+                "rebalanceOutDelay",
+                "stopGracePeriod",
+            ];
+            p.check_keys(&KEYS, &[])?;
+            let mut s = o.rebalance_settings().await?;
+            if let Some(v) = p.int_in("rebalanceMovesPerNode", 1, 64)? {
+                s.rebalance_moves_per_node = v as u32;
+            }
+            for (key, field, min, max) in [
+                ("moveStallTimeout", &mut s.move_stall_timeout, 10, 3600),
+                ("persistenceTimeout", &mut s.persistence_timeout, 10, 3600),
+                ("takeoverTimeout", &mut s.takeover_timeout, 10, 3600),
+                ("rebalanceOutDelay", &mut s.rebalance_out_delay, 0, 300),
+                ("stopGracePeriod", &mut s.stop_grace_period, 1, 60),
+            ] {
+                if let Some(v) = p.int_in(key, min, max)? {
+                    *field = v as u64;
+                }
+            }
+            o.set_rebalance_settings(s).await?;
+            Ok(Json(s).into_response())
+        }
         ("GET", ["pools", "default"]) => {
             Ok(Json(views::pools_default(st, o).await?).into_response())
         }

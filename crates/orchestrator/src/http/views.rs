@@ -88,7 +88,7 @@ pub(super) async fn pools_default(st: &ClusterHttp, o: &Orchestrator) -> Result<
         "memoryQuota": view.cluster.memory_quota_mb,
         "nodes": nodes,
         "buckets": {"uri": "/pools/default/buckets"},
-        "rebalanceStatus": "none",
+        "rebalanceStatus": if o.rebalance_running() { "running" } else { "none" },
         "rebalanceProgressUri": "/pools/default/rebalanceProgress",
         "stopRebalanceUri": "/controller/stopRebalance",
         "tasks": {"uri": "/pools/default/tasks"},
@@ -222,19 +222,13 @@ pub(super) async fn client_config(o: &Orchestrator, name: &str) -> Result<Value,
     })
 }
 
-/// Exactly `{"status":"none"}` when idle (§3.5).
-pub(super) async fn rebalance_progress(_o: &Orchestrator) -> Result<Response, RestError> {
-    Ok((
+/// Exactly `{"status":"none"}` when idle (§3.5): written compact, no other key.
+pub(super) fn rebalance_progress(o: &Orchestrator) -> Response {
+    let v = o.rebalance_progress();
+    (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
-        r#"{"status":"none"}"#,
+        v.to_string(),
     )
-        .into_response())
-}
-
-pub(super) async fn tasks(_o: &Orchestrator) -> Result<Response, RestError> {
-    Ok(
-        axum::Json(json!([{"type": "rebalance", "status": "notRunning", "statusIsStale": false}]))
-            .into_response(),
-    )
+        .into_response()
 }

@@ -14,8 +14,8 @@ use super::model::{
     bucket_key, ff_map_key, last_balanced_key, map_key, node_key, BucketRecord, ClusterRecord,
     ClusterView, Counters, Membership, NodeRecord, CLUSTER_KEY, COUNTERS_KEY, REBALANCE_STATUS_KEY,
 };
-use super::uploader::{client_for, Desired, Uploaders};
-use super::{janitor_pass, Command, Reply, Shared};
+use super::uploader::{client_for, Desired};
+use super::{janitor_pass, rebalance, Command, Reply, Shared};
 use crate::agent::api::{AddressBook, AddressEntry, Creds, JoinRequest};
 use crate::agent::{AgentCallError, AgentClient};
 use crate::config::{
@@ -202,9 +202,9 @@ pub(super) fn agent_error(
         .with("cause", e.to_json())
 }
 
+/// The actor's state; the rebalance task makes its own over the same `Shared`.
 pub(super) struct Actor {
     pub(super) shared: Arc<Shared>,
-    uploaders: Uploaders,
     pub(super) seed: u64,
 }
 
@@ -221,14 +221,16 @@ impl Actor {
 
     /// Reads the store, shows the view to the readers, and hands every node the
     /// configs it should hold.
-    pub(super) async fn refresh(&mut self) -> Result<Arc<ClusterView>, RestError> {
+    pub(super) async fn refresh(&self) -> Result<Arc<ClusterView>, RestError> {
+        // One refresh at a time, so configs are handed out in store order.
+        let _serial = self.shared.refresh_lock.lock().await;
         let view = Arc::new(read_view(self.shared.store.as_ref()).await?);
         self.publish(&view);
         self.shared.view.send_replace(Some(view.clone()));
         Ok(view)
     }
 
-    fn bump(&mut self, key: &str, fingerprint: u64, rev: u64) -> u64 {
+    fn bump(&self, key: &str, fingerprint: u64, rev: u64) -> u64 {
         let Ok(mut revs) = self.shared.revs.lock() else {
             return rev;
         };
@@ -241,7 +243,7 @@ impl Actor {
         }
     }
 
-    fn publish(&mut self, view: &ClusterView) {
+    fn publish(&self, view: &ClusterView) {
         let members: Vec<ConfigNode> = view.active_nodes().map(config_node).collect();
         let global_fp = {
             let v = global_config(
@@ -307,10 +309,12 @@ impl Actor {
             }
         }
         let names: Vec<String> = view.nodes.keys().cloned().collect();
-        self.uploaders.retain(&names);
+        self.shared.uploaders.retain(&names);
         for n in view.nodes.values() {
             let desired = per_node.remove(&n.name).unwrap_or_default();
-            self.uploaders.set(&n.name, self.client(view, n), desired);
+            self.shared
+                .uploaders
+                .set(&n.name, self.client(view, n), desired);
         }
     }
 
@@ -326,7 +330,7 @@ impl Actor {
     }
 
     /// Pushes the address book to every agent, in parallel, each bounded.
-    async fn push_address_book(&self, view: &ClusterView) {
+    pub(super) async fn push_address_book(&self, view: &ClusterView) {
         let book = AddressBook {
             term: view.cluster.term,
             orchestrator: view.cluster.orchestrator.clone(),
@@ -357,7 +361,9 @@ impl Actor {
                 (r, follow)
             }
             Command::DeleteBucket(n) => (self.delete_bucket(&n).await, None),
-            Command::Rebalance { known, ejected } => (self.rebalance(known, ejected).await, None),
+            Command::Rebalance { .. } | Command::StopRebalance => {
+                (Err(RestError::internal("handled by the run loop")), None)
+            }
             Command::SetClusterSettings {
                 memory_quota_mb,
                 name,
@@ -633,7 +639,7 @@ impl Actor {
         &mut self,
         known: Vec<String>,
         ejected: Vec<String>,
-    ) -> Result<Value, RestError> {
+    ) -> Result<(Value, rebalance::Plan), RestError> {
         let view = read_view(self.shared.store.as_ref()).await?;
         let resolve = |r: &str| -> Option<String> {
             if view.nodes.contains_key(r) {
@@ -691,18 +697,6 @@ impl Actor {
                 "No active nodes left",
             ));
         }
-        for b in view.buckets.values() {
-            let servers: BTreeSet<String> = b.record.servers.iter().cloned().collect();
-            if servers != keep {
-                return Err(RestError::new(
-                    StatusCode::BAD_REQUEST,
-                    "rebalance_moves_data",
-                    "_",
-                    format!("bucket {:?} would have to move data; moving data between nodes is not available in this version (add nodes before creating buckets)", b.record.name),
-                )
-                .with("bucket", json!(b.record.name)));
-            }
-        }
         // Every node that stays or leaves (and is not failed over) must answer.
         let probes = view
             .nodes
@@ -735,42 +729,34 @@ impl Actor {
         }
         let id = random_hex();
         let started = now_rfc3339();
-        transact_view(self.shared.store.as_ref(), |v| {
-            let mut checks = Vec::new();
-            let mut ops = Vec::new();
-            for n in v.nodes.values() {
-                checks.push(v.snapshot.unchanged(&node_key(&n.name)));
-                if eject_set.contains(&n.name) {
-                    ops.push(Op::delete(node_key(&n.name)));
-                } else if keep.contains(&n.name) && n.membership != Membership::Active {
-                    let mut n = n.clone();
-                    n.membership = Membership::Active;
-                    n.recovery_type = "none".to_owned();
-                    ops.push(json_op(node_key(&n.name), &n)?);
-                }
-            }
-            let mut counters = v.counters.clone();
-            counters.rebalance_success += 1;
-            ops.push(json_op(COUNTERS_KEY, &counters)?);
-            ops.push(json_op(
-                REBALANCE_STATUS_KEY,
-                &json!({"status": "none", "id": id, "type": "rebalance", "known": known_set, "eject": eject_set, "started": started, "completed": now_rfc3339(), "error": null, "stopped_by_user": false}),
-            )?);
-            Ok(Some((checks, ops)))
+        let added: Vec<String> = view
+            .nodes
+            .values()
+            .filter(|n| keep.contains(&n.name) && n.membership != Membership::Active)
+            .map(|n| n.name.clone())
+            .collect();
+        let kind = rebalance::kind_of(added.len(), eject_set.len()).to_owned();
+        let plan = rebalance::Plan {
+            id: id.clone(),
+            kind: kind.clone(),
+            known: known_set.iter().cloned().collect(),
+            keep: keep.iter().cloned().collect(),
+            eject: eject_set.iter().cloned().collect(),
+            added,
+            started: started.clone(),
+        };
+        transact_view(self.shared.store.as_ref(), |_| {
+            Ok(Some((
+                vec![],
+                vec![json_op(
+                    REBALANCE_STATUS_KEY,
+                    &json!({"status": "running", "id": id, "type": kind, "known": plan.known, "eject": plan.eject, "started": started, "error": null, "stopped_by_user": false}),
+                )?],
+            )))
         })
         .await?;
-        for name in &eject_set {
-            if let Some(n) = view.nodes.get(name) {
-                let client = self.client(&view, n);
-                if let Ok(Err(e)) = tokio::time::timeout(AGENT_CALL * 3, client.leave()).await {
-                    warn!(node = %name, error = %e, "the ejected node did not leave cleanly");
-                }
-            }
-        }
-        info!(rebalance = %id, ?keep, ejected = ?eject_set, "membership rebalance done");
-        let view = self.refresh().await?;
-        self.push_address_book(&view).await;
-        Ok(json!({"rebalance_id": id}))
+        info!(rebalance = %id, keep = ?plan.keep, ejected = ?plan.eject, kind = %plan.kind, "rebalance started");
+        Ok((json!({"rebalance_id": id}), plan))
     }
 
     async fn cluster_settings(
@@ -886,6 +872,60 @@ fn fingerprint(v: &Value) -> u64 {
     h
 }
 
+/// The running rebalance, as the actor keeps it.
+struct Running {
+    plan: rebalance::Plan,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<rebalance::End>,
+}
+
+fn busy(cmd: &Command) -> RestError {
+    let op = match cmd {
+        Command::AddNode(_) => "add a node",
+        Command::EjectNode(_) => "eject a node",
+        Command::CreateBucket(_) => "create a bucket",
+        Command::DeleteBucket(_) => "delete a bucket",
+        Command::Rebalance { .. } => "start another rebalance",
+        Command::SetClusterSettings { .. } | Command::SetDefaultVbuckets(_) => {
+            "change cluster settings"
+        }
+        Command::RunJanitor | Command::StopRebalance => "run the janitor",
+    };
+    RestError::busy(op)
+}
+
+/// A rebalance found `running` at orchestrator start ended with this process's
+/// predecessor: it is recorded as failed with `orchestrator_restarted` (§5.6).
+async fn close_orphaned_rebalance(shared: &Shared) {
+    let status = shared.store.snapshot().await.ok().and_then(|s| {
+        s.get(REBALANCE_STATUS_KEY)
+            .and_then(|e| e.json::<Value>().ok())
+    });
+    let Some(status) = status else { return };
+    if status["status"] != "running" && status["status"] != "stopping" {
+        return;
+    }
+    let id = status["id"].as_str().unwrap_or_default().to_owned();
+    let error = json!({"kind": "orchestrator_restarted", "message": format!("the orchestrator restarted during rebalance {id}"), "id": id});
+    let plan = rebalance::Plan {
+        id,
+        kind: status["type"].as_str().unwrap_or("rebalance").to_owned(),
+        known: serde_json::from_value(status["known"].clone()).unwrap_or_default(),
+        keep: vec![],
+        eject: serde_json::from_value(status["eject"].clone()).unwrap_or_default(),
+        added: vec![],
+        started: status["started"].as_str().unwrap_or_default().to_owned(),
+    };
+    warn!(rebalance = %plan.id, "a rebalance was running when the orchestrator stopped; it failed");
+    let end = rebalance::End::Failed(error.clone());
+    if let Err(e) = rebalance::record_end(shared, &plan, &end).await {
+        warn!(error = %e, "recording the orphaned rebalance failed");
+    }
+    if let Ok(mut live) = shared.live.lock() {
+        live.last_error = Some(error);
+    }
+}
+
 pub(super) async fn run(
     shared: Arc<Shared>,
     mut rx: mpsc::Receiver<(Command, Reply)>,
@@ -893,29 +933,109 @@ pub(super) async fn run(
 ) {
     let mut actor = Actor {
         shared: shared.clone(),
-        uploaders: Uploaders::default(),
         seed: 0,
     };
+    close_orphaned_rebalance(&shared).await;
     if let Ok(view) = actor.refresh().await {
         actor.push_address_book(&view).await;
     }
     let mut tick = tokio::time::interval(shared.cfg.janitor_period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut running: Option<Running> = None;
     loop {
         tokio::select! {
-            () = stop.cancelled() => return,
-            msg = rx.recv() => {
-                let Some((cmd, reply)) = msg else { return };
-                let (res, follow) = actor.handle(cmd).await;
-                let failed = res.is_err();
-                let _ = reply.send(res);
-                if let Some(bucket) = follow {
-                    let _ = janitor_pass::run_one(&mut actor, &bucket).await;
-                } else if failed {
+            () = stop.cancelled() => {
+                if let Some(r) = running.take() {
+                    r.stop.cancel();
+                    r.task.abort();
+                }
+                return;
+            }
+            end = async { match running.as_mut() { Some(r) => (&mut r.task).await, None => std::future::pending().await } } => {
+                let Some(r) = running.take() else { continue };
+                let end = end.unwrap_or_else(|e| rebalance::End::Failed(json!({"kind": "internal", "message": format!("the rebalance task ended abnormally: {e}")})));
+                match &end {
+                    rebalance::End::Done => info!(rebalance = %r.plan.id, "rebalance completed"),
+                    rebalance::End::Stopped => info!(rebalance = %r.plan.id, "rebalance stopped by user"),
+                    rebalance::End::Failed(e) => warn!(rebalance = %r.plan.id, error = %e, "rebalance failed"),
+                }
+                if let Err(e) = rebalance::record_end(&shared, &r.plan, &end).await {
+                    warn!(error = %e.to_json(), "recording the rebalance's end failed");
+                }
+                if !matches!(end, rebalance::End::Done) {
                     let _ = janitor_pass::run_all(&mut actor).await;
                 }
             }
-            _ = tick.tick() => {
+            msg = rx.recv() => {
+                let Some((cmd, reply)) = msg else { return };
+                match (&cmd, running.as_ref()) {
+                    (Command::StopRebalance, Some(r)) => {
+                        r.stop.cancel();
+                        if let Ok(mut live) = shared.live.lock() {
+                            if let Some(l) = live.running.as_mut() {
+                                l.stopping = true;
+                            }
+                        }
+                        let _ = reply.send(Ok(json!({})));
+                    }
+                    (Command::StopRebalance, None) => {
+                        let _ = reply.send(Ok(json!({})));
+                    }
+                    (Command::Rebalance { known, ejected }, Some(r)) => {
+                        let same = {
+                            let k: BTreeSet<&String> = known.iter().collect();
+                            let e: BTreeSet<&String> = ejected.iter().collect();
+                            k == r.plan.known.iter().collect() && e == r.plan.eject.iter().collect()
+                        };
+                        let _ = reply.send(if same { Ok(json!({"rebalance_id": r.plan.id})) } else { Err(busy(&cmd)) });
+                    }
+                    (_, Some(_)) => {
+                        let _ = reply.send(Err(busy(&cmd)));
+                    }
+                    (Command::Rebalance { .. }, None) => {
+                        let Command::Rebalance { known, ejected } = cmd else { continue };
+                        match actor.rebalance(known, ejected).await {
+                            Ok((answer, plan)) => {
+                                let view = read_view(shared.store.as_ref()).await.ok();
+                                let mut nodes: BTreeSet<NodeId> = plan.keep.iter().map(|n| NodeId(n.clone())).collect();
+                                nodes.extend(plan.eject.iter().map(|n| NodeId(n.clone())));
+                                if let Ok(mut live) = shared.live.lock() {
+                                    live.last_error = None;
+                                    live.running = Some(rebalance::LiveRun {
+                                        id: plan.id.clone(),
+                                        kind: plan.kind.clone(),
+                                        stopping: false,
+                                        nodes: nodes.into_iter().collect(),
+                                        bucket_index: 0,
+                                        bucket_count: view.map_or(0, |v| v.buckets.len()),
+                                        bucket: None,
+                                        progress: None,
+                                        started: tokio::time::Instant::now(),
+                                    });
+                                }
+                                let stop = CancellationToken::new();
+                                let task = tokio::spawn(rebalance::run(shared.clone(), plan.clone(), stop.clone()));
+                                running = Some(Running { plan, stop, task });
+                                let _ = reply.send(Ok(answer));
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Err(e));
+                            }
+                        }
+                    }
+                    (_, None) => {
+                        let (res, follow) = actor.handle(cmd).await;
+                        let failed = res.is_err();
+                        let _ = reply.send(res);
+                        if let Some(bucket) = follow {
+                            let _ = janitor_pass::run_one(&mut actor, &bucket).await;
+                        } else if failed {
+                            let _ = janitor_pass::run_all(&mut actor).await;
+                        }
+                    }
+                }
+            }
+            _ = tick.tick(), if running.is_none() => {
                 let _ = janitor_pass::run_all(&mut actor).await;
             }
         }

@@ -8,6 +8,7 @@ mod health;
 mod janitor_pass;
 pub mod model;
 pub mod one_move;
+mod rebalance;
 mod secrets;
 mod uploader;
 
@@ -26,6 +27,7 @@ use crate::store::{MetadataStore, RedbStore};
 
 pub use self::health::{NodeHealth, NodeStatus};
 pub use self::model::{ClusterView, Membership, NodeRecord};
+pub use self::rebalance::RebalanceSettings;
 pub use self::secrets::Secrets;
 
 /// How long a REST request waits for the actor (its queue, then its answer).
@@ -95,6 +97,7 @@ pub(crate) enum Command {
     },
     SetDefaultVbuckets(u16),
     RunJanitor,
+    StopRebalance,
 }
 
 type Reply = oneshot::Sender<Result<Value, RestError>>;
@@ -119,6 +122,12 @@ struct Shared {
     view: watch::Sender<Option<Arc<ClusterView>>>,
     /// Config key ("" = global) -> (fingerprint, rev) of the config last published.
     revs: Mutex<std::collections::BTreeMap<String, (u64, u64)>>,
+    /// Every node's config uploader.
+    uploaders: uploader::Uploaders,
+    /// Serialises refreshes (read the store, publish configs).
+    refresh_lock: tokio::sync::Mutex<()>,
+    /// The current or last rebalance, for REST.
+    live: Mutex<rebalance::Live>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -205,6 +214,9 @@ impl Orchestrator {
             janitor: Mutex::new(JanitorStatus::default()),
             view: view_tx,
             revs: Mutex::new(std::collections::BTreeMap::new()),
+            uploaders: uploader::Uploaders::default(),
+            refresh_lock: tokio::sync::Mutex::new(()),
+            live: Mutex::new(rebalance::Live::default()),
         });
         let stop = CancellationToken::new();
         tokio::spawn(actor::run(shared.clone(), rx, stop.clone()));
@@ -274,6 +286,97 @@ impl Orchestrator {
     pub async fn set_default_vbuckets(&self, n: u16) -> Result<Value, RestError> {
         self.call(Command::SetDefaultVbuckets(n)).await
     }
+    /// `POST /controller/stopRebalance`.
+    pub async fn stop_rebalance(&self) -> Result<Value, RestError> {
+        self.call(Command::StopRebalance).await
+    }
+
+    /// `GET /pools/default/rebalanceProgress` (§3.5): running, or exactly
+    /// `{"status":"none"}` (plus `errorMessage` after a failure).
+    #[must_use]
+    pub fn rebalance_progress(&self) -> Value {
+        let Ok(live) = self.shared.live.lock() else {
+            return serde_json::json!({"status": "none"});
+        };
+        match &live.running {
+            Some(r) => {
+                let mut v = serde_json::json!({"status": "running"});
+                for (n, p) in r.per_node() {
+                    v[n.0] = serde_json::json!({"progress": p});
+                }
+                v
+            }
+            None => match &live.last_error {
+                Some(e) => {
+                    serde_json::json!({"status": "none", "errorMessage": format!("Rebalance failed: {}: {}", e["kind"].as_str().unwrap_or("error"), e["message"].as_str().unwrap_or(""))})
+                }
+                None => serde_json::json!({"status": "none"}),
+            },
+        }
+    }
+
+    /// Whether a rebalance runs.
+    #[must_use]
+    pub fn rebalance_running(&self) -> bool {
+        self.shared.live.lock().is_ok_and(|l| l.running.is_some())
+    }
+
+    /// The rebalance entry of `/pools/default/tasks`.
+    #[must_use]
+    pub fn rebalance_task(&self) -> Value {
+        let Ok(live) = self.shared.live.lock() else {
+            return serde_json::json!({"type": "rebalance", "status": "notRunning"});
+        };
+        match &live.running {
+            Some(r) => r.task_json(),
+            None => {
+                let mut t = serde_json::json!({"type": "rebalance", "status": "notRunning", "statusIsStale": false});
+                if let Some(id) = &live.last_report {
+                    t["lastReportURI"] =
+                        serde_json::json!(format!("/logs/rebalanceReport?reportID={id}"));
+                }
+                if let Some(e) = &live.last_error {
+                    t["errorMessage"] = serde_json::json!(format!(
+                        "Rebalance failed: {}: {}",
+                        e["kind"].as_str().unwrap_or("error"),
+                        e["message"].as_str().unwrap_or("")
+                    ));
+                    t["error"] = e.clone();
+                }
+                t
+            }
+        }
+    }
+
+    /// A stored rebalance report (§5.9): by id, or the newest.
+    pub async fn rebalance_report(&self, id: Option<&str>) -> Option<Value> {
+        rebalance::read_report(&self.shared.cfg.data_dir, id).await
+    }
+
+    /// Sets `settings/rebalance` (validated by the caller).
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn set_rebalance_settings(&self, s: RebalanceSettings) -> Result<(), RestError> {
+        actor::transact_view(self.shared.store.as_ref(), |_| {
+            Ok(Some((
+                vec![],
+                vec![crate::store::Op::put_json(rebalance::SETTINGS_KEY, &s)
+                    .map_err(|e| RestError::internal(e.to_string()))?],
+            )))
+        })
+        .await
+        .map(drop)
+    }
+
+    /// The current `settings/rebalance`.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn rebalance_settings(&self) -> Result<RebalanceSettings, RestError> {
+        Ok(rebalance::settings_of(&*self.view().await?))
+    }
+
     /// Runs a janitor pass now and waits for it.
     pub async fn run_janitor(&self) -> Result<Value, RestError> {
         self.call(Command::RunJanitor).await

@@ -311,7 +311,11 @@ pub async fn run_move(
             if n == m {
                 streaming_from_n.extend(builders);
             } else {
-                r.takeover(m, n).await?;
+                // Step 7 runs before the takeover (Conduit's order, docs/DESIGN.md):
+                // once M's copy is dead its streams end, and any other move's set
+                // operation on those nodes would re-add the stream from the dead
+                // copy and fail. Closed first, nothing can re-add them; the copies
+                // that stay are rebuilt from N at step 10.
                 let others: Vec<&NodeId> = mv
                     .old
                     .iter()
@@ -323,6 +327,7 @@ pub async fn run_move(
                     .collect();
                 r.close_streams(&others).await?;
                 unreplicated.extend(others);
+                r.takeover(m, n).await?;
             }
         }
     }

@@ -35,6 +35,7 @@ pub(crate) struct Desired {
 #[derive(Debug)]
 struct Handle {
     want: watch::Sender<Desired>,
+    acked: watch::Receiver<BTreeMap<String, Version>>,
     stop: CancellationToken,
 }
 
@@ -62,9 +63,16 @@ impl Uploaders {
             return;
         }
         let (want, want_rx) = watch::channel(desired);
+        let (acked_tx, acked) = watch::channel(BTreeMap::new());
         let stop = CancellationToken::new();
-        tokio::spawn(run(node.to_owned(), client, want_rx, stop.clone()));
-        nodes.insert(node.to_owned(), Handle { want, stop });
+        tokio::spawn(run(
+            node.to_owned(),
+            client,
+            want_rx,
+            acked_tx,
+            stop.clone(),
+        ));
+        nodes.insert(node.to_owned(), Handle { want, acked, stop });
     }
 
     /// Stops the uploaders of nodes not in `keep`.
@@ -78,6 +86,30 @@ impl Uploaders {
                 k
             });
         }
+    }
+}
+
+impl Uploaders {
+    /// Waits (at most `bound`) until `node` acknowledged config `key` ("" = global) at
+    /// `version` or newer; whether it did.
+    pub(crate) async fn wait_acked(
+        &self,
+        node: &str,
+        key: &str,
+        version: Version,
+        bound: Duration,
+    ) -> bool {
+        let rx = self
+            .nodes
+            .lock()
+            .ok()
+            .and_then(|n| n.get(node).map(|h| h.acked.clone()));
+        let Some(mut rx) = rx else {
+            return false;
+        };
+        let done = rx.wait_for(|acked| acked.get(key).is_some_and(|v| *v >= version));
+        let acked = matches!(tokio::time::timeout(bound, done).await, Ok(Ok(_)));
+        acked
     }
 }
 
@@ -110,6 +142,7 @@ async fn run(
     node: String,
     client: AgentClient,
     mut want: watch::Receiver<Desired>,
+    acked_tx: watch::Sender<BTreeMap<String, Version>>,
     stop: CancellationToken,
 ) {
     let mut acked: BTreeMap<String, Version> = BTreeMap::new();
@@ -123,6 +156,8 @@ async fn run(
             items.push((b, v, c));
         }
         let mut failed = false;
+        // Configs no longer wanted (a deleted bucket) are forgotten.
+        acked.retain(|k, _| k.is_empty() || desired_keys(&items).contains(k));
         for (key, version, config) in items {
             if acked.get(&key).is_some_and(|a| *a >= version) {
                 continue;
@@ -140,12 +175,17 @@ async fn run(
                 }
             }
         }
+        acked_tx.send_replace(acked.clone());
         tokio::select! {
             () = stop.cancelled() => return,
             r = want.changed() => if r.is_err() { return },
             () = tokio::time::sleep(RETRY), if failed => {}
         }
     }
+}
+
+fn desired_keys(items: &[(String, Version, Value)]) -> Vec<String> {
+    items.iter().map(|(k, _, _)| k.clone()).collect()
 }
 
 /// A client for `node` at `addr` with the internal credentials.

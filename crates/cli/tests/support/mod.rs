@@ -1,0 +1,878 @@
+//! Shared by the cluster tests: REST helpers, cluster formation, the invariant
+//! checks of cluster.md §10.1 (I1 sampled, I3, I4, I5, I6) and a routed writer.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mcbp::kv::GetClusterConfig;
+use mcbp::Opaque;
+
+use serde_json::Value;
+use testkit::NodeProcess;
+use tokio::time::Instant;
+
+pub const PW: &str = "node-pw";
+pub const ADMIN: (&str, &str) = ("Administrator", "cluster-pw");
+/// Every REST call is bounded (I3): 30 s is the spec's ceiling.
+pub const CALL: Duration = Duration::from_secs(30);
+
+pub fn conduit() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_conduit"))
+}
+
+/// One REST call with form parameters; (status, body).
+pub async fn rest(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Option<(&str, &str)>,
+    form: &[(&str, &str)],
+) -> anyhow::Result<(u16, String)> {
+    let client = reqwest::Client::builder().timeout(CALL).build()?;
+    let mut req = client.request(
+        reqwest::Method::from_bytes(method.as_bytes())?,
+        format!("http://{addr}{path}"),
+    );
+    if let Some((u, p)) = auth {
+        req = req.basic_auth(u, Some(p));
+    }
+    if method != "GET" && method != "DELETE" {
+        let body = form
+            .iter()
+            .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        req = req
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+    }
+    let started = Instant::now();
+    let resp = req.send().await?;
+    let status = resp.status().as_u16();
+    let text = resp.text().await?;
+    assert!(
+        started.elapsed() < CALL,
+        "I3: {method} {path} took {:?}",
+        started.elapsed()
+    );
+    if !(200..300).contains(&status) {
+        // I4: every error is typed.
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        assert!(
+            v.get("kind").is_some_and(Value::is_string),
+            "I4: {method} {path} -> {status} without a kind: {text}"
+        );
+    }
+    Ok((status, text))
+}
+
+pub fn urlencode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+pub async fn ok(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    form: &[(&str, &str)],
+    want: u16,
+) -> anyhow::Result<Value> {
+    let (status, text) = rest(addr, method, path, Some(ADMIN), form).await?;
+    anyhow::ensure!(
+        status == want,
+        "{method} {path}: {status} (wanted {want}): {text}"
+    );
+    Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// I5: a raw client per node polls GET_CLUSTER_CONFIG of one bucket; (revEpoch, rev)
+/// never goes back and equal versions have equal content (ignoring `thisNode`).
+pub struct ConfigWatch {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<usize>>>,
+}
+
+pub fn without_this_node(mut v: Value) -> Value {
+    if let Some(ns) = v.get_mut("nodesExt").and_then(Value::as_array_mut) {
+        for n in ns {
+            if let Some(o) = n.as_object_mut() {
+                o.remove("thisNode");
+            }
+        }
+    }
+    v
+}
+
+impl ConfigWatch {
+    pub fn start(nodes: &[&NodeProcess], bucket: &str) -> ConfigWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = nodes
+            .iter()
+            .map(|n| {
+                let (kv, stop, bucket) = (n.kv, stop.clone(), bucket.to_owned());
+                tokio::spawn(async move {
+                    let cfg = kv_client::ClientConfig {
+                        timeout: Duration::from_secs(5),
+                        ..Default::default()
+                    };
+                    let mut c = kv_client::Client::connect(&kv.to_string(), cfg).await?;
+                    c.auth_plain(&kv_client::Credentials {
+                        user: "admin".into(),
+                        password: PW.into(),
+                    })
+                    .await?;
+                    c.select_bucket(&bucket).await?;
+                    let mut seen: BTreeMap<(i64, i64), Value> = BTreeMap::new();
+                    let mut last = (i64::MIN, i64::MIN);
+                    while !stop.load(Ordering::Relaxed) {
+                        let f = c
+                            .call_ok(&GetClusterConfig {
+                                opaque: Opaque(9),
+                                known: None,
+                            })
+                            .await?;
+                        let v: Value = serde_json::from_slice(f.value())?;
+                        let version = (
+                            v["revEpoch"].as_i64().unwrap_or(-1),
+                            v["rev"].as_i64().unwrap_or(-1),
+                        );
+                        anyhow::ensure!(
+                            version >= last,
+                            "I5: node {kv} went from {last:?} back to {version:?}"
+                        );
+                        last = version;
+                        let content = without_this_node(v);
+                        if let Some(prev) = seen.get(&version) {
+                            anyhow::ensure!(
+                                *prev == content,
+                                "I5: node {kv} served two configs as {version:?}"
+                            );
+                        } else {
+                            seen.insert(version, content);
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Ok(seen.len())
+                })
+            })
+            .collect();
+        ConfigWatch { stop, tasks }
+    }
+
+    /// Stops the watchers; fails on any I5 violation. Returns the versions each saw.
+    pub async fn finish(self) -> anyhow::Result<Vec<usize>> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut out = vec![];
+        for t in self.tasks {
+            out.push(t.await??);
+        }
+        Ok(out)
+    }
+}
+
+pub fn start_nodes(n: usize) -> anyhow::Result<Vec<NodeProcess>> {
+    (0..n)
+        .map(|_| NodeProcess::start(&conduit(), PW, &[]))
+        .collect()
+}
+
+pub fn host_port(n: &NodeProcess) -> String {
+    format!("127.0.0.1:{}", n.admin.port())
+}
+
+/// The harness flow (T15): legacy init, addNode ×(n−1), rebalance, poll progress.
+pub async fn form_cluster(nodes: &[NodeProcess]) -> anyhow::Result<Vec<String>> {
+    let a = nodes[0].admin;
+    let (s, _) = rest(
+        a,
+        "POST",
+        "/node/controller/setupServices",
+        Some(("admin", PW)),
+        &[("services", "kv")],
+    )
+    .await?;
+    assert_eq!(s, 200);
+    let (s, _) = rest(
+        a,
+        "POST",
+        "/nodes/self/controller/settings",
+        Some(("admin", PW)),
+        &[("path", "/tmp/data"), ("index_path", "/tmp/idx")],
+    )
+    .await?;
+    assert_eq!(s, 200);
+    let (s, t) = rest(
+        a,
+        "POST",
+        "/pools/default",
+        Some(("admin", PW)),
+        &[("memoryQuota", "2048")],
+    )
+    .await?;
+    assert_eq!(s, 200, "{t}");
+    let (s, t) = rest(
+        a,
+        "POST",
+        "/settings/web",
+        Some(("admin", PW)),
+        &[
+            ("username", ADMIN.0),
+            ("password", ADMIN.1),
+            ("port", "SAME"),
+        ],
+    )
+    .await?;
+    assert_eq!(s, 200, "{t}");
+    let mut names = vec![];
+    let pd = ok(a, "GET", "/pools/default", &[], 200).await?;
+    names.push(
+        pd["nodes"][0]["otpNode"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    );
+    for n in &nodes[1..] {
+        let v = ok(
+            a,
+            "POST",
+            "/controller/addNode",
+            &[
+                ("hostname", &host_port(n)),
+                ("user", "admin"),
+                ("password", PW),
+                ("services", "kv"),
+            ],
+            200,
+        )
+        .await?;
+        names.push(v["otpNode"].as_str().unwrap_or_default().to_owned());
+    }
+    let pd = ok(a, "GET", "/pools/default", &[], 200).await?;
+    let added = pd["nodes"].as_array().map(|ns| {
+        ns.iter()
+            .filter(|n| n["clusterMembership"] == "inactiveAdded")
+            .count()
+    });
+    assert_eq!(added, Some(nodes.len() - 1), "{pd}");
+    assert_eq!(
+        pd["balanced"], false,
+        "added nodes make the cluster unbalanced: {pd}"
+    );
+    let known = names.join(",");
+    ok(
+        a,
+        "POST",
+        "/controller/rebalance",
+        &[("knownNodes", &known), ("ejectedNodes", "")],
+        200,
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, t) = rest(
+            a,
+            "GET",
+            "/pools/default/rebalanceProgress",
+            Some(ADMIN),
+            &[],
+        )
+        .await?;
+        if s == 200 && t == r#"{"status":"none"}"# {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "rebalance progress never became exactly none: {t}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let pd = ok(a, "GET", "/pools/default", &[], 200).await?;
+    let active = pd["nodes"].as_array().map(|ns| {
+        ns.iter()
+            .filter(|n| n["clusterMembership"] == "active")
+            .count()
+    });
+    assert_eq!(active, Some(nodes.len()), "{pd}");
+    Ok(names)
+}
+
+/// Creates a bucket with jepsen's parameters through `via` and waits until every
+/// node serves it (healthy) and the map is complete.
+pub async fn create_bucket(
+    via: SocketAddr,
+    orchestrator: SocketAddr,
+    name: &str,
+    replicas: &str,
+) -> anyhow::Result<Value> {
+    let (s, t) = rest(
+        via,
+        "POST",
+        "/pools/default/buckets",
+        Some(ADMIN),
+        &[
+            ("name", name),
+            ("ramQuotaMB", "256"),
+            ("bucketType", "membase"),
+            ("replicaNumber", replicas),
+            ("threadsNumber", "3"),
+            ("flushEnabled", "1"),
+            ("evictionPolicy", "valueOnly"),
+            ("conflictResolutionType", "seqno"),
+            ("maxTTL", "0"),
+            ("compressionMode", "off"),
+            ("storageBackend", "couchstore"),
+            ("durabilityMinLevel", "none"),
+            ("numVBuckets", "64"),
+        ],
+    )
+    .await?;
+    anyhow::ensure!(s == 202, "bucket create: {s} {t}");
+    wait_healthy(orchestrator, name).await
+}
+
+pub async fn wait_healthy(a: SocketAddr, bucket: &str) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pd = ok(a, "GET", "/pools/default", &[], 200).await?;
+        let healthy = pd["nodes"]
+            .as_array()
+            .is_some_and(|ns| ns.iter().all(|n| n["status"] == "healthy"));
+        let (s, t) = rest(
+            a,
+            "GET",
+            &format!("/pools/default/buckets/{bucket}"),
+            Some(ADMIN),
+            &[],
+        )
+        .await?;
+        if healthy && s == 200 {
+            let b: Value = serde_json::from_str(&t)?;
+            let full = b["vBucketServerMap"]["vBucketMap"]
+                .as_array()
+                .is_some_and(|rows| {
+                    !rows.is_empty() && rows.iter().all(|r| r[0].as_i64().is_some_and(|i| i >= 0))
+                });
+            if full {
+                return Ok(b);
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "bucket {bucket} never became healthy: {pd}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Each node's vbucket states of `bucket`, read from the node's own admin API:
+/// kv-port -> vb -> (state, high seqno).
+pub async fn states(
+    nodes: &[&NodeProcess],
+    bucket: &str,
+) -> anyhow::Result<BTreeMap<u16, BTreeMap<u16, (String, u64)>>> {
+    let mut out = BTreeMap::new();
+    for n in nodes {
+        let (s, t) = testkit::http(
+            n.admin,
+            "GET",
+            &format!("/buckets/{bucket}"),
+            Some(("admin", PW)),
+            None,
+        )
+        .await?;
+        let mut m = BTreeMap::new();
+        if s == 200 {
+            let v: Value = serde_json::from_str(&t)?;
+            for vb in v["vbuckets"].as_array().into_iter().flatten() {
+                m.insert(
+                    vb["vb"].as_u64().unwrap_or(0) as u16,
+                    (
+                        vb["state"].as_str().unwrap_or("").to_owned(),
+                        vb["high_seqno"].as_u64().unwrap_or(0),
+                    ),
+                );
+            }
+        }
+        out.insert(n.kv.port(), m);
+    }
+    Ok(out)
+}
+
+/// I1 (sampled): no vbucket active on two nodes.
+pub fn assert_single_active(st: &BTreeMap<u16, BTreeMap<u16, (String, u64)>>) {
+    let mut actives: BTreeMap<u16, Vec<u16>> = BTreeMap::new();
+    for (port, vbs) in st {
+        for (vb, (s, _)) in vbs {
+            if s == "active" {
+                actives.entry(*vb).or_default().push(*port);
+            }
+        }
+    }
+    for (vb, ports) in actives {
+        assert!(ports.len() <= 1, "I1: vbucket {vb} active on {ports:?}");
+    }
+}
+
+/// I6: states equal the map (heads active, tails replica, others dead).
+pub fn mismatches(bucket: &Value, st: &BTreeMap<u16, BTreeMap<u16, (String, u64)>>) -> Vec<String> {
+    let smap = &bucket["vBucketServerMap"];
+    let servers: Vec<u16> = smap["serverList"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str()?.rsplit(':').next()?.parse().ok())
+        .collect();
+    let mut bad = vec![];
+    for (vb, row) in smap["vBucketMap"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        for (port, vbs) in st {
+            let pos = row.as_array().into_iter().flatten().position(|i| {
+                i.as_i64()
+                    .and_then(|i| servers.get(usize::try_from(i).ok()?))
+                    == Some(port)
+            });
+            let want = match pos {
+                Some(0) => "active",
+                Some(_) => "replica",
+                None => "dead",
+            };
+            let got = vbs.get(&(vb as u16)).map_or("missing", |(s, _)| s.as_str());
+            if got != want && !(want == "dead" && got == "missing") {
+                bad.push(format!("vb {vb} on :{port}: want {want}, got {got}"));
+            }
+        }
+    }
+    bad
+}
+
+/// I6, replications: each node's actual incoming replications (its agent's
+/// listing) equal what the map implies (every replica streams from its head).
+pub async fn incoming_mismatches(
+    a: SocketAddr,
+    nodes: &[&NodeProcess],
+    bucket: &str,
+    b: &Value,
+) -> anyhow::Result<Vec<String>> {
+    let pd = ok(a, "GET", "/pools/default", &[], 200).await?;
+    let name_of_kv: BTreeMap<u16, String> = pd["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| {
+            Some((
+                u16::try_from(n["ports"]["direct"].as_u64()?).ok()?,
+                n["otpNode"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    let smap = &b["vBucketServerMap"];
+    let servers: Vec<u16> = smap["serverList"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str()?.rsplit(':').next()?.parse().ok())
+        .collect();
+    // consumer kv port -> producer name -> vbuckets
+    let mut want: BTreeMap<u16, BTreeMap<String, Vec<u64>>> = BTreeMap::new();
+    for (vb, row) in smap["vBucketMap"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let chain: Vec<Option<u16>> = row
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| servers.get(usize::try_from(i.as_i64()?).ok()?).copied())
+            .collect();
+        let Some(Some(head)) = chain.first() else {
+            continue;
+        };
+        for r in chain.iter().skip(1).flatten() {
+            let producer = name_of_kv.get(head).cloned().unwrap_or_default();
+            want.entry(*r)
+                .or_default()
+                .entry(producer)
+                .or_default()
+                .push(vb as u64);
+        }
+    }
+    let mut bad = vec![];
+    for n in nodes {
+        let (s, t) = testkit::http(
+            n.admin,
+            "GET",
+            &format!("/agent/v1/buckets/{bucket}/vbuckets"),
+            Some(("admin", PW)),
+            None,
+        )
+        .await?;
+        anyhow::ensure!(s == 200, "agent listing on {}: {s} {t}", n.admin);
+        let v: Value = serde_json::from_str(&t)?;
+        let mut got: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for (producer, vbs) in v["incoming"].as_object().into_iter().flatten() {
+            let mut list: Vec<u64> = vbs
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_u64)
+                .collect();
+            list.sort_unstable();
+            if !list.is_empty() {
+                got.insert(producer.clone(), list);
+            }
+        }
+        let expected = want.get(&n.kv.port()).cloned().unwrap_or_default();
+        if got != expected {
+            bad.push(format!(
+                "incoming on :{}: want {expected:?}, got {got:?}",
+                n.kv.port()
+            ));
+        }
+    }
+    Ok(bad)
+}
+
+/// Waits (bounded) until I6 holds, checking I1 at every sample.
+pub async fn wait_states_match(
+    a: SocketAddr,
+    nodes: &[&NodeProcess],
+    bucket: &str,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let b = ok(
+            a,
+            "GET",
+            &format!("/pools/default/buckets/{bucket}"),
+            &[],
+            200,
+        )
+        .await?;
+        let st = states(nodes, bucket).await?;
+        assert_single_active(&st);
+        let mut bad = mismatches(&b, &st);
+        if bad.is_empty() {
+            bad = incoming_mismatches(a, nodes, bucket, &b).await?;
+        }
+        if bad.is_empty() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "I6 did not hold within {within:?}: {bad:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn cli(args: &[&str]) -> anyhow::Result<(i32, Vec<Value>)> {
+    let out = std::process::Command::new(conduit()).args(args).output()?;
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    Ok((out.status.code().unwrap_or(-1), lines))
+}
+
+/// The client map of a bucket: KV addresses and chains (indices into them).
+#[derive(Debug, Clone)]
+pub struct ClientMap {
+    pub servers: Vec<String>,
+    pub chains: Vec<Vec<i64>>,
+}
+
+impl ClientMap {
+    pub async fn fetch(rest_addr: SocketAddr, bucket: &str) -> anyhow::Result<ClientMap> {
+        let v = ok(
+            rest_addr,
+            "GET",
+            &format!("/pools/default/b/{bucket}"),
+            &[],
+            200,
+        )
+        .await?;
+        let smap = &v["vBucketServerMap"];
+        let servers = smap["serverList"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect();
+        let chains = smap["vBucketMap"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                r.as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_i64)
+                    .collect()
+            })
+            .collect();
+        Ok(ClientMap { servers, chains })
+    }
+
+    pub fn vbucket_of(&self, key: &str) -> u16 {
+        let n = self.chains.len().max(1) as u32;
+        (((crc32fast::hash(key.as_bytes()) >> 16) & 0x7fff) % n) as u16
+    }
+
+    /// The KV address of copy `pos` (0 = active) of `vb`.
+    pub fn node_of(&self, vb: u16, pos: usize) -> Option<&str> {
+        let i = *self.chains.get(usize::from(vb))?.get(pos)?;
+        self.servers
+            .get(usize::try_from(i).ok()?)
+            .map(String::as_str)
+    }
+}
+
+pub async fn kv(addr: &str) -> anyhow::Result<kv_client::Client> {
+    let cfg = kv_client::ClientConfig {
+        timeout: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let mut c = kv_client::Client::connect(addr, cfg).await?;
+    c.auth_plain(&kv_client::Credentials {
+        user: "admin".into(),
+        password: PW.into(),
+    })
+    .await?;
+    c.select_bucket("default").await?;
+    Ok(c)
+}
+
+/// What a writer did: the last acknowledged value of every key it wrote.
+#[derive(Debug, Default)]
+pub struct WriterReport {
+    pub acked: BTreeMap<String, u64>,
+    pub writes: u64,
+    pub failed: u64,
+    pub retries: u64,
+}
+
+/// A routed writer (I2's load generator): upserts keys round-robin to each key's
+/// active node by the client map, refreshing the map and retrying (bounded) on
+/// NOT_MY_VBUCKET or a broken connection; logs every acknowledged write.
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<anyhow::Result<WriterReport>>,
+}
+
+impl Writer {
+    pub fn start(rest_addr: SocketAddr, bucket: &str, keys: usize) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (stop2, bucket) = (stop.clone(), bucket.to_owned());
+        let task = tokio::spawn(async move {
+            let mut report = WriterReport::default();
+            let mut map = ClientMap::fetch(rest_addr, &bucket).await?;
+            let mut conns: BTreeMap<String, kv_client::Client> = BTreeMap::new();
+            let mut i: u64 = 0;
+            while !stop2.load(Ordering::Relaxed) {
+                i += 1;
+                let key = format!("key-{:05}", i % keys as u64);
+                let vb = map.vbucket_of(&key);
+                let mut done = false;
+                for _attempt in 0..100 {
+                    let Some(addr) = map.node_of(vb, 0).map(str::to_owned) else {
+                        break;
+                    };
+                    if !conns.contains_key(&addr) {
+                        match kv(&addr).await {
+                            Ok(c) => {
+                                conns.insert(addr.clone(), c);
+                            }
+                            Err(_) => {
+                                report.retries += 1;
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                map = ClientMap::fetch(rest_addr, &bucket).await.unwrap_or(map);
+                                continue;
+                            }
+                        }
+                    }
+                    let Some(c) = conns.get_mut(&addr) else { break };
+                    let value = i.to_string();
+                    match c
+                        .store(
+                            mcbp::Opcode::Set,
+                            mcbp::Vbid(vb),
+                            key.as_bytes(),
+                            value.as_bytes(),
+                            0,
+                            0,
+                            mcbp::Cas(0),
+                            mcbp::Datatype::RAW,
+                        )
+                        .await
+                    {
+                        Ok(_) => {
+                            report.acked.insert(key.clone(), i);
+                            report.writes += 1;
+                            done = true;
+                            break;
+                        }
+                        Err(e) => {
+                            report.retries += 1;
+                            if !matches!(e, kv_client::ClientError::Status { .. }) {
+                                conns.remove(&addr);
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            map = ClientMap::fetch(rest_addr, &bucket).await.unwrap_or(map);
+                        }
+                    }
+                }
+                if !done {
+                    report.failed += 1;
+                }
+            }
+            Ok(report)
+        });
+        Writer { stop, task }
+    }
+
+    pub async fn finish(self) -> anyhow::Result<WriterReport> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await?
+    }
+}
+
+/// I2: every acknowledged key reads its last acknowledged value from its active.
+pub async fn verify_acked(
+    rest_addr: SocketAddr,
+    bucket: &str,
+    acked: &BTreeMap<String, u64>,
+) -> anyhow::Result<()> {
+    let map = ClientMap::fetch(rest_addr, bucket).await?;
+    let mut conns: BTreeMap<String, kv_client::Client> = BTreeMap::new();
+    for (key, want) in acked {
+        let vb = map.vbucket_of(key);
+        let addr = map
+            .node_of(vb, 0)
+            .ok_or_else(|| anyhow::anyhow!("vb {vb} has no active"))?
+            .to_owned();
+        if !conns.contains_key(&addr) {
+            conns.insert(addr.clone(), kv(&addr).await?);
+        }
+        let c = conns
+            .get_mut(&addr)
+            .ok_or_else(|| anyhow::anyhow!("no connection"))?;
+        let got = c.get(mcbp::Vbid(vb), key.as_bytes()).await?;
+        let got = got.map(|g| String::from_utf8_lossy(&g.value).into_owned());
+        anyhow::ensure!(
+            got.as_deref() == Some(want.to_string().as_str()),
+            "I2: {key} (vb {vb}) reads {got:?}, last acknowledged {want}"
+        );
+    }
+    Ok(())
+}
+
+/// I1 sampled continuously: a task reading every node's states every 100 ms until
+/// stopped; fails on any vbucket active on two nodes.
+pub struct ActiveSampler {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<anyhow::Result<u64>>,
+}
+
+impl ActiveSampler {
+    pub fn start(admins: Vec<SocketAddr>, kv_ports: Vec<u16>, bucket: &str) -> ActiveSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (stop2, bucket) = (stop.clone(), bucket.to_owned());
+        let task = tokio::spawn(async move {
+            let mut samples = 0;
+            while !stop2.load(Ordering::Relaxed) {
+                let mut actives: BTreeMap<u64, Vec<u16>> = BTreeMap::new();
+                for (admin, port) in admins.iter().zip(&kv_ports) {
+                    let Ok((200, t)) = testkit::http(
+                        *admin,
+                        "GET",
+                        &format!("/buckets/{bucket}"),
+                        Some(("admin", PW)),
+                        None,
+                    )
+                    .await
+                    else {
+                        continue;
+                    };
+                    let v: Value = serde_json::from_str(&t)?;
+                    for vb in v["vbuckets"].as_array().into_iter().flatten() {
+                        if vb["state"] == "active" {
+                            actives
+                                .entry(vb["vb"].as_u64().unwrap_or(0))
+                                .or_default()
+                                .push(*port);
+                        }
+                    }
+                }
+                for (vb, ports) in &actives {
+                    anyhow::ensure!(ports.len() <= 1, "I1: vbucket {vb} active on {ports:?}");
+                }
+                samples += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(samples)
+        });
+        ActiveSampler { stop, task }
+    }
+
+    pub async fn finish(self) -> anyhow::Result<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await?
+    }
+}
+
+/// Waits until the rebalance ended; returns the final progress body.
+pub async fn wait_rebalance_end(a: SocketAddr, within: Duration) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let (s, t) = rest(
+            a,
+            "GET",
+            "/pools/default/rebalanceProgress",
+            Some(ADMIN),
+            &[],
+        )
+        .await?;
+        anyhow::ensure!(s == 200, "{t}");
+        let v: Value = serde_json::from_str(&t)?;
+        if v["status"] == "none" {
+            return Ok(v);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the rebalance did not end within {within:?}: {t}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Names of every node, from `/pools/default`.
+pub async fn node_names(a: SocketAddr) -> anyhow::Result<Vec<String>> {
+    let pd = ok(a, "GET", "/pools/default", &[], 200).await?;
+    Ok(pd["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n["otpNode"].as_str().map(str::to_owned))
+        .collect())
+}
