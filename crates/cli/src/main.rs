@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod cluster_cmd;
+mod cluster_node;
 mod decode;
 mod demo;
 mod node_cmd;

@@ -1177,7 +1177,7 @@ async fn the_cli_forms_a_cluster_creates_a_bucket_and_shows_the_state() -> anyho
     let (code, out) = run(&["status"])?;
     assert_eq!(code, 0, "{out:?}");
     let text = out[0].to_string();
-    assert_eq!(text.matches("\"active\"").count() >= 3, true, "{text}");
+    assert!(text.matches("\"active\"").count() >= 3, "{text}");
     let (code, out) = run(&["bucket", "list"])?;
     assert_eq!(code, 0);
     assert_eq!(
