@@ -122,8 +122,8 @@ mod tests {
             chains: chains.iter().map(|c| c.to_vec()).collect(),
         };
         let before = map(&["a", "b", "c"], &[&[0, 1], &[1, 2], &[2, 0]]);
-        let after = map(&["a", "b", "c", "d"], &[&[0, 1], &[3, 2], &[3, 3]]);
-        // vb1 gains d (10 docs), vb2 gains d once (5 docs): 15 docs of 100 bytes.
+        let after = map(&["a", "b", "c", "d"], &[&[0, 1], &[3, 2], &[3, 0]]);
+        // vb1 and vb2 each gain d (10 + 5 docs): 15 docs of 100 bytes.
         assert_eq!(bytes_moved(&before, &after, &[7, 10, 5], 100), 1500);
     }
 }
