@@ -692,6 +692,17 @@ struct WriterReport {
     last: HashMap<u32, Bytes>,
 }
 
+impl WriterReport {
+    fn broken(why: String) -> WriterReport {
+        WriterReport {
+            acked: 0,
+            failed: 1,
+            first_failure: Some(why),
+            last: HashMap::new(),
+        }
+    }
+}
+
 /// Upserts keys of `0..docs` in a scattered order until `stop`; counts acknowledged
 /// writes and keeps the last acknowledged value per key. An operation fails only if
 /// it cannot complete within its bounded retries.
@@ -1015,7 +1026,11 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
             }
         };
         stop.store(true, Ordering::Relaxed);
-        let rep = w.await.context("the writer panicked")??;
+        let rep = match w.await {
+            Ok(Ok(rep)) => rep,
+            Ok(Err(e)) => WriterReport::broken(format!("the writer could not start: {e:#}")),
+            Err(e) => WriterReport::broken(format!("the writer panicked: {e}")),
+        };
         let secs = t1.elapsed().as_secs_f64();
         for (i, v) in &rep.last {
             want.insert(key(*i), v.clone());
