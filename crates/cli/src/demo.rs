@@ -11,7 +11,7 @@
 //! shared with `conduit bench rebalance`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -711,6 +711,7 @@ async fn writer(
     docs: u32,
     timeout: Duration,
     stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
 ) -> anyhow::Result<WriterReport> {
     let mut r = KvRouter::new(rest, timeout).await?;
     let mut rep = WriterReport {
@@ -727,6 +728,7 @@ async fn writer(
         match r.upsert(&k, &v, op_bound).await {
             Ok(()) => {
                 rep.acked += 1;
+                acked.fetch_add(1, Ordering::Relaxed);
                 rep.last.insert(i, v);
             }
             Err(e) => {
@@ -1008,7 +1010,19 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         let added = c.add_node(&member.node).await;
         c.members.push(member);
         let stop = Arc::new(AtomicBool::new(false));
-        let w = tokio::spawn(writer(c.rest.clone(), a.docs, t, Arc::clone(&stop)));
+        let acked = Arc::new(AtomicU64::new(0));
+        let w = tokio::spawn(writer(
+            c.rest.clone(),
+            a.docs,
+            t,
+            Arc::clone(&stop),
+            Arc::clone(&acked),
+        ));
+        // The rebalance starts once the writer is writing (bounded).
+        let warm = Instant::now() + t;
+        while acked.load(Ordering::Relaxed) == 0 && !w.is_finished() && Instant::now() < warm {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let t1 = Instant::now();
         let outcome = match added {
             Err(e) => Err(e),
@@ -1031,7 +1045,9 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
             Ok(Err(e)) => WriterReport::broken(format!("the writer could not start: {e:#}")),
             Err(e) => WriterReport::broken(format!("the writer panicked: {e}")),
         };
-        let secs = t1.elapsed().as_secs_f64();
+        let secs = outcome
+            .as_ref()
+            .map_or_else(|_| t1.elapsed().as_secs_f64(), |s| *s);
         for (i, v) in &rep.last {
             want.insert(key(*i), v.clone());
         }
@@ -1180,5 +1196,65 @@ mod tests {
         assert!(states_mismatch(&m, &st("replica", "active")).is_some());
         assert!(states_mismatch(&m, &st("active", "active")).is_some());
         assert_eq!(seqno_lag(&m, &st("active", "replica")), None);
+    }
+
+    /// The writer rides through a vbucket that stops being active (NOT_MY_VBUCKET)
+    /// until the janitor restores it: no failed operation, every acknowledged value
+    /// readable afterwards.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_writer_retries_not_my_vbucket_until_the_map_serves_it() {
+        let t = Duration::from_secs(30);
+        let c = LocalCluster::form(2, t).await.unwrap();
+        c.create_bucket(4, 1).await.unwrap();
+        let docs = 200u32;
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicU64::new(0));
+        let w = tokio::spawn(writer(
+            c.rest.clone(),
+            docs,
+            t,
+            Arc::clone(&stop),
+            Arc::clone(&acked),
+        ));
+        while acked.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Make vb:0 dead on its active, behind the cluster's back.
+        let map = c.map().await.unwrap();
+        let active = map.active(0).unwrap().to_owned();
+        let m = c
+            .members
+            .iter()
+            .find(|m| m.node.kv_addr().to_string() == active)
+            .unwrap();
+        let http = reqwest::Client::new();
+        let r = http
+            .put(format!(
+                "http://{}/buckets/{BUCKET}/vbuckets/0",
+                m.node.admin_addr()
+            ))
+            .basic_auth(NODE_USER, Some(NODE_PASSWORD))
+            .json(&serde_json::json!({"state": "dead"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{r:?}");
+        let before = acked.load(Ordering::Relaxed);
+        // The janitor (1 s period) makes it active again; the writer keeps going.
+        let deadline = Instant::now() + t;
+        while acked.load(Ordering::Relaxed) < before + 500 {
+            assert!(Instant::now() < deadline, "the writer stalled");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        stop.store(true, Ordering::Relaxed);
+        let rep = w.await.unwrap().unwrap();
+        assert_eq!(rep.failed, 0, "{:?}", rep.first_failure);
+        let want: BTreeMap<Bytes, Bytes> =
+            rep.last.iter().map(|(i, v)| (key(*i), v.clone())).collect();
+        let mut r = KvRouter::new(c.rest.clone(), t).await.unwrap();
+        let (n, _) = check_actives(&mut r, &want).await.unwrap();
+        assert_eq!(n, want.len());
+        c.shutdown().await;
     }
 }
