@@ -1202,10 +1202,10 @@ mod tests {
     /// until the janitor restores it: no failed operation, every acknowledged value
     /// readable afterwards.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_writer_retries_not_my_vbucket_until_the_map_serves_it() {
+    async fn the_writer_retries_not_my_vbucket_until_the_map_serves_it() -> anyhow::Result<()> {
         let t = Duration::from_secs(30);
-        let c = LocalCluster::form(2, t).await.unwrap();
-        c.create_bucket(4, 1).await.unwrap();
+        let c = LocalCluster::form(2, t).await?;
+        c.create_bucket(4, 1).await?;
         let docs = 200u32;
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(AtomicU64::new(0));
@@ -1220,13 +1220,13 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         // Make vb:0 dead on its active, behind the cluster's back.
-        let map = c.map().await.unwrap();
-        let active = map.active(0).unwrap().to_owned();
+        let map = c.map().await?;
+        let active = map.active(0).context("vb:0 has an active")?.to_owned();
         let m = c
             .members
             .iter()
             .find(|m| m.node.kv_addr().to_string() == active)
-            .unwrap();
+            .context("the active is a member")?;
         let http = reqwest::Client::new();
         let r = http
             .put(format!(
@@ -1236,8 +1236,7 @@ mod tests {
             .basic_auth(NODE_USER, Some(NODE_PASSWORD))
             .json(&serde_json::json!({"state": "dead"}))
             .send()
-            .await
-            .unwrap();
+            .await?;
         assert!(r.status().is_success(), "{r:?}");
         let before = acked.load(Ordering::Relaxed);
         // The janitor (1 s period) makes it active again; the writer keeps going.
@@ -1248,13 +1247,16 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_millis(1500)).await;
         stop.store(true, Ordering::Relaxed);
-        let rep = w.await.unwrap().unwrap();
+        let rep = w.await??;
         assert_eq!(rep.failed, 0, "{:?}", rep.first_failure);
         let want: BTreeMap<Bytes, Bytes> =
             rep.last.iter().map(|(i, v)| (key(*i), v.clone())).collect();
-        let mut r = KvRouter::new(c.rest.clone(), t).await.unwrap();
-        let (n, _) = check_actives(&mut r, &want).await.unwrap();
+        let mut r = KvRouter::new(c.rest.clone(), t).await?;
+        let (n, _) = check_actives(&mut r, &want)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
         assert_eq!(n, want.len());
         c.shutdown().await;
+        Ok(())
     }
 }
