@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod cluster_cmd;
+mod cluster_node;
 mod decode;
 mod demo;
 mod node_cmd;
@@ -34,8 +35,8 @@ enum Command {
     Replicate(replicate_cmd::ReplicateArgs),
     /// Move one vbucket: build a replica, wait for it to catch up, take over.
     MoveVbucket(replicate_cmd::MoveArgs),
-    /// The main job: two in-process nodes, load, replicate through the proxy, move
-    /// vbuckets, verify every document.
+    /// The main job: an in-process cluster, load, rebalance a node in under writes,
+    /// verify every document on every copy.
     Demo(demo::DemoArgs),
     /// Run one data node (buckets, vbuckets, KV, DCP, admin API) until SIGINT/SIGTERM.
     Node(node_cmd::NodeArgs),
@@ -70,6 +71,8 @@ enum BenchCommand {
     Proxy(bench::proxy::BenchProxyArgs),
     /// End-to-end replication through the proxy: mutations/s and lag.
     Replication(bench::replication::BenchReplicationArgs),
+    /// Rebalance of an in-process cluster: seconds and estimated bytes moved.
+    Rebalance(bench::rebalance::BenchRebalanceArgs),
 }
 
 fn main() -> ExitCode {
@@ -120,6 +123,7 @@ fn main() -> ExitCode {
                 BenchCommand::Dcp(args) => bench::dcp::run(args).await?,
                 BenchCommand::Proxy(args) => bench::proxy::run(args).await?,
                 BenchCommand::Replication(args) => bench::replication::run(args).await?,
+                BenchCommand::Rebalance(args) => bench::rebalance::run(args).await?,
             };
             println!("{v}");
             Ok(())

@@ -3,13 +3,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use std::sync::Arc;
-
 use anyhow::Context;
 use clap::Args;
-use kv_node::{AdminExtension, Node, NodeConfig};
-use orchestrator::agent::{self, Agent, AgentConfig, Creds};
-use orchestrator::http::{ClusterHttp, HttpConfig};
+use kv_node::NodeConfig;
+
+use crate::cluster_node::{self, ClusterNodeOpts};
 
 /// Flags of `conduit node`.
 #[derive(Debug, Args)]
@@ -71,65 +69,22 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     cfg.idle_timeout = std::time::Duration::from_secs(args.idle_timeout);
     cfg.max_connections = args.max_connections;
     cfg.flush_interval = std::time::Duration::from_millis(args.flush_interval_ms);
-    // A cluster member always starts fenced: the janitor applies its map (N6, §2.6).
-    let member = agent::is_member(&args.data_dir);
-    cfg.restore_vbucket_states = !(args.fenced_start || member);
     if let Some(path) = &args.config {
         cfg.apply_file(path)?;
     }
-    let kv = tokio::net::TcpListener::bind(cfg.kv_listen)
-        .await
-        .with_context(|| format!("binding the KV port {}", cfg.kv_listen))?;
-    let admin = tokio::net::TcpListener::bind(cfg.admin_listen)
-        .await
-        .with_context(|| format!("binding the admin port {}", cfg.admin_listen))?;
-    let loopback = |a: SocketAddr| {
-        if a.ip().is_unspecified() {
-            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), a.port())
-        } else {
-            a
-        }
-    };
-    let local_admin = Creds {
-        user: args.admin_user.clone(),
-        password: args.admin_password.clone(),
-    };
-    let mut acfg = AgentConfig::new(
-        &args.data_dir,
-        loopback(admin.local_addr()?),
-        loopback(kv.local_addr()?),
-        local_admin.clone(),
-    );
-    acfg.host.clone_from(&args.host);
-    let agent = Agent::start(acfg).await.context("starting the agent")?;
-    let http = ClusterHttp::new(
-        HttpConfig {
-            data_dir: args.data_dir.clone(),
-            local_admin,
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            janitor_period: std::time::Duration::from_millis(args.janitor_period_ms.max(100)),
-        },
-        agent.clone(),
-    );
-    cfg.admin_extension = Some(AdminExtension {
-        router: agent
-            .router()
-            .merge(orchestrator::http::router(Arc::clone(&http))),
-        public: orchestrator::http::public_routes(),
-    });
     if args.admin_password == "password" {
         tracing::warn!(
             "the admin password is the default; set --admin-password or CONDUIT_ADMIN_PASSWORD"
         );
     }
-    let node = Node::start_with_listeners(cfg, kv, admin)
-        .await
-        .context("starting the node")?;
-    if http
-        .resume()
-        .await
-        .map_err(|e| anyhow::anyhow!("{}", e.to_json()))?
-    {
+    let node = cluster_node::start(ClusterNodeOpts {
+        node: cfg,
+        fenced_start: args.fenced_start,
+        host: args.host.clone(),
+        janitor_period: std::time::Duration::from_millis(args.janitor_period_ms),
+    })
+    .await?;
+    if node.runs_orchestrator() {
         eprintln!("conduit node: this node runs the cluster's orchestrator");
     }
     eprintln!(
@@ -139,8 +94,6 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         args.data_dir.join("ports.json").display()
     );
     wait_for_signal().await?;
-    http.shutdown();
-    agent.shutdown().await;
     node.shutdown().await;
     Ok(())
 }

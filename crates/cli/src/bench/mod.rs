@@ -6,6 +6,7 @@ mod fake;
 pub(crate) mod kv;
 mod nodes;
 pub(crate) mod proxy;
+pub(crate) mod rebalance;
 pub(crate) mod replication;
 
 /// Percentile of sorted samples (nearest rank).
