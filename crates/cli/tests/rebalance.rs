@@ -350,3 +350,57 @@ async fn a_node_killed_mid_rebalance_fails_it_typed_and_after_a_restart_a_rerun_
     verify_acked(a, "default", &r.acked).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_rebalance_is_retried_automatically_and_a_user_stop_is_not() -> anyhow::Result<()> {
+    let mut nodes = start_nodes(4)?;
+    cluster_with_bucket(&nodes).await?;
+    let a = nodes[0].admin;
+    let s = ok(a, "POST", "/settings/retryRebalance", &[("enabled", "true"), ("afterTimePeriod", "5"), ("maxAttempts", "1")], 200).await?;
+    assert_eq!(s, serde_json::json!({"enabled": true, "afterTimePeriod": 5, "maxAttempts": 1}));
+    let (st, t) = rest(a, "POST", "/settings/retryRebalance", Some(ADMIN), &[("afterTimePeriod", "2")]).await?;
+    assert_eq!(st, 400, "enabled is required, 5..3600: {t}");
+    ok(a, "POST", "/settings/rebalance", &[("rebalanceMovesPerNode", "1")], 200).await?;
+    let p = ok(a, "GET", "/pools/default/pendingRetryRebalance", &[], 200).await?;
+    assert_eq!(p["retry_rebalance"], "not_pending", "{p}");
+    ok(a, "POST", "/controller/addNode", &[("hostname", &host_port(&nodes[3])), ("user", "admin"), ("password", PW)], 200).await?;
+    let first = start_rebalance(a, &[]).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let victim = nodes.remove(3);
+    let ports = (victim.kv.port(), victim.admin.port());
+    let dir = victim.kill()?;
+    let end = wait_rebalance_end(a, Duration::from_secs(40)).await?;
+    assert!(end.get("errorMessage").is_some(), "{end}");
+    let p = ok(a, "GET", "/pools/default/pendingRetryRebalance", &[], 200).await?;
+    assert_eq!(p["retry_rebalance"], "pending", "{p}");
+    assert_eq!(p["rebalance_id"], first.as_str(), "{p}");
+    // The node comes back before the retry is due; the retry completes.
+    nodes.push(NodeProcess::start_on(dir, &conduit(), PW, ports, &[])?);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let p = ok(a, "GET", "/pools/default/pendingRetryRebalance", &[], 200).await?;
+        let b = ok(a, "GET", "/pools/default/buckets/default", &[], 200).await?;
+        let (_, prog) = rest(a, "GET", "/pools/default/rebalanceProgress", Some(ADMIN), &[]).await?;
+        let servers = b["vBucketServerMap"]["serverList"].as_array().map_or(0, Vec::len);
+        if p["retry_rebalance"] == "not_pending" && servers == 4 && prog == r#"{"status":"none"}"# {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the retry did not complete: {p} {prog}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let report = ok(a, "GET", "/logs/rebalanceReport", &[], 200).await?;
+    assert_eq!(report["attempt"], 2, "the newest report is the retry's: {report}");
+    assert_eq!(report["result"]["ok"], true, "{report}");
+    let refs: Vec<&NodeProcess> = nodes.iter().collect();
+    wait_states_match(a, &refs, "default", Duration::from_secs(15)).await?;
+    // A user stop arms no retry.
+    let fourth = node_names(a).await?.into_iter().find(|n| n.ends_with(&format!("{}@127.0.0.1", nodes[3].admin.port()))).unwrap_or_default();
+    start_rebalance(a, &[&fourth]).await?;
+    ok(a, "POST", "/controller/stopRebalance", &[], 200).await?;
+    wait_rebalance_end(a, Duration::from_secs(30)).await?;
+    let p = ok(a, "GET", "/pools/default/pendingRetryRebalance", &[], 200).await?;
+    assert_eq!(p["retry_rebalance"], "not_pending", "{p}");
+    let (s, _) = rest(a, "POST", "/controller/cancelRebalanceRetry/0123456789abcdef0123456789abcdef", Some(ADMIN), &[]).await?;
+    assert_eq!(s, 400);
+    Ok(())
+}

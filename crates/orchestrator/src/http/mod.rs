@@ -670,6 +670,24 @@ async fn local(
                 None => Err(RestError::not_found("no such rebalance report")),
             }
         }
+        ("GET", ["settings", "retryRebalance"]) => Ok(Json(o.retry_settings().await?.to_json()).into_response()),
+        ("POST", ["settings", "retryRebalance"]) => {
+            p.check_keys(&["enabled", "afterTimePeriod", "maxAttempts"], &[])?;
+            let mut s = o.retry_settings().await?;
+            s.enabled = p.bool("enabled")?.ok_or_else(|| RestError::missing("enabled"))?;
+            if let Some(v) = p.int_in("afterTimePeriod", 5, 3600)? {
+                s.after_time_period_s = v as u64;
+            }
+            if let Some(v) = p.int_in("maxAttempts", 1, 3)? {
+                s.max_attempts = v as u32;
+            }
+            Ok(Json(o.set_retry_settings(s).await?).into_response())
+        }
+        ("GET", ["pools", "default", "pendingRetryRebalance"]) => Ok(Json(o.pending_retry().await?).into_response()),
+        ("POST", ["controller", "cancelRebalanceRetry", id]) => {
+            o.cancel_retry((*id).to_owned()).await?;
+            Ok(ok_empty())
+        }
         ("GET", ["settings", "rebalance"]) => {
             Ok(Json(o.rebalance_settings().await?).into_response())
         }

@@ -15,7 +15,7 @@ use super::model::{
     ClusterView, Counters, Membership, NodeRecord, CLUSTER_KEY, COUNTERS_KEY, REBALANCE_STATUS_KEY,
 };
 use super::uploader::{client_for, Desired};
-use super::{janitor_pass, rebalance, Command, Reply, Shared};
+use super::{janitor_pass, rebalance, retry_io, Command, Reply, Shared};
 use crate::agent::api::{AddressBook, AddressEntry, Creds, JoinRequest};
 use crate::agent::{AgentCallError, AgentClient};
 use crate::config::{
@@ -361,7 +361,10 @@ impl Actor {
                 (r, follow)
             }
             Command::DeleteBucket(n) => (self.delete_bucket(&n).await, None),
-            Command::Rebalance { .. } | Command::StopRebalance => {
+            Command::Rebalance { .. }
+            | Command::StopRebalance
+            | Command::SetRetrySettings(_)
+            | Command::CancelRetry(_) => {
                 (Err(RestError::internal("handled by the run loop")), None)
             }
             Command::SetClusterSettings {
@@ -744,6 +747,7 @@ impl Actor {
             eject: eject_set.iter().cloned().collect(),
             added,
             started: started.clone(),
+            attempt: 1,
         };
         transact_view(self.shared.store.as_ref(), |_| {
             Ok(Some((
@@ -890,6 +894,7 @@ fn busy(cmd: &Command) -> RestError {
             "change cluster settings"
         }
         Command::RunJanitor | Command::StopRebalance => "run the janitor",
+        Command::SetRetrySettings(_) | Command::CancelRetry(_) => "change the retry settings",
     };
     RestError::busy(op)
 }
@@ -915,6 +920,7 @@ async fn close_orphaned_rebalance(shared: &Shared) {
         eject: serde_json::from_value(status["eject"].clone()).unwrap_or_default(),
         added: vec![],
         started: status["started"].as_str().unwrap_or_default().to_owned(),
+        attempt: 1,
     };
     warn!(rebalance = %plan.id, "a rebalance was running when the orchestrator stopped; it failed");
     let end = rebalance::End::Failed(error.clone());
@@ -924,6 +930,29 @@ async fn close_orphaned_rebalance(shared: &Shared) {
     if let Ok(mut live) = shared.live.lock() {
         live.last_error = Some(error);
     }
+}
+
+/// Shows a new run to the readers and spawns it.
+fn start_run(shared: &Arc<Shared>, plan: rebalance::Plan) -> Running {
+    let mut nodes: BTreeSet<NodeId> = plan.keep.iter().map(|n| NodeId(n.clone())).collect();
+    nodes.extend(plan.eject.iter().map(|n| NodeId(n.clone())));
+    if let Ok(mut live) = shared.live.lock() {
+        live.last_error = None;
+        live.running = Some(rebalance::LiveRun {
+            id: plan.id.clone(),
+            kind: plan.kind.clone(),
+            stopping: false,
+            nodes: nodes.into_iter().collect(),
+            bucket_index: 0,
+            bucket_count: 0,
+            bucket: None,
+            progress: None,
+            started: tokio::time::Instant::now(),
+        });
+    }
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(rebalance::run(shared.clone(), plan.clone(), stop.clone()));
+    Running { plan, stop, task }
 }
 
 pub(super) async fn run(
@@ -942,6 +971,8 @@ pub(super) async fn run(
     let mut tick = tokio::time::interval(shared.cfg.janitor_period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut running: Option<Running> = None;
+    let mut retry_tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = stop.cancelled() => {
@@ -961,6 +992,9 @@ pub(super) async fn run(
                 }
                 if let Err(e) = rebalance::record_end(&shared, &r.plan, &end).await {
                     warn!(error = %e.to_json(), "recording the rebalance's end failed");
+                }
+                if let Err(e) = retry_io::on_end(&shared, &r.plan, &end).await {
+                    warn!(error = %e.to_json(), "recording the retry state failed");
                 }
                 if !matches!(end, rebalance::End::Done) {
                     let _ = janitor_pass::run_all(&mut actor).await;
@@ -996,32 +1030,22 @@ pub(super) async fn run(
                         let Command::Rebalance { known, ejected } = cmd else { continue };
                         match actor.rebalance(known, ejected).await {
                             Ok((answer, plan)) => {
-                                let view = read_view(shared.store.as_ref()).await.ok();
-                                let mut nodes: BTreeSet<NodeId> = plan.keep.iter().map(|n| NodeId(n.clone())).collect();
-                                nodes.extend(plan.eject.iter().map(|n| NodeId(n.clone())));
-                                if let Ok(mut live) = shared.live.lock() {
-                                    live.last_error = None;
-                                    live.running = Some(rebalance::LiveRun {
-                                        id: plan.id.clone(),
-                                        kind: plan.kind.clone(),
-                                        stopping: false,
-                                        nodes: nodes.into_iter().collect(),
-                                        bucket_index: 0,
-                                        bucket_count: view.map_or(0, |v| v.buckets.len()),
-                                        bucket: None,
-                                        progress: None,
-                                        started: tokio::time::Instant::now(),
-                                    });
+                                if let Err(e) = retry_io::on_manual_start(&shared).await {
+                                    warn!(error = %e.to_json(), "dropping the pending retry failed");
                                 }
-                                let stop = CancellationToken::new();
-                                let task = tokio::spawn(rebalance::run(shared.clone(), plan.clone(), stop.clone()));
-                                running = Some(Running { plan, stop, task });
+                                running = Some(start_run(&shared, plan));
                                 let _ = reply.send(Ok(answer));
                             }
                             Err(e) => {
                                 let _ = reply.send(Err(e));
                             }
                         }
+                    }
+                    (Command::SetRetrySettings(new), None) => {
+                        let _ = reply.send(retry_io::set_settings(&shared, *new).await);
+                    }
+                    (Command::CancelRetry(id), None) => {
+                        let _ = reply.send(retry_io::cancel(&shared, id).await);
                     }
                     (_, None) => {
                         let (res, follow) = actor.handle(cmd).await;
@@ -1037,6 +1061,23 @@ pub(super) async fn run(
             }
             _ = tick.tick(), if running.is_none() => {
                 let _ = janitor_pass::run_all(&mut actor).await;
+            }
+            _ = retry_tick.tick(), if running.is_none() => {
+                if let Some(p) = retry_io::take_due(&shared).await {
+                    let view = read_view(shared.store.as_ref()).await;
+                    let exists = |n: &String| view.as_ref().is_ok_and(|v| v.nodes.contains_key(n));
+                    let known: Vec<String> = p.known.iter().filter(|n| exists(n)).cloned().collect();
+                    let eject: Vec<String> = p.eject.iter().filter(|n| exists(n)).cloned().collect();
+                    info!(rebalance = %p.rebalance_id, attempt = p.attempt(), "retrying the failed rebalance");
+                    match actor.rebalance(known, eject).await {
+                        Ok((_, mut plan)) => {
+                            plan.id.clone_from(&p.rebalance_id);
+                            plan.attempt = p.attempt();
+                            running = Some(start_run(&shared, plan));
+                        }
+                        Err(e) => warn!(error = %e.to_json(), "the automatic retry could not start"),
+                    }
+                }
             }
         }
     }

@@ -9,6 +9,7 @@ mod janitor_pass;
 pub mod model;
 pub mod one_move;
 mod rebalance;
+mod retry_io;
 mod secrets;
 mod uploader;
 
@@ -98,6 +99,8 @@ pub(crate) enum Command {
     SetDefaultVbuckets(u16),
     RunJanitor,
     StopRebalance,
+    SetRetrySettings(crate::retry::RetrySettings),
+    CancelRetry(String),
 }
 
 type Reply = oneshot::Sender<Result<Value, RestError>>;
@@ -375,6 +378,34 @@ impl Orchestrator {
     /// Store failures.
     pub async fn rebalance_settings(&self) -> Result<RebalanceSettings, RestError> {
         Ok(rebalance::settings_of(&*self.view().await?))
+    }
+
+    /// `POST /settings/retryRebalance` (validated by the caller).
+    pub async fn set_retry_settings(&self, s: crate::retry::RetrySettings) -> Result<Value, RestError> {
+        self.call(Command::SetRetrySettings(s)).await
+    }
+
+    /// `POST /controller/cancelRebalanceRetry/{id}`.
+    pub async fn cancel_retry(&self, id: String) -> Result<Value, RestError> {
+        self.call(Command::CancelRetry(id)).await
+    }
+
+    /// `GET /settings/retryRebalance`.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn retry_settings(&self) -> Result<crate::retry::RetrySettings, RestError> {
+        Ok(retry_io::load(&*self.view().await?).0)
+    }
+
+    /// `GET /pools/default/pendingRetryRebalance` (§5.8).
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn pending_retry(&self) -> Result<Value, RestError> {
+        let view = self.view().await?;
+        let (settings, state) = retry_io::load(&view);
+        Ok(state.to_json(&settings, retry_io::now_ms()))
     }
 
     /// Runs a janitor pass now and waits for it.

@@ -174,6 +174,8 @@ pub(super) struct Plan {
     pub(super) eject: Vec<String>,
     pub(super) added: Vec<String>,
     pub(super) started: String,
+    /// 1 for a rebalance someone asked for; 2… for automatic retries (§5.8).
+    pub(super) attempt: u32,
 }
 
 /// How a run ended.
@@ -1008,7 +1010,7 @@ async fn write_report(
         "rebalanceId": plan.id,
         "rebalanceType": "rebalance",
         "subtype": plan.kind,
-        "attempt": 1,
+        "attempt": plan.attempt,
         "nodesInfo": {"activeNodes": plan.known, "keepNodes": plan.keep, "ejectNodes": plan.eject, "deltaNodes": [], "failedNodes": []},
         "numNodesAdded": plan.added.len(), "nodesAdded": plan.added,
         "numNodesRemoved": plan.eject.len(), "nodesRemoved": plan.eject,
