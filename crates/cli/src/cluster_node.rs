@@ -25,6 +25,8 @@ pub(crate) struct ClusterNodeOpts {
     pub(crate) host: String,
     /// Janitor period of the orchestrator (clamped to ≥ 100 ms).
     pub(crate) janitor_period: Duration,
+    /// The orchestrator's T7 test hook: fail the first commit after a takeover.
+    pub(crate) fail_first_takeover_commit: bool,
 }
 
 impl ClusterNodeOpts {
@@ -35,6 +37,7 @@ impl ClusterNodeOpts {
             fenced_start: false,
             host: "127.0.0.1".into(),
             janitor_period: Duration::from_millis(5000),
+            fail_first_takeover_commit: false,
         }
     }
 }
@@ -98,6 +101,7 @@ pub(crate) async fn start(opts: ClusterNodeOpts) -> anyhow::Result<ClusterNode> 
             local_admin,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             janitor_period: opts.janitor_period.max(Duration::from_millis(100)),
+            fail_first_takeover_commit: opts.fail_first_takeover_commit,
         },
         agent.clone(),
     );

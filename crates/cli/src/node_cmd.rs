@@ -58,6 +58,10 @@ pub(crate) struct NodeArgs {
     /// Janitor period of the orchestrator, in milliseconds (cluster.md §6: 5000).
     #[arg(long, default_value_t = 5000, hide = true)]
     janitor_period_ms: u64,
+    /// Test hook (cluster.md §10.2 T7): the orchestrator fails the first commit of
+    /// a move after its takeover.
+    #[arg(long, hide = true)]
+    test_fail_first_takeover_commit: bool,
 }
 
 pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
@@ -82,6 +86,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
         fenced_start: args.fenced_start,
         host: args.host.clone(),
         janitor_period: std::time::Duration::from_millis(args.janitor_period_ms),
+        fail_first_takeover_commit: args.test_fail_first_takeover_commit,
     })
     .await?;
     if node.runs_orchestrator() {

@@ -352,18 +352,58 @@ async fn a_node_killed_mid_rebalance_fails_it_typed_and_after_a_restart_a_rerun_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_rebalance_is_retried_automatically_and_a_user_stop_is_not() -> anyhow::Result<()> {
+async fn a_failed_rebalance_is_retried_automatically_and_a_user_stop_is_not() -> anyhow::Result<()>
+{
     let mut nodes = start_nodes(4)?;
     cluster_with_bucket(&nodes).await?;
     let a = nodes[0].admin;
-    let s = ok(a, "POST", "/settings/retryRebalance", &[("enabled", "true"), ("afterTimePeriod", "5"), ("maxAttempts", "1")], 200).await?;
-    assert_eq!(s, serde_json::json!({"enabled": true, "afterTimePeriod": 5, "maxAttempts": 1}));
-    let (st, t) = rest(a, "POST", "/settings/retryRebalance", Some(ADMIN), &[("afterTimePeriod", "2")]).await?;
+    let s = ok(
+        a,
+        "POST",
+        "/settings/retryRebalance",
+        &[
+            ("enabled", "true"),
+            ("afterTimePeriod", "5"),
+            ("maxAttempts", "1"),
+        ],
+        200,
+    )
+    .await?;
+    assert_eq!(
+        s,
+        serde_json::json!({"enabled": true, "afterTimePeriod": 5, "maxAttempts": 1})
+    );
+    let (st, t) = rest(
+        a,
+        "POST",
+        "/settings/retryRebalance",
+        Some(ADMIN),
+        &[("afterTimePeriod", "2")],
+    )
+    .await?;
     assert_eq!(st, 400, "enabled is required, 5..3600: {t}");
-    ok(a, "POST", "/settings/rebalance", &[("rebalanceMovesPerNode", "1")], 200).await?;
+    ok(
+        a,
+        "POST",
+        "/settings/rebalance",
+        &[("rebalanceMovesPerNode", "1")],
+        200,
+    )
+    .await?;
     let p = ok(a, "GET", "/pools/default/pendingRetryRebalance", &[], 200).await?;
     assert_eq!(p["retry_rebalance"], "not_pending", "{p}");
-    ok(a, "POST", "/controller/addNode", &[("hostname", &host_port(&nodes[3])), ("user", "admin"), ("password", PW)], 200).await?;
+    ok(
+        a,
+        "POST",
+        "/controller/addNode",
+        &[
+            ("hostname", &host_port(&nodes[3])),
+            ("user", "admin"),
+            ("password", PW),
+        ],
+        200,
+    )
+    .await?;
     let first = start_rebalance(a, &[]).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let victim = nodes.remove(3);
@@ -380,27 +420,123 @@ async fn a_failed_rebalance_is_retried_automatically_and_a_user_stop_is_not() ->
     loop {
         let p = ok(a, "GET", "/pools/default/pendingRetryRebalance", &[], 200).await?;
         let b = ok(a, "GET", "/pools/default/buckets/default", &[], 200).await?;
-        let (_, prog) = rest(a, "GET", "/pools/default/rebalanceProgress", Some(ADMIN), &[]).await?;
-        let servers = b["vBucketServerMap"]["serverList"].as_array().map_or(0, Vec::len);
+        let (_, prog) = rest(
+            a,
+            "GET",
+            "/pools/default/rebalanceProgress",
+            Some(ADMIN),
+            &[],
+        )
+        .await?;
+        let servers = b["vBucketServerMap"]["serverList"]
+            .as_array()
+            .map_or(0, Vec::len);
         if p["retry_rebalance"] == "not_pending" && servers == 4 && prog == r#"{"status":"none"}"# {
             break;
         }
-        anyhow::ensure!(Instant::now() < deadline, "the retry did not complete: {p} {prog}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the retry did not complete: {p} {prog}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let report = ok(a, "GET", "/logs/rebalanceReport", &[], 200).await?;
-    assert_eq!(report["attempt"], 2, "the newest report is the retry's: {report}");
+    assert_eq!(
+        report["attempt"], 2,
+        "the newest report is the retry's: {report}"
+    );
     assert_eq!(report["result"]["ok"], true, "{report}");
     let refs: Vec<&NodeProcess> = nodes.iter().collect();
     wait_states_match(a, &refs, "default", Duration::from_secs(15)).await?;
     // A user stop arms no retry.
-    let fourth = node_names(a).await?.into_iter().find(|n| n.ends_with(&format!("{}@127.0.0.1", nodes[3].admin.port()))).unwrap_or_default();
+    let fourth = node_names(a)
+        .await?
+        .into_iter()
+        .find(|n| n.ends_with(&format!("{}@127.0.0.1", nodes[3].admin.port())))
+        .unwrap_or_default();
     start_rebalance(a, &[&fourth]).await?;
     ok(a, "POST", "/controller/stopRebalance", &[], 200).await?;
     wait_rebalance_end(a, Duration::from_secs(30)).await?;
     let p = ok(a, "GET", "/pools/default/pendingRetryRebalance", &[], 200).await?;
     assert_eq!(p["retry_rebalance"], "not_pending", "{p}");
-    let (s, _) = rest(a, "POST", "/controller/cancelRebalanceRetry/0123456789abcdef0123456789abcdef", Some(ADMIN), &[]).await?;
+    let (s, _) = rest(
+        a,
+        "POST",
+        "/controller/cancelRebalanceRetry/0123456789abcdef0123456789abcdef",
+        Some(ADMIN),
+        &[],
+    )
+    .await?;
     assert_eq!(s, 400);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_whose_commit_failed_is_adopted_by_the_janitor() -> anyhow::Result<()> {
+    // T7: the orchestrator's test hook fails the first commit after a takeover.
+    let mut nodes = vec![NodeProcess::start(
+        &conduit(),
+        PW,
+        &["--test-fail-first-takeover-commit"],
+    )?];
+    nodes.extend(start_nodes(3)?);
+    cluster_with_bucket(&nodes).await?;
+    let a = nodes[0].admin;
+    ok(
+        a,
+        "POST",
+        "/controller/addNode",
+        &[
+            ("hostname", &host_port(&nodes[3])),
+            ("user", "admin"),
+            ("password", PW),
+        ],
+        200,
+    )
+    .await?;
+    start_rebalance(a, &[]).await?;
+    let end = wait_rebalance_end(a, Duration::from_secs(120)).await?;
+    assert!(
+        end["errorMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("move_failed")),
+        "{end}"
+    );
+    let (_, t) = rest(a, "GET", "/pools/default/tasks", Some(ADMIN), &[]).await?;
+    let err = serde_json::from_str::<Value>(&t)?[0]["error"].clone();
+    assert_eq!(err["step"], "commit", "{err}");
+    let vb = err["vb"].as_u64().unwrap_or(u64::MAX) as usize;
+    let new_head = err["new_chain"][0].as_str().unwrap_or_default().to_owned();
+    // The janitor (run at once after the failure) makes the node that took over the
+    // head: never two actives, states match the map.
+    let refs: Vec<&NodeProcess> = nodes.iter().collect();
+    wait_states_match(a, &refs, "default", Duration::from_secs(15)).await?;
+    let b = ok(a, "GET", "/pools/default/buckets/default", &[], 200).await?;
+    let smap = &b["vBucketServerMap"];
+    let head = smap["vBucketMap"][vb][0]
+        .as_i64()
+        .and_then(|i| {
+            smap["serverList"][usize::try_from(i).ok()?]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let pd = ok(a, "GET", "/pools/default", &[], 200).await?;
+    let kv_of = pd["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["otpNode"] == new_head.as_str())
+        .map(|n| n["ports"]["direct"].clone())
+        .unwrap_or_default();
+    assert!(
+        head.ends_with(&format!(":{kv_of}")),
+        "vb {vb}'s head is {head}, the node that took over is {new_head} (kv {kv_of})"
+    );
+    // And a new rebalance completes.
+    start_rebalance(a, &[]).await?;
+    let end = wait_rebalance_end(a, Duration::from_secs(120)).await?;
+    assert!(end.get("errorMessage").is_none(), "{end}");
+    wait_states_match(a, &refs, "default", Duration::from_secs(15)).await?;
     Ok(())
 }

@@ -46,6 +46,8 @@ pub struct HttpConfig {
     pub version: String,
     /// Janitor period (tests shorten it).
     pub janitor_period: Duration,
+    /// The orchestrator's T7 test hook (see `OrchConfig`).
+    pub fail_first_takeover_commit: bool,
 }
 
 #[derive(Debug, Default)]
@@ -135,6 +137,7 @@ impl ClusterHttp {
     fn orch_config(&self, name: &str) -> OrchConfig {
         let mut cfg = OrchConfig::new(&self.cfg.data_dir, name);
         cfg.janitor_period = self.cfg.janitor_period;
+        cfg.fail_first_takeover_commit = self.cfg.fail_first_takeover_commit;
         cfg.version.clone_from(&self.cfg.version);
         cfg
     }
@@ -670,11 +673,15 @@ async fn local(
                 None => Err(RestError::not_found("no such rebalance report")),
             }
         }
-        ("GET", ["settings", "retryRebalance"]) => Ok(Json(o.retry_settings().await?.to_json()).into_response()),
+        ("GET", ["settings", "retryRebalance"]) => {
+            Ok(Json(o.retry_settings().await?.to_json()).into_response())
+        }
         ("POST", ["settings", "retryRebalance"]) => {
             p.check_keys(&["enabled", "afterTimePeriod", "maxAttempts"], &[])?;
             let mut s = o.retry_settings().await?;
-            s.enabled = p.bool("enabled")?.ok_or_else(|| RestError::missing("enabled"))?;
+            s.enabled = p
+                .bool("enabled")?
+                .ok_or_else(|| RestError::missing("enabled"))?;
             if let Some(v) = p.int_in("afterTimePeriod", 5, 3600)? {
                 s.after_time_period_s = v as u64;
             }
@@ -683,7 +690,9 @@ async fn local(
             }
             Ok(Json(o.set_retry_settings(s).await?).into_response())
         }
-        ("GET", ["pools", "default", "pendingRetryRebalance"]) => Ok(Json(o.pending_retry().await?).into_response()),
+        ("GET", ["pools", "default", "pendingRetryRebalance"]) => {
+            Ok(Json(o.pending_retry().await?).into_response())
+        }
         ("POST", ["controller", "cancelRebalanceRetry", id]) => {
             o.cancel_retry((*id).to_owned()).await?;
             Ok(ok_empty())

@@ -51,6 +51,9 @@ pub struct OrchConfig {
     pub janitor_apply_timeout: Duration,
     /// The version string nodes report.
     pub version: String,
+    /// Test hook (cluster.md §10.2 T7): the first commit of a move that changes a
+    /// vbucket's active fails — after its takeover, before its commit — once.
+    pub fail_first_takeover_commit: bool,
 }
 
 impl OrchConfig {
@@ -65,6 +68,7 @@ impl OrchConfig {
             janitor_query_timeout: Duration::from_secs(10),
             janitor_apply_timeout: Duration::from_secs(60),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            fail_first_takeover_commit: false,
         }
     }
 }
@@ -131,6 +135,8 @@ struct Shared {
     refresh_lock: tokio::sync::Mutex<()>,
     /// The current or last rebalance, for REST.
     live: Mutex<rebalance::Live>,
+    /// Whether the T7 test hook fired.
+    hook_fired: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -220,6 +226,7 @@ impl Orchestrator {
             uploaders: uploader::Uploaders::default(),
             refresh_lock: tokio::sync::Mutex::new(()),
             live: Mutex::new(rebalance::Live::default()),
+            hook_fired: std::sync::atomic::AtomicBool::new(false),
         });
         let stop = CancellationToken::new();
         tokio::spawn(actor::run(shared.clone(), rx, stop.clone()));
@@ -381,7 +388,10 @@ impl Orchestrator {
     }
 
     /// `POST /settings/retryRebalance` (validated by the caller).
-    pub async fn set_retry_settings(&self, s: crate::retry::RetrySettings) -> Result<Value, RestError> {
+    pub async fn set_retry_settings(
+        &self,
+        s: crate::retry::RetrySettings,
+    ) -> Result<Value, RestError> {
         self.call(Command::SetRetrySettings(s)).await
     }
 

@@ -289,6 +289,19 @@ impl Commit for MapCommit {
             if map.chain(usize::from(vb)) == Some(&chain) {
                 return Ok(None);
             }
+            let takes_over = map.chain(usize::from(vb)).and_then(|c| c.first().cloned())
+                != chain.first().cloned();
+            if takes_over
+                && self.shared.cfg.fail_first_takeover_commit
+                && !self
+                    .shared
+                    .hook_fired
+                    .swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                return Err(RestError::internal(format!(
+                    "test hook: the commit of vbucket {vb} fails after its takeover"
+                )));
+            }
             map.set_chain(usize::from(vb), chain.clone());
             let op = put_map(map_key(&bucket), Some(&map))
                 .map_err(|e| RestError::internal(e.to_string()))?;

@@ -53,7 +53,13 @@ fn hash(view: &ClusterView) -> u64 {
     let buckets: Vec<(String, u8, String)> = view
         .buckets
         .values()
-        .map(|b| (b.record.name.clone(), b.record.num_replicas, b.record.uuid.clone()))
+        .map(|b| {
+            (
+                b.record.name.clone(),
+                b.record.num_replicas,
+                b.record.uuid.clone(),
+            )
+        })
         .collect();
     cluster_hash(&failed, &groups, &buckets)
 }
@@ -70,15 +76,26 @@ async fn update<T: Send>(
         out = Some(f(v, &mut settings, &mut state)?);
         let mut ops = vec![];
         if settings != s0 {
-            ops.push(Op::put_json(SETTINGS_KEY, &settings).map_err(|e| RestError::internal(e.to_string()))?);
+            ops.push(
+                Op::put_json(SETTINGS_KEY, &settings)
+                    .map_err(|e| RestError::internal(e.to_string()))?,
+            );
         }
         if state != st0 {
-            ops.push(Op::put_json(STATE_KEY, &state).map_err(|e| RestError::internal(e.to_string()))?);
+            ops.push(
+                Op::put_json(STATE_KEY, &state).map_err(|e| RestError::internal(e.to_string()))?,
+            );
         }
         if ops.is_empty() {
             return Ok(None);
         }
-        Ok(Some((vec![v.snapshot.unchanged(SETTINGS_KEY), v.snapshot.unchanged(STATE_KEY)], ops)))
+        Ok(Some((
+            vec![
+                v.snapshot.unchanged(SETTINGS_KEY),
+                v.snapshot.unchanged(STATE_KEY),
+            ],
+            ops,
+        )))
     })
     .await?;
     out.ok_or_else(|| RestError::internal("the retry update did not run"))
@@ -94,7 +111,17 @@ pub(super) async fn on_end(shared: &Shared, plan: &Plan, end: &End) -> Result<()
         },
     };
     update(shared, |v, settings, state| {
-        state.on_end(settings, ending, &plan.id, &plan.kind, &plan.known, &plan.eject, plan.attempt, hash(v), now_ms());
+        state.on_end(
+            settings,
+            ending,
+            &plan.id,
+            &plan.kind,
+            &plan.known,
+            &plan.eject,
+            plan.attempt,
+            hash(v),
+            now_ms(),
+        );
         Ok(())
     })
     .await
@@ -111,7 +138,10 @@ pub(super) async fn on_manual_start(shared: &Shared) -> Result<(), RestError> {
 
 /// The retry to run now, if one is due and the cluster did not change.
 pub(super) async fn take_due(shared: &Shared) -> Option<PendingRetry> {
-    update(shared, |v, _, state| Ok(state.take_due(now_ms(), hash(v)))).await.ok().flatten()
+    update(shared, |v, _, state| Ok(state.take_due(now_ms(), hash(v))))
+        .await
+        .ok()
+        .flatten()
 }
 
 /// `POST /settings/retryRebalance`.
@@ -130,6 +160,11 @@ pub(super) async fn cancel(shared: &Shared, id: &str) -> Result<Value, RestError
     if cancelled {
         Ok(json!({}))
     } else {
-        Err(RestError::new(StatusCode::BAD_REQUEST, "no_pending_retry", "_", format!("no pending retry with id {id}")))
+        Err(RestError::new(
+            StatusCode::BAD_REQUEST,
+            "no_pending_retry",
+            "_",
+            format!("no pending retry with id {id}"),
+        ))
     }
 }
