@@ -13,6 +13,7 @@ mod cluster_cmd;
 mod cluster_node;
 mod decode;
 mod demo;
+mod failover_cmd;
 mod node_cmd;
 mod rebalance_cmd;
 mod replicate_cmd;
@@ -50,6 +51,10 @@ enum Command {
     Status(cluster_cmd::StatusArgs),
     /// Rebalance the cluster: every listed node stays, `--eject` nodes leave.
     Rebalance(rebalance_cmd::RebalanceArgs),
+    /// Fail a node over (hard by default, or --graceful).
+    Failover(failover_cmd::FailoverArgs),
+    /// Mark a failed-over node for delta or full recovery (then rebalance).
+    Recovery(failover_cmd::RecoveryArgs),
     /// Decode MCBP/DCP frames given as hex (arguments, or stdin when none) and print
     /// one JSON object per frame.
     Decode {
@@ -95,7 +100,9 @@ fn main() -> ExitCode {
         | Command::Cluster(_)
         | Command::Bucket(_)
         | Command::Status(_)
-        | Command::Rebalance(_) => "warn",
+        | Command::Rebalance(_)
+        | Command::Failover(_)
+        | Command::Recovery(_) => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -113,6 +120,12 @@ fn main() -> ExitCode {
         Command::Bucket(cmd) => return ExitCode::from(rt.block_on(cluster_cmd::run_bucket(cmd))),
         Command::Status(args) => return ExitCode::from(rt.block_on(cluster_cmd::run_status(args))),
         Command::Rebalance(args) => return ExitCode::from(rt.block_on(rebalance_cmd::run(args))),
+        Command::Failover(args) => {
+            return ExitCode::from(rt.block_on(failover_cmd::run_failover(args)))
+        }
+        Command::Recovery(args) => {
+            return ExitCode::from(rt.block_on(failover_cmd::run_recovery(args)))
+        }
         Command::Replicate(args) => return ExitCode::from(rt.block_on(replicate_cmd::run(args))),
         Command::MoveVbucket(args) => {
             return ExitCode::from(rt.block_on(replicate_cmd::run_move(args)))

@@ -663,6 +663,8 @@ pub async fn kv(addr: &str) -> anyhow::Result<kv_client::Client> {
     Ok(c)
 }
 
+static NEXT_VALUE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// What a writer did: the last acknowledged value of every key it wrote.
 #[derive(Debug, Default)]
 pub struct WriterReport {
@@ -688,9 +690,10 @@ impl Writer {
             let mut report = WriterReport::default();
             let mut map = ClientMap::fetch(rest_addr, &bucket).await?;
             let mut conns: BTreeMap<String, kv_client::Client> = BTreeMap::new();
-            let mut i: u64 = 0;
             while !stop2.load(Ordering::Relaxed) {
-                i += 1;
+                // Values are unique across every writer of the test binary, so a
+                // later writer never writes a value an earlier one acknowledged.
+                let i = NEXT_VALUE.fetch_add(1, Ordering::Relaxed);
                 let key = format!("key-{:05}", i % keys as u64);
                 let vb = map.vbucket_of(&key);
                 let mut done = false;
@@ -875,4 +878,35 @@ pub async fn node_names(a: SocketAddr) -> anyhow::Result<Vec<String>> {
         .flatten()
         .filter_map(|n| n["otpNode"].as_str().map(str::to_owned))
         .collect())
+}
+
+/// Waits (bounded) until every replica's high seqno equals its active's (quiet).
+pub async fn wait_replicas_caught_up(
+    nodes: &[&NodeProcess],
+    bucket: &str,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let st = states(nodes, bucket).await?;
+        let mut high: BTreeMap<u16, (u64, Vec<u64>)> = BTreeMap::new();
+        for vbs in st.values() {
+            for (vb, (s, h)) in vbs {
+                let e = high.entry(*vb).or_default();
+                match s.as_str() {
+                    "active" => e.0 = *h,
+                    "replica" => e.1.push(*h),
+                    _ => {}
+                }
+            }
+        }
+        if high.values().all(|(a, rs)| rs.iter().all(|r| r == a)) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "replicas did not catch up within {within:?}: {high:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

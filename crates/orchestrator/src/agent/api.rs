@@ -268,3 +268,10 @@ pub struct UnreplicateRequest {
     /// Bound.
     pub timeout_ms: u64,
 }
+
+/// `POST /agent/v1/buckets/{b}/stop-nodes`: drop every replication from these nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopNodesRequest {
+    /// Producer node names.
+    pub nodes: Vec<String>,
+}

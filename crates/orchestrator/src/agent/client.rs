@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 
 use super::api::{
     AddressBook, AgentInfo, ApplyRequest, BuildRequest, Creds, DataMoveAnswer, Health, JoinRequest,
-    LeaveRequest, PutBucket, TakeoverRequest, UnreplicateRequest, VbucketsReport, WaitDataMove,
-    WaitPersisted,
+    LeaveRequest, PutBucket, StopNodesRequest, TakeoverRequest, UnreplicateRequest, VbucketsReport,
+    WaitDataMove, WaitPersisted,
 };
 
 /// Bound of a call without `timeout_ms`.
@@ -349,6 +349,20 @@ impl AgentClient {
     }
 
     /// `…/vbuckets/{vb}/unreplicate`.
+    ///
+    /// # Errors
+    /// [`AgentCallError`].
+    pub async fn stop_nodes(
+        &self,
+        bucket: &str,
+        req: &StopNodesRequest,
+    ) -> Result<(), AgentCallError> {
+        let path = format!("/agent/v1/buckets/{bucket}/stop-nodes");
+        self.agent_unit(reqwest::Method::POST, &path, Some(req), None)
+            .await
+    }
+
+    /// `POST …/vbuckets/{vb}/unreplicate`.
     ///
     /// # Errors
     /// [`AgentCallError`].

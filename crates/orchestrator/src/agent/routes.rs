@@ -24,8 +24,8 @@ use tracing::{info, warn};
 
 use super::api::{
     AddressBook, ApplyRequest, BucketHealth, BuildRequest, DataMoveAnswer, Health, JoinRequest,
-    LeaveRequest, Phase, PutBucket, TakeoverRequest, UnreplicateRequest, VbReport, VbucketsReport,
-    WaitDataMove, WaitPersisted,
+    LeaveRequest, Phase, PutBucket, StopNodesRequest, TakeoverRequest, UnreplicateRequest,
+    VbReport, VbucketsReport, WaitDataMove, WaitPersisted,
 };
 use super::client::{CLUSTER_HEADER, TERM_HEADER};
 use super::error::AgentError;
@@ -50,6 +50,7 @@ pub(crate) fn router(agent: Shared) -> Router {
         )
         .route("/agent/v1/buckets/{bucket}/vbuckets", get(vbuckets))
         .route("/agent/v1/buckets/{bucket}/apply", post(apply))
+        .route("/agent/v1/buckets/{bucket}/stop-nodes", post(stop_nodes))
         .route(&format!("{vb}/build"), post(build))
         .route(&format!("{vb}/wait-data-move"), post(wait_data_move))
         .route(&format!("{vb}/wait-persisted"), post(wait_persisted))
@@ -813,6 +814,23 @@ async fn unreplicate(
             .map_err(repl(&bucket, Some(vb)))
     })
     .await?;
+    done()
+}
+
+/// Failover (cluster.md §8.1 step 2): every replication from these producer nodes
+/// is dropped at once, never waiting for them (they are presumed dead).
+async fn stop_nodes(
+    State(agent): State<Shared>,
+    headers: HeaderMap,
+    Path(bucket): Path<String>,
+    body: Bytes,
+) -> Answer {
+    guard(&agent, &headers)?;
+    let req: StopNodesRequest = parse(&body)?;
+    if let Some(mgr) = agent.existing_manager(&bucket) {
+        let nodes: Vec<&str> = req.nodes.iter().map(String::as_str).collect();
+        mgr.stop_nodes(&nodes).await.map_err(repl(&bucket, None))?;
+    }
     done()
 }
 

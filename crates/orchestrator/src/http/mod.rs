@@ -673,6 +673,74 @@ async fn local(
                 None => Err(RestError::not_found("no such rebalance report")),
             }
         }
+        ("POST", ["controller", "failOver"]) => {
+            p.check_keys(&["otpNode", "allowUnsafe", "force"], &[])?;
+            let view = o.view().await?;
+            let nodes = p
+                .list("otpNode")
+                .iter()
+                .map(|n| resolve_ref(&view, o.self_name(), n))
+                .collect::<Result<Vec<_>, _>>()?;
+            let force =
+                p.bool("force")?.unwrap_or(false) || p.bool("allowUnsafe")?.unwrap_or(false);
+            Ok(Json(o.fail_over(nodes, force).await?).into_response())
+        }
+        ("POST", ["controller", "startGracefulFailover"]) => {
+            p.check_keys(&["otpNode"], &[])?;
+            let view = o.view().await?;
+            let nodes = p.list("otpNode");
+            if nodes.len() != 1 {
+                return Err(RestError::bad_param(
+                    "otpNode",
+                    "exactly one node can be failed over gracefully at a time in this version",
+                ));
+            }
+            let node = resolve_ref(&view, o.self_name(), &nodes[0])?;
+            Ok(Json(o.graceful_failover(node).await?).into_response())
+        }
+        ("POST", ["controller", "setRecoveryType"]) => {
+            p.check_keys(&["otpNode", "recoveryType"], &[])?;
+            let view = o.view().await?;
+            let node = resolve_ref(&view, o.self_name(), p.require("otpNode")?)?;
+            let kind = p.require("recoveryType")?.to_owned();
+            Ok(Json(o.set_recovery_type(node, kind).await?).into_response())
+        }
+        ("POST", ["controller", "reAddNode"]) => {
+            p.check_keys(&["otpNode"], &[])?;
+            let view = o.view().await?;
+            let node = resolve_ref(&view, o.self_name(), p.require("otpNode")?)?;
+            Ok(Json(o.set_recovery_type(node, "full".to_owned()).await?).into_response())
+        }
+        ("POST", ["controller", "reFailOver"]) => {
+            p.check_keys(&["otpNode"], &[])?;
+            let view = o.view().await?;
+            let node = resolve_ref(&view, o.self_name(), p.require("otpNode")?)?;
+            Ok(Json(o.re_fail_over(node).await?).into_response())
+        }
+        ("GET", ["settings", "autoFailover"]) => {
+            Ok(Json(o.auto_failover_settings().await?).into_response())
+        }
+        ("POST", ["settings", "autoFailover"]) => {
+            p.check_keys(
+                &["enabled", "timeout", "maxCount"],
+                &[
+                    "failoverOnDataDiskIssues[enabled]",
+                    "failoverOnDataDiskIssues[timePeriod]",
+                    "canAbortRebalance",
+                    "failoverServerGroup",
+                ],
+            )?;
+            let enabled = p
+                .bool("enabled")?
+                .ok_or_else(|| RestError::missing("enabled"))?;
+            let timeout = p.int_in("timeout", 5, 3600)?.map(|v| v as u64);
+            let max_count = p.int_in("maxCount", 1, 100)?.map(|v| v as u32);
+            Ok(Json(o.set_auto_failover(enabled, timeout, max_count).await?).into_response())
+        }
+        ("POST", ["settings", "autoFailover", "resetCount"]) => {
+            o.reset_auto_failover_count().await?;
+            Ok(ok_empty())
+        }
         ("GET", ["settings", "retryRebalance"]) => {
             Ok(Json(o.retry_settings().await?.to_json()).into_response())
         }

@@ -15,7 +15,7 @@ use super::model::{
     ClusterView, Counters, Membership, NodeRecord, CLUSTER_KEY, COUNTERS_KEY, REBALANCE_STATUS_KEY,
 };
 use super::uploader::{client_for, Desired};
-use super::{janitor_pass, rebalance, retry_io, Command, Reply, Shared};
+use super::{auto_io, failover_io, janitor_pass, rebalance, retry_io, Command, Reply, Shared};
 use crate::agent::api::{AddressBook, AddressEntry, Creds, JoinRequest};
 use crate::agent::{AgentCallError, AgentClient};
 use crate::config::{
@@ -364,6 +364,7 @@ impl Actor {
             Command::Rebalance { .. }
             | Command::StopRebalance
             | Command::SetRetrySettings(_)
+            | Command::GracefulFailover(_)
             | Command::CancelRetry(_) => {
                 (Err(RestError::internal("handled by the run loop")), None)
             }
@@ -372,6 +373,15 @@ impl Actor {
                 name,
             } => (self.cluster_settings(memory_quota_mb, name).await, None),
             Command::SetDefaultVbuckets(n) => (self.default_vbuckets(n).await, None),
+            Command::FailOver { nodes, force, auto } => (
+                failover_io::hard_failover(self, &nodes, force, auto).await,
+                None,
+            ),
+            Command::SetRecoveryType { node, kind } => (
+                failover_io::set_recovery_type(self, &node, &kind).await,
+                None,
+            ),
+            Command::ReFailOver(node) => (failover_io::re_fail_over(self, &node).await, None),
             Command::RunJanitor => {
                 let r = janitor_pass::run_all(self).await;
                 (r.map(|()| json!({"ok": true})), None)
@@ -748,6 +758,7 @@ impl Actor {
             added,
             started: started.clone(),
             attempt: 1,
+            graceful: None,
         };
         transact_view(self.shared.store.as_ref(), |_| {
             Ok(Some((
@@ -895,6 +906,8 @@ fn busy(cmd: &Command) -> RestError {
         }
         Command::RunJanitor | Command::StopRebalance => "run the janitor",
         Command::SetRetrySettings(_) | Command::CancelRetry(_) => "change the retry settings",
+        Command::FailOver { .. } | Command::GracefulFailover(_) => "fail over",
+        Command::SetRecoveryType { .. } | Command::ReFailOver(_) => "change a node's recovery",
     };
     RestError::busy(op)
 }
@@ -921,6 +934,7 @@ async fn close_orphaned_rebalance(shared: &Shared) {
         added: vec![],
         started: status["started"].as_str().unwrap_or_default().to_owned(),
         attempt: 1,
+        graceful: None,
     };
     warn!(rebalance = %plan.id, "a rebalance was running when the orchestrator stopped; it failed");
     let end = rebalance::End::Failed(error.clone());
@@ -996,7 +1010,12 @@ pub(super) async fn run(
                 if let Err(e) = retry_io::on_end(&shared, &r.plan, &end).await {
                     warn!(error = %e.to_json(), "recording the retry state failed");
                 }
-                if !matches!(end, rebalance::End::Done) {
+                if matches!(end, rebalance::End::Done) {
+                    // A successful rebalance resets the auto-failover count (§8.3).
+                    if let Err(e) = auto_io::update(&shared, |s| s.count = 0).await {
+                        warn!(error = %e.to_json(), "resetting the auto-failover count failed");
+                    }
+                } else {
                     let _ = janitor_pass::run_all(&mut actor).await;
                 }
             }
@@ -1023,6 +1042,27 @@ pub(super) async fn run(
                         };
                         let _ = reply.send(if same { Ok(json!({"rebalance_id": r.plan.id})) } else { Err(busy(&cmd)) });
                     }
+                    (Command::FailOver { auto: true, .. }, Some(_)) => {
+                        // §8.3: a running rebalance is stopped (bounded, not retried), then
+                        // the failover runs.
+                        if let Some(r) = running.take() {
+                            r.stop.cancel();
+                            let grace = std::time::Duration::from_secs(20);
+                            let end = match tokio::time::timeout(grace, r.task).await {
+                                Ok(Ok(_)) | Ok(Err(_)) | Err(_) => rebalance::End::Failed(json!({"kind": "auto_failover", "message": "the rebalance was stopped for an automatic failover"})),
+                            };
+                            if let Err(e) = rebalance::record_end(&shared, &r.plan, &end).await {
+                                warn!(error = %e.to_json(), "recording the rebalance's end failed");
+                            }
+                            if let Ok(mut live) = shared.live.lock() {
+                                live.running = None;
+                                live.last_error = Some(json!({"kind": "auto_failover", "message": "the rebalance was stopped for an automatic failover"}));
+                            }
+                        }
+                        let Command::FailOver { nodes, force, auto } = cmd else { continue };
+                        let r = failover_io::hard_failover(&mut actor, &nodes, force, auto).await;
+                        let _ = reply.send(r);
+                    }
                     (_, Some(_)) => {
                         let _ = reply.send(Err(busy(&cmd)));
                     }
@@ -1033,6 +1073,22 @@ pub(super) async fn run(
                                 if let Err(e) = retry_io::on_manual_start(&shared).await {
                                     warn!(error = %e.to_json(), "dropping the pending retry failed");
                                 }
+                                running = Some(start_run(&shared, plan));
+                                let _ = reply.send(Ok(answer));
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Err(e));
+                            }
+                        }
+                    }
+                    (Command::GracefulFailover(node), None) => {
+                        match failover_io::graceful_plan(&actor, node).await {
+                            Ok(plan) => {
+                                if let Err(e) = retry_io::on_manual_start(&shared).await {
+                                    warn!(error = %e.to_json(), "dropping the pending retry failed");
+                                }
+                                info!(rebalance = %plan.id, node = %node, "graceful failover started");
+                                let answer = json!({"rebalance_id": plan.id});
                                 running = Some(start_run(&shared, plan));
                                 let _ = reply.send(Ok(answer));
                             }

@@ -4,6 +4,8 @@
 //! their agents' admin HTTP API.
 
 mod actor;
+mod auto_io;
+mod failover_io;
 mod health;
 mod janitor_pass;
 pub mod model;
@@ -105,6 +107,17 @@ pub(crate) enum Command {
     StopRebalance,
     SetRetrySettings(crate::retry::RetrySettings),
     CancelRetry(String),
+    FailOver {
+        nodes: Vec<String>,
+        force: bool,
+        auto: bool,
+    },
+    SetRecoveryType {
+        node: String,
+        kind: String,
+    },
+    ReFailOver(String),
+    GracefulFailover(String),
 }
 
 type Reply = oneshot::Sender<Result<Value, RestError>>;
@@ -135,6 +148,8 @@ struct Shared {
     refresh_lock: tokio::sync::Mutex<()>,
     /// The current or last rebalance, for REST.
     live: Mutex<rebalance::Live>,
+    /// The last auto-failover refusal (shown in `/settings/autoFailover`).
+    auto_refusal: Mutex<Option<String>>,
     /// Whether the T7 test hook fired.
     hook_fired: std::sync::atomic::AtomicBool,
 }
@@ -227,10 +242,12 @@ impl Orchestrator {
             refresh_lock: tokio::sync::Mutex::new(()),
             live: Mutex::new(rebalance::Live::default()),
             hook_fired: std::sync::atomic::AtomicBool::new(false),
+            auto_refusal: Mutex::new(None),
         });
         let stop = CancellationToken::new();
         tokio::spawn(actor::run(shared.clone(), rx, stop.clone()));
         tokio::spawn(health::run(shared.clone(), stop.clone()));
+        tokio::spawn(auto_io::run(shared.clone(), tx.clone(), stop.clone()));
         Orchestrator { tx, shared, stop }
     }
 
@@ -385,6 +402,73 @@ impl Orchestrator {
     /// Store failures.
     pub async fn rebalance_settings(&self) -> Result<RebalanceSettings, RestError> {
         Ok(rebalance::settings_of(&*self.view().await?))
+    }
+
+    /// `POST /controller/failOver` (§8.1): `nodes` resolved names.
+    pub async fn fail_over(&self, nodes: Vec<String>, force: bool) -> Result<Value, RestError> {
+        self.call(Command::FailOver {
+            nodes,
+            force,
+            auto: false,
+        })
+        .await
+    }
+
+    /// `GET /settings/autoFailover`.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn auto_failover_settings(&self) -> Result<Value, RestError> {
+        let view = self.view().await?;
+        Ok(auto_io::settings_json(&self.shared, &view))
+    }
+
+    /// `POST /settings/autoFailover` (validated by the caller: `None` keeps a value).
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn set_auto_failover(
+        &self,
+        enabled: bool,
+        timeout_s: Option<u64>,
+        max_count: Option<u32>,
+    ) -> Result<Value, RestError> {
+        let s = auto_io::update(&self.shared, |s| {
+            s.enabled = enabled;
+            if let Some(t) = timeout_s {
+                s.timeout_s = t;
+            }
+            if let Some(m) = max_count {
+                s.max_count = m;
+            }
+        })
+        .await?;
+        Ok(s.to_json(None))
+    }
+
+    /// `POST /settings/autoFailover/resetCount`.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn reset_auto_failover_count(&self) -> Result<(), RestError> {
+        auto_io::update(&self.shared, |s| s.count = 0)
+            .await
+            .map(drop)
+    }
+
+    /// `POST /controller/startGracefulFailover` (§8.2): runs as a rebalance-type task.
+    pub async fn graceful_failover(&self, node: String) -> Result<Value, RestError> {
+        self.call(Command::GracefulFailover(node)).await
+    }
+
+    /// `POST /controller/setRecoveryType` (§8.4).
+    pub async fn set_recovery_type(&self, node: String, kind: String) -> Result<Value, RestError> {
+        self.call(Command::SetRecoveryType { node, kind }).await
+    }
+
+    /// `POST /controller/reFailOver`.
+    pub async fn re_fail_over(&self, node: String) -> Result<Value, RestError> {
+        self.call(Command::ReFailOver(node)).await
     }
 
     /// `POST /settings/retryRebalance` (validated by the caller).

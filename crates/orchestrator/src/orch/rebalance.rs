@@ -176,6 +176,9 @@ pub(super) struct Plan {
     pub(super) started: String,
     /// 1 for a rebalance someone asked for; 2… for automatic retries (§5.8).
     pub(super) attempt: u32,
+    /// A graceful failover of this node (§8.2): its actives move to replicas by
+    /// takeover, then it is failed over.
+    pub(super) graceful: Option<String>,
 }
 
 /// How a run ended.
@@ -386,6 +389,50 @@ async fn run_inner(
     let view = read_view(shared.store.as_ref()).await?;
     let settings = settings_of(&view);
     let keep_ids: Vec<NodeId> = plan.keep.iter().map(|n| NodeId(n.clone())).collect();
+    // §5.1 step 3, recovery: full-recovery nodes lose their buckets first.
+    for n in view
+        .nodes
+        .values()
+        .filter(|n| n.membership == Membership::InactiveAdded && n.recovery_type == "full")
+    {
+        let client = actor.client(&view, n);
+        for b in view.buckets.keys() {
+            match tokio::time::timeout(AGENT_CALL * 3, client.delete_bucket(b)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if e.refused_kind() == Some("no_such_bucket") => {}
+                Ok(Err(e)) => {
+                    return Err(RunError::Failed(fail(
+                        "agent_call_failed",
+                        format!(
+                            "deleting bucket {b:?} on {} for its full recovery: {e}",
+                            n.name
+                        ),
+                        json!({"node": n.name, "route": "DELETE /agent/v1/buckets", "cause": e.to_json()}),
+                    )))
+                }
+                Err(_) => {
+                    return Err(RunError::Failed(fail(
+                        "agent_call_failed",
+                        format!("deleting bucket {b:?} on {} timed out", n.name),
+                        json!({"node": n.name}),
+                    )))
+                }
+            }
+        }
+    }
+    let delta: Vec<(String, Value)> = view
+        .nodes
+        .values()
+        .filter(|n| n.membership == Membership::InactiveAdded && n.recovery_type == "delta")
+        .map(|n| {
+            let held = view
+                .snapshot
+                .get(&super::failover_io::failover_vbuckets_key(&n.name))
+                .and_then(|e| e.json::<Value>().ok())
+                .unwrap_or(Value::Null);
+            (n.name.clone(), held)
+        })
+        .collect();
     // Added nodes become active members first, so they can be bucket servers.
     let added: BTreeSet<String> = plan.added.iter().cloned().collect();
     if !added.is_empty() {
@@ -411,6 +458,81 @@ async fn run_inner(
         .await?;
         actor.refresh().await?;
     }
+    // Delta recovery (§8.4): each node goes back into the first null slot of every
+    // chain it held, as a server; the janitor pass of the bucket loop makes those
+    // copies replicas that catch up from their own seqnos.
+    for (node, held) in &delta {
+        for (bucket, info) in held.as_object().into_iter().flatten() {
+            let vbs: Vec<u16> = info["vbuckets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_u64().and_then(|v| u16::try_from(v).ok()))
+                .collect();
+            let uuid = info["uuid"].as_str().unwrap_or_default().to_owned();
+            let replicas = info["replicas"].as_u64();
+            let id = NodeId(node.clone());
+            transact_view(shared.store.as_ref(), |v| {
+                let Some(b) = v.buckets.get(bucket) else { return Ok(None) };
+                if b.record.uuid != uuid || replicas.is_some_and(|r| r != u64::from(b.record.num_replicas)) {
+                    return Err(RestError::new(StatusCode::BAD_REQUEST, "delta_recovery_not_possible", "_", format!("bucket {bucket:?} changed since {node} failed over")).with("node", json!(node)).with("bucket", json!(bucket)).with("reason", json!("bucket re-created or replica count changed")));
+                }
+                let Some(map) = &b.map else { return Ok(None) };
+                let (tmap, not_placed) = crate::failover::delta_transitional_map(map, &id, &vbs);
+                if !not_placed.is_empty() {
+                    info!(node = %node, bucket = %bucket, ?not_placed, "delta recovery: some vbuckets have no free slot and will be built by the rebalance");
+                }
+                let mut rec = b.record.clone();
+                if !rec.servers.contains(node) {
+                    rec.servers.push(node.clone());
+                    rec.servers.sort();
+                }
+                Ok(Some((
+                    vec![v.snapshot.unchanged(&map_key(bucket)), v.snapshot.unchanged(&bucket_key(bucket))],
+                    vec![
+                        put_map(map_key(bucket), Some(&tmap)).map_err(|e| RestError::internal(e.to_string()))?,
+                        Op::put_json(bucket_key(bucket), &rec).map_err(|e| RestError::internal(e.to_string()))?,
+                    ],
+                )))
+            })
+            .await?;
+        }
+        info!(node = %node, "delta recovery: transitional maps committed");
+    }
+    // Recovered nodes' failover records go; failed-over nodes not recovered leave.
+    let failed: Vec<String> = view
+        .nodes
+        .values()
+        .filter(|n| n.membership == Membership::InactiveFailed)
+        .map(|n| n.name.clone())
+        .collect();
+    for name in &failed {
+        if let Some(n) = view.nodes.get(name) {
+            let client = actor.client(&view, n);
+            let _ = tokio::time::timeout(AGENT_CALL, client.leave()).await;
+        }
+    }
+    let recovered: Vec<String> = view
+        .nodes
+        .values()
+        .filter(|n| n.recovery_type != "none")
+        .map(|n| n.name.clone())
+        .collect();
+    transact_view(shared.store.as_ref(), |v| {
+        let mut ops = vec![];
+        for n in &failed {
+            if v.nodes.contains_key(n) {
+                ops.push(Op::delete(node_key(n)));
+            }
+            ops.push(Op::delete(super::failover_io::failover_vbuckets_key(n)));
+        }
+        for n in &recovered {
+            ops.push(Op::delete(super::failover_io::failover_vbuckets_key(n)));
+        }
+        Ok((!ops.is_empty()).then_some((vec![], ops)))
+    })
+    .await?;
+    actor.refresh().await?;
     let buckets: Vec<String> = view.buckets.keys().cloned().collect();
     set_live(shared, |r| r.bucket_count = buckets.len());
     for (index, bucket) in buckets.iter().enumerate() {
@@ -439,6 +561,15 @@ async fn run_inner(
         r.bucket_index = buckets.len();
         r.progress = None;
     });
+    // A graceful failover ends with the hard failover, which now only drops tails.
+    if let Some(node) = &plan.graceful {
+        if stop.is_cancelled() {
+            return Err(RunError::Stopped);
+        }
+        super::failover_io::hard_failover(&mut actor, std::slice::from_ref(node), false, false)
+            .await?;
+        return Ok(());
+    }
     // Leaving nodes hold nothing now: they leave and are forgotten.
     let view = read_view(shared.store.as_ref()).await?;
     for name in &plan.eject {
@@ -536,39 +667,55 @@ async fn rebalance_bucket(
     };
     let r = usize::from(b.record.num_replicas);
     actor.seed = actor.seed.wrapping_add(1);
-    let outcome = fast_forward(&MapInput {
-        current: &map,
-        nodes: keep,
-        groups: None,
-        replicas: r,
-        max_slaves: DEFAULT_MAX_SLAVES,
-        last_balanced: b.last_balanced.as_ref(),
-        seed: actor.seed,
-        tries: DEFAULT_TRIES,
-    })
-    .map_err(|e| {
-        RunError::Failed(fail(
-            "map_generation_failed",
-            e.to_string(),
-            json!({"bucket": bucket}),
-        ))
-    })?;
+    let outcome = if let Some(node) = &plan.graceful {
+        let target = crate::failover::graceful_target(&map, &NodeId(node.clone()));
+        let score = crate::map::score(&map, &target);
+        crate::map::MapOutcome {
+            map: target,
+            score,
+            from_history: false,
+        }
+    } else {
+        fast_forward(&MapInput {
+            current: &map,
+            nodes: keep,
+            groups: None,
+            replicas: r,
+            max_slaves: DEFAULT_MAX_SLAVES,
+            last_balanced: b.last_balanced.as_ref(),
+            seed: actor.seed,
+            tries: DEFAULT_TRIES,
+        })
+        .map_err(|e| {
+            RunError::Failed(fail(
+                "map_generation_failed",
+                e.to_string(),
+                json!({"bucket": bucket}),
+            ))
+        })?
+    };
     let target = outcome.map.clone();
+    let graceful = plan.graceful.is_some();
     {
         let t = target.clone();
         transact_view(shared.store.as_ref(), |v| {
             let Some(cur) = v.buckets.get(bucket) else {
                 return Ok(None);
             };
-            if cur.ff_map.as_ref() == Some(&t) && cur.last_balanced.as_ref() == Some(&t) {
+            if cur.ff_map.as_ref() == Some(&t)
+                && (graceful || cur.last_balanced.as_ref() == Some(&t))
+            {
                 return Ok(None);
             }
-            let ops = vec![
-                put_map(ff_map_key(bucket), Some(&t))
-                    .map_err(|e| RestError::internal(e.to_string()))?,
-                put_map(last_balanced_key(bucket), Some(&t))
-                    .map_err(|e| RestError::internal(e.to_string()))?,
-            ];
+            let mut ops = vec![put_map(ff_map_key(bucket), Some(&t))
+                .map_err(|e| RestError::internal(e.to_string()))?];
+            // A graceful failover's target is no balanced layout to come back to.
+            if !graceful {
+                ops.push(
+                    put_map(last_balanced_key(bucket), Some(&t))
+                        .map_err(|e| RestError::internal(e.to_string()))?,
+                );
+            }
             Ok(Some((vec![v.snapshot.unchanged(&map_key(bucket))], ops)))
         })
         .await?;
@@ -598,7 +745,7 @@ async fn rebalance_bucket(
     });
     run_moves(actor, settings, bucket, moves, stop, breport).await?;
     // f. Leaving nodes: clients move on by pushed configs, not closed sockets.
-    if !plan.eject.is_empty() && settings.rebalance_out_delay > 0 {
+    if (!plan.eject.is_empty() || graceful) && settings.rebalance_out_delay > 0 {
         tokio::select! {
             () = stop.cancelled() => return Err(RunError::Stopped),
             () = tokio::time::sleep(Duration::from_secs(settings.rebalance_out_delay)) => {}

@@ -107,7 +107,7 @@ pub(super) async fn on_end(shared: &Shared, plan: &Plan, end: &End) -> Result<()
         End::Done => Ending::Success,
         End::Stopped => Ending::Stopped,
         End::Failed(e) => Ending::Failed {
-            eligible: e["kind"] != "orchestrator_restarted",
+            eligible: e["kind"] != "orchestrator_restarted" && e["kind"] != "auto_failover",
         },
     };
     update(shared, |v, settings, state| {
