@@ -12,7 +12,9 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod autofailover;
 pub mod config;
+pub mod failover;
 pub mod http;
 pub mod janitor;
 pub mod map;
