@@ -719,6 +719,51 @@ mod tests {
         assert!(AutoFailoverSettings::MAX_COUNT_RANGE.contains(&s.max_count));
     }
 
+    /// Down sets over three nodes, each frame most often the same as the one before.
+    fn arb_frames() -> impl proptest::strategy::Strategy<Value = Vec<BTreeSet<NodeId>>> {
+        use proptest::prelude::*;
+        prop::collection::vec((any::<bool>(), 0u8..8), 1..60).prop_map(|steps| {
+            let mut cur = BTreeSet::new();
+            steps
+                .into_iter()
+                .map(|(keep, bits)| {
+                    if !keep {
+                        cur = ["a", "b", "c"]
+                            .iter()
+                            .enumerate()
+                            .filter(|(i, _)| bits & (1 << i) != 0)
+                            .map(|(_, s)| n(s))
+                            .collect();
+                    }
+                    cur.clone()
+                })
+                .collect()
+        })
+    }
+
+    proptest::proptest! {
+        /// A failover is due at frame i iff the same non-empty down set was seen in the
+        /// timeout + 3 frames ending at i (first seen at k = i − timeout − 2), and the
+        /// candidates are that set in name order.
+        #[test]
+        fn due_iff_the_same_down_set_lasted_timeout_plus_3_frames(
+            frames in arb_frames(),
+            timeout in 1u64..6,
+        ) {
+            let s = settings(timeout);
+            let mut m = Monitor::new();
+            let span = usize::try_from(timeout).unwrap_or(0) + 3;
+            for (i, down) in frames.iter().enumerate() {
+                let got = m.step(down, &s);
+                let want = (!down.is_empty()
+                    && i + 1 >= span
+                    && frames[i + 1 - span..=i].iter().all(|d| d == down))
+                    .then(|| down.iter().cloned().collect::<Vec<_>>());
+                proptest::prop_assert_eq!(got, want, "frame {}", i);
+            }
+        }
+    }
+
     #[test]
     fn settings_round_trip_through_serde() -> Result<(), serde_json::Error> {
         let s = AutoFailoverSettings {
