@@ -47,7 +47,8 @@ enum Command {
     Bucket(cluster_cmd::BucketCommand),
     /// The cluster at a glance: nodes, copies per bucket, buckets, rebalance.
     Status(cluster_cmd::StatusArgs),
-    /// Rebalance the cluster: every listed node stays, `--eject` nodes leave.
+    /// Rebalance the cluster (every listed node stays, `--eject` nodes leave); or
+    /// `stop`, `status`, `report`, `settings`.
     Rebalance(rebalance_cmd::RebalanceArgs),
     /// Decode MCBP/DCP frames given as hex (arguments, or stdin when none) and print
     /// one JSON object per frame.
