@@ -172,8 +172,8 @@ fn strings(args: &[&str]) -> Vec<String> {
 }
 
 /// 3 of `nodes` in a cluster with bucket `default` (16 vbuckets, one replica), out-delay 0;
-/// the 4th added (not yet rebalanced in).
-async fn three_plus_one(nodes: &[NodeProcess]) -> anyhow::Result<()> {
+/// the 4th added (not yet rebalanced in); returns the 4th's name.
+async fn three_plus_one(nodes: &[NodeProcess]) -> anyhow::Result<String> {
     form_cluster(&nodes[..3]).await?;
     let a = nodes[0].admin;
     let (code, lines) = run_async(
@@ -202,7 +202,7 @@ async fn three_plus_one(nodes: &[NodeProcess]) -> anyhow::Result<()> {
     wait_healthy(a, "default").await?;
     let refs: Vec<&NodeProcess> = nodes[..3].iter().collect();
     wait_states_match(a, &refs, "default", Duration::from_secs(15)).await?;
-    ok(
+    let v = ok(
         a,
         "POST",
         "/controller/addNode",
@@ -214,7 +214,7 @@ async fn three_plus_one(nodes: &[NodeProcess]) -> anyhow::Result<()> {
         200,
     )
     .await?;
-    Ok(())
+    Ok(v["otpNode"].as_str().unwrap_or_default().to_owned())
 }
 
 fn is_progress(v: &Value) -> bool {
@@ -317,9 +317,8 @@ async fn rebalance_wait_json_prints_progress_then_done_and_report_status_follow(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebalance_stop_ends_a_waiting_rebalance_with_kind_stopped() -> anyhow::Result<()> {
     let nodes = start_nodes(4)?;
-    three_plus_one(&nodes).await?;
+    let fourth = three_plus_one(&nodes).await?;
     let a = nodes[0].admin;
-    // Slow enough to be stopped: one backfill per node, data being written.
     let (code, lines) = run_async(
         strings(&["rebalance", "settings", "--moves-per-node", "1", "--json"]),
         Some(a),
@@ -344,9 +343,36 @@ async fn rebalance_stop_ends_a_waiting_rebalance_with_kind_stopped() -> anyhow::
         "{lines:?}"
     );
     let writer = Writer::start(a, "default", 300);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
-    let mut waiting = Lines::spawn(&["rebalance", "--wait", "--json", "--timeout", "180"], a)?;
+    // In: 3 -> 4.
+    let (code, lines) = run_async(
+        strings(&["rebalance", "--wait", "--json", "--timeout", "180"]),
+        Some(a),
+        WAIT_BOUND,
+    )
+    .await?;
+    assert_eq!(code, 0, "{lines:#?}");
+    // Out, stopped while it runs. A 16-vbucket rebalance of little data takes well under
+    // a second even with one move per node, so the stop would race its end; the out delay
+    // (§11, cancelled by a stop) keeps this one running until the stop lands.
+    let (code, lines) = run_async(
+        strings(&["rebalance", "settings", "--out-delay", "60", "--json"]),
+        Some(a),
+        Duration::from_secs(60),
+    )
+    .await?;
+    assert_eq!(code, 0, "{lines:?}");
+    let mut waiting = Lines::spawn(
+        &[
+            "rebalance",
+            "--eject",
+            &fourth,
+            "--wait",
+            "--json",
+            "--timeout",
+            "180",
+        ],
+        a,
+    )?;
     let first = tokio::task::block_in_place(|| waiting.next(Duration::from_secs(60)))?
         .ok_or_else(|| anyhow::anyhow!("the waiting command printed nothing"))?;
     let first: Value = serde_json::from_str(&first)?;
@@ -390,7 +416,7 @@ async fn rebalance_stop_ends_a_waiting_rebalance_with_kind_stopped() -> anyhow::
         "{lines:#?}"
     );
 
-    // The report says stopped; a rerun through the CLI completes.
+    // The report says stopped; a stop is not a failure in the status.
     let (code, lines) = run_async(
         strings(&["rebalance", "report", "--json", "--id", &id]),
         Some(a),
@@ -399,16 +425,42 @@ async fn rebalance_stop_ends_a_waiting_rebalance_with_kind_stopped() -> anyhow::
     .await?;
     assert_eq!(code, 0, "{lines:?}");
     assert_eq!(lines[0]["report"]["result"]["stopped"], true, "{lines:?}");
-    ok(
-        a,
-        "POST",
-        "/settings/rebalance",
-        &[("rebalanceMovesPerNode", "4")],
-        200,
+    let (code, lines) = run_async(
+        strings(&["rebalance", "status", "--json"]),
+        Some(a),
+        Duration::from_secs(60),
     )
     .await?;
+    assert_eq!(code, 0, "{lines:?}");
+    assert_eq!(lines[0]["running"], false, "{lines:?}");
+    assert_eq!(lines[0]["error"], Value::Null, "{lines:?}");
+
+    // The rerun through the CLI completes: the 4th node leaves.
     let (code, lines) = run_async(
-        strings(&["rebalance", "--wait", "--json", "--timeout", "180"]),
+        strings(&[
+            "rebalance",
+            "settings",
+            "--out-delay",
+            "0",
+            "--moves-per-node",
+            "4",
+            "--json",
+        ]),
+        Some(a),
+        Duration::from_secs(60),
+    )
+    .await?;
+    assert_eq!(code, 0, "{lines:?}");
+    let (code, lines) = run_async(
+        strings(&[
+            "rebalance",
+            "--eject",
+            &fourth,
+            "--wait",
+            "--json",
+            "--timeout",
+            "180",
+        ]),
         Some(a),
         WAIT_BOUND,
     )
@@ -417,6 +469,12 @@ async fn rebalance_stop_ends_a_waiting_rebalance_with_kind_stopped() -> anyhow::
     assert_eq!(
         lines.last().map(|l| l["event"].clone()),
         Some(json!("done"))
+    );
+    let b = ok(a, "GET", "/pools/default/buckets/default", &[], 200).await?;
+    assert_eq!(
+        b["vBucketServerMap"]["serverList"].as_array().map(Vec::len),
+        Some(3),
+        "{b}"
     );
     let w = writer.finish().await?;
     assert_eq!(w.failed, 0, "{w:?}");
