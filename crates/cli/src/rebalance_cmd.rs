@@ -29,6 +29,8 @@ use crate::rest_client::{CliError, RestClient};
 const POLL: Duration = Duration::from_millis(250);
 /// At most this often a JSON progress line (4/s, §5.4).
 const LINE_EVERY: Duration = Duration::from_millis(250);
+/// How long `--wait` keeps polling through failed polls (unreachable, 503).
+const POLL_FAILURES_BOUND: Duration = Duration::from_secs(10);
 
 /// `conduit rebalance`: the start flags directly, or a subcommand.
 #[derive(Debug, Args)]
@@ -434,6 +436,12 @@ impl Sink {
     }
 }
 
+/// Failures worth retrying while polling: no answer, or 503 (busy, orchestrator
+/// unreachable).
+fn transient(e: &CliError) -> bool {
+    matches!(e.kind(), "unreachable" | "timeout") || e.status() == Some(503)
+}
+
 /// Polls the tasks until run `id` is no longer running; its outcome as a report or the
 /// typed error.
 async fn wait_end(
@@ -444,10 +452,26 @@ async fn wait_end(
 ) -> Result<Report, CliError> {
     let deadline = Instant::now() + timeout;
     let mut sink = Sink::new(show);
+    let mut failing_since: Option<Instant> = None;
     let r = loop {
         let task = match c.get_json("/pools/default/tasks").await {
-            Ok(t) => rebalance_task(&t),
-            Err(e) => break Err(e.with("rebalance_id", json!(id))),
+            Ok(t) => {
+                failing_since = None;
+                rebalance_task(&t)
+            }
+            Err(e) => {
+                // A node or the orchestrator briefly unreachable is not the rebalance's
+                // end: retry for a while, within the --timeout.
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if transient(&e)
+                    && since.elapsed() < POLL_FAILURES_BOUND
+                    && Instant::now() < deadline
+                {
+                    tokio::time::sleep(POLL).await;
+                    continue;
+                }
+                break Err(e.with("rebalance_id", json!(id)));
+            }
         };
         let ours = task["status"] == "running" && task["statusId"].as_str() == Some(id);
         if !ours {
@@ -807,6 +831,14 @@ mod tests {
         assert_eq!(j["running"], true);
         assert_eq!(j["moves"]["total"], 32);
         assert_eq!(human.len(), 3, "{human:?}");
+    }
+
+    #[test]
+    fn only_unanswered_polls_and_503_are_retried() {
+        assert!(transient(&CliError::new("unreachable", "x")));
+        assert!(transient(&CliError::from_answer("GET", "/t", 503, b"")));
+        assert!(!transient(&CliError::from_answer("GET", "/t", 401, b"")));
+        assert!(!transient(&CliError::from_answer("GET", "/t", 404, b"")));
     }
 
     #[test]
