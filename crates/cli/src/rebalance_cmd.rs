@@ -4,7 +4,8 @@
 //!   `/pools/default` lists, `--eject` the nodes to remove. `--wait` polls
 //!   `/pools/default/tasks` every 250 ms: on a terminal (stderr, without `--json`) an
 //!   overall bar and one line per node on stderr; otherwise JSON lines on stdout, at most
-//!   4 a second and only when something changed. The last line is
+//!   4 a second, only when something changed and only while a bucket's moves run (a
+//!   rebalance without buckets prints only its end). The last line is
 //!   `{"event":"done","ok":true,…}`, `{"event":"stopped","ok":false,"error":{"kind":"stopped"}}`
 //!   (someone stopped it), the server's typed error (`{"event":"failed","ok":false,"error":…}`)
 //!   or a `timeout` (the rebalance keeps running).
@@ -407,7 +408,9 @@ impl Sink {
                 }
             }
             Sink::Lines { last, at } => {
-                if last.as_ref() == Some(ev) {
+                // A line describes a bucket's moves: none before the first bucket's moves
+                // are planned, between buckets, or in a rebalance without buckets.
+                if ev["bucket"].is_null() || last.as_ref() == Some(ev) {
                     return;
                 }
                 if at.is_some_and(|t| t.elapsed() < LINE_EVERY) {

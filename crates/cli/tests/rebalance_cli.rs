@@ -227,6 +227,16 @@ async fn rebalance_wait_json_prints_progress_then_done_and_report_status_follow(
     let nodes = start_nodes(4)?;
     three_plus_one(&nodes).await?;
     let a = nodes[0].admin;
+    // Some data and one backfill per node: long enough for a few progress lines.
+    let writer = Writer::start(a, "default", 3000);
+    let (code, lines) = run_async(
+        strings(&["rebalance", "settings", "--moves-per-node", "1", "--json"]),
+        Some(a),
+        Duration::from_secs(60),
+    )
+    .await?;
+    assert_eq!(code, 0, "{lines:?}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let (code, lines) = run_async(
         strings(&["rebalance", "--wait", "--json", "--timeout", "180"]),
         Some(a),
@@ -237,12 +247,14 @@ async fn rebalance_wait_json_prints_progress_then_done_and_report_status_follow(
     let (last, progress) = lines
         .split_last()
         .ok_or_else(|| anyhow::anyhow!("no output"))?;
+    eprintln!("--wait printed {} progress lines", progress.len());
     assert!(!progress.is_empty(), "no progress line: {lines:#?}");
     assert!(progress.iter().all(is_progress), "{lines:#?}");
     for p in progress {
         assert!(p["progress"].as_f64().is_some(), "{p}");
         assert!(p["moves"]["total"].as_u64().is_some(), "{p}");
-        assert!(p["perNode"].as_object().is_some(), "{p}");
+        assert_eq!(p["perNode"].as_object().map(|o| o.len()), Some(4), "{p}");
+        assert_eq!(p["bucket"], "default", "{p}");
     }
     // Only changes are printed.
     for w in progress.windows(2) {
@@ -311,6 +323,8 @@ async fn rebalance_wait_json_prints_progress_then_done_and_report_status_follow(
     .await?;
     assert_eq!(code, 0, "{lines:?}");
     assert_eq!(lines[0]["was_running"], false, "{lines:?}");
+    let w = writer.finish().await?;
+    assert_eq!(w.failed, 0, "{w:?}");
     Ok(())
 }
 
@@ -502,6 +516,7 @@ async fn fake(
                         json!([{"type":"rebalance","subtype":"rebalance","status":"running",
                             "statusId": id,"progress": n as f64 * 10.0,
                             "perNode":{"ns_1@a":{"progress": n as f64 * 10.0}},
+                            "detailedProgress":{"bucket":"default","perNode":{}},
                             "moves":{"total":8,"done":n,"running":1,"backfilling":1,"vbuckets":[]}}])
                     } else {
                         json!([idle])
