@@ -174,7 +174,7 @@ impl Report {
     }
 
     /// `fields` (an object) after `"ok":true`.
-    fn lines(fields: Value, human: Vec<String>) -> Report {
+    pub(crate) fn lines(fields: Value, human: Vec<String>) -> Report {
         let mut o = Map::new();
         o.insert("ok".into(), Value::Bool(true));
         if let Value::Object(f) = fields {
@@ -188,7 +188,7 @@ impl Report {
 }
 
 /// Prints the outcome; returns the exit code.
-fn finish(json: bool, r: Result<Report, CliError>) -> u8 {
+pub(crate) fn finish(json: bool, r: Result<Report, CliError>) -> u8 {
     match r {
         Ok(rep) => {
             if json {

@@ -49,7 +49,8 @@ enum Command {
     Bucket(cluster_cmd::BucketCommand),
     /// The cluster at a glance: nodes, copies per bucket, buckets, rebalance.
     Status(cluster_cmd::StatusArgs),
-    /// Rebalance the cluster: every listed node stays, `--eject` nodes leave.
+    /// Rebalance the cluster (every listed node stays, `--eject` nodes leave); or
+    /// `stop`, `status`, `report`, `settings`.
     Rebalance(rebalance_cmd::RebalanceArgs),
     /// Fail a node over (hard by default, or --graceful).
     Failover(failover_cmd::FailoverArgs),
