@@ -585,6 +585,7 @@ async fn status(c: RestClient) -> Result<Report, CliError> {
     let buckets_v = c.get_json("/pools/default/buckets").await?;
     let rebalance = optional_json(&c, "/pools/default/rebalanceProgress").await;
     let pending = optional_json(&c, "/pools/default/pendingRetryRebalance").await;
+    let auto_failover = optional_json(&c, "/settings/autoFailover").await;
 
     let nodes = pool["nodes"].as_array().cloned().unwrap_or_default();
     let buckets = buckets_v.as_array().cloned().unwrap_or_default();
@@ -721,7 +722,31 @@ async fn status(c: RestClient) -> Result<Report, CliError> {
         }
     }
 
+    if let Some(af) = &auto_failover {
+        let mut line = format!(
+            "auto-failover: {} (timeout {} s, failed over {} of {})",
+            if af["enabled"] == true { "on" } else { "off" },
+            text(&af["timeout"]),
+            text(&af["count"]),
+            text(&af["maxCount"]),
+        );
+        if let Some(r) = af["lastRefusal"].as_str() {
+            line.push_str(&format!("; last refusal: {r}"));
+        }
+        human.push(line);
+    }
+    let failed: Vec<&str> = node_json
+        .iter()
+        .filter(|n| {
+            n["membership"] == "inactiveFailed" || n["clusterMembership"] == "inactiveFailed"
+        })
+        .filter_map(|n| n["name"].as_str().or_else(|| n["otpNode"].as_str()))
+        .collect();
+    if !failed.is_empty() {
+        human.push(format!("failed over: {} (add back with `conduit recovery NODE --delta|--full`, then rebalance)", failed.join(", ")));
+    }
     let j = json!({
+        "autoFailover": auto_failover,
         "cluster": c.cluster(),
         "clusterName": pool["clusterName"],
         "orchestrator": pool["orchestrator"],

@@ -247,6 +247,36 @@ async fn failover_refuses_to_lose_the_last_copy_without_force() -> anyhow::Resul
     .await?;
     assert_eq!(s, 400, "{t}");
     assert!(t.contains("Inactive server given."), "{t}");
+    // `conduit status` shows the failed-over node and the auto-failover state.
+    let at = a.to_string();
+    let auth = [
+        "--cluster",
+        at.as_str(),
+        "--user",
+        ADMIN.0,
+        "--password",
+        ADMIN.1,
+        "--json",
+    ];
+    let run = |args: &[&str]| {
+        let mut v: Vec<&str> = args.to_vec();
+        v.extend_from_slice(&auth);
+        tokio::task::block_in_place(|| cli(&v))
+    };
+    let (code, out) = run(&["status"])?;
+    assert_eq!(code, 0, "{out:?}");
+    assert!(out[0]["autoFailover"]["enabled"].is_boolean(), "{out:?}");
+    assert!(
+        out[0]["nodes"].to_string().contains("inactiveFailed"),
+        "{out:?}"
+    );
+    // `conduit recovery` marks it for recovery; `conduit failover` refuses typed.
+    let (code, out) = run(&["recovery", &victim, "--full"])?;
+    assert_eq!(code, 0, "{out:?}");
+    assert_eq!(membership(a, &victim).await?, "inactiveAdded");
+    let (code, out) = run(&["failover", "n_1@nowhere"])?;
+    assert_eq!(code, 1, "{out:?}");
+    assert_eq!(out[0]["error"]["kind"], "unknown_node", "{out:?}");
     Ok(())
 }
 
@@ -492,6 +522,98 @@ async fn auto_failover_never_acts_without_a_majority() -> anyhow::Result<()> {
             .as_str()
             .is_some_and(|r| r.contains("majority")),
         "{s}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_dying_during_a_rebalance_is_failed_over_and_a_new_rebalance_completes(
+) -> anyhow::Result<()> {
+    let mut nodes = start_nodes(4)?;
+    cluster(&nodes[..3], "1").await?;
+    let a = nodes[0].admin;
+    ok(
+        a,
+        "POST",
+        "/settings/autoFailover",
+        &[("enabled", "true"), ("timeout", "5"), ("maxCount", "1")],
+        200,
+    )
+    .await?;
+    ok(
+        a,
+        "POST",
+        "/settings/rebalance",
+        &[("rebalanceMovesPerNode", "1")],
+        200,
+    )
+    .await?;
+    let w = Writer::start(a, "default", 200);
+    ok(
+        a,
+        "POST",
+        "/controller/addNode",
+        &[
+            ("hostname", &host_port(&nodes[3])),
+            ("user", "admin"),
+            ("password", PW),
+        ],
+        200,
+    )
+    .await?;
+    let known = node_names(a).await?.join(",");
+    ok(
+        a,
+        "POST",
+        "/controller/rebalance",
+        &[("knownNodes", &known), ("ejectedNodes", "")],
+        200,
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A member (not the one being added) dies mid-rebalance.
+    let victim = nodes.remove(2);
+    let victim_name = name_of(&victim);
+    let _dir = victim.kill()?;
+    let end = wait_rebalance_end(a, Duration::from_secs(40)).await?;
+    let msg = end["errorMessage"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        !msg.is_empty(),
+        "the rebalance ended with a typed reason: {end}"
+    );
+    // Auto-failover then fails the dead node over.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while membership(a, &victim_name).await? != "inactiveFailed" {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the dead node was not failed over"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // A new rebalance (the dead node is dropped) completes.
+    let known = node_names(a).await?.join(",");
+    ok(
+        a,
+        "POST",
+        "/controller/rebalance",
+        &[("knownNodes", &known), ("ejectedNodes", "")],
+        200,
+    )
+    .await?;
+    let end = wait_rebalance_end(a, Duration::from_secs(120)).await?;
+    assert!(end.get("errorMessage").is_none(), "{end}");
+    assert_eq!(
+        membership(a, &victim_name).await?,
+        "absent",
+        "a failed-over node not recovered leaves at the rebalance"
+    );
+    let refs: Vec<&NodeProcess> = nodes.iter().collect();
+    wait_states_match(a, &refs, "default", Duration::from_secs(15)).await?;
+    let r = w.finish().await?;
+    let (lost, _) = lost_writes(a, &r.acked).await?;
+    eprintln!(
+        "{} writes, {lost} acknowledged-but-unreplicated writes lost with the dead node",
+        r.writes
     );
     Ok(())
 }
