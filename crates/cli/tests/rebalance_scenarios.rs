@@ -449,14 +449,16 @@ async fn an_orchestrator_restart_mid_rebalance_ends_it_and_a_rerun_completes() -
     orchestrator_restart(false).await
 }
 
-/// T13 with §5.9's report of the failed (orphaned) rebalance.
+/// T13, strict: from the first answer after the restart the progress carries the
+/// failure (never a plain `{"status":"none"}`, which reads as success), and §5.9's
+/// report of the failed (orphaned) rebalance exists.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: no rebalance report is written for a rebalance ended by orchestrator_restarted (record_end writes only the status)"]
+#[ignore = "bug: after an orchestrator restart rebalanceProgress briefly answers a plain {\"status\":\"none\"} (success) before close_orphaned_rebalance runs, and no report is written for the orphaned rebalance"]
 async fn an_orchestrator_restart_mid_rebalance_leaves_a_failure_report() -> anyhow::Result<()> {
     orchestrator_restart(true).await
 }
 
-async fn orchestrator_restart(check_report: bool) -> anyhow::Result<()> {
+async fn orchestrator_restart(strict: bool) -> anyhow::Result<()> {
     let mut nodes = start_nodes(4)?;
     cluster_with_bucket(&nodes).await?;
     let a = nodes[0].admin;
@@ -497,14 +499,24 @@ async fn orchestrator_restart(check_report: bool) -> anyhow::Result<()> {
         {
             let v: Value = serde_json::from_str(&t)?;
             if v["status"] == "none" {
-                break v;
+                if v.get("errorMessage").is_some() {
+                    break v;
+                }
+                // Seen right after the restart, before the new orchestrator
+                // closed the orphaned rebalance: a harness polling for exactly
+                // `{"status":"none"}` takes that for success.
+                eprintln!("rebalanceProgress after the restart: {v}");
+                assert!(
+                    !strict,
+                    "the interrupted rebalance reads as a success after the restart: {v}"
+                );
             }
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "the progress never became none after the restart"
+            "the progress never became none with errorMessage after the restart"
         );
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let msg = end["errorMessage"].as_str().unwrap_or_default();
     if !msg.contains("orchestrator_restarted") {
@@ -524,7 +536,7 @@ async fn orchestrator_restart(check_report: bool) -> anyhow::Result<()> {
         "the task carries the typed error: {tasks}"
     );
     assert_eq!(tasks[0]["error"]["id"], id.as_str(), "{tasks}");
-    if check_report {
+    if strict {
         // §5.9: a report is written at every end, failures included (§5.6).
         let r = report(a, &id).await?;
         assert_eq!(r["result"]["ok"], false, "{r}");
