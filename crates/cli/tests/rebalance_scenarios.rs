@@ -476,9 +476,21 @@ async fn orchestrator_restart(strict: bool) -> anyhow::Result<()> {
     )
     .await?;
     let id = start_rebalance(a, &[]).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let p = ok(a, "GET", "/pools/default/rebalanceProgress", &[], 200).await?;
-    assert_eq!(p["status"], "running", "still running at the kill: {p}");
+    // Kill once the moves run (planned, not all done).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, t) = rest(a, "GET", "/pools/default/tasks", Some(ADMIN), &[]).await?;
+        let v: Value = serde_json::from_str(&t)?;
+        assert_eq!(
+            v[0]["status"], "running",
+            "the rebalance ended before the kill: {v}"
+        );
+        if v[0]["moves"]["total"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no move was planned: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let orch = nodes.remove(0);
     let ports = (orch.kv.port(), orch.admin.port());
     let dir = orch.kill()?;
