@@ -359,10 +359,42 @@ async fn fault_all(n: &NodeProcess, body: impl Fn(u16) -> String) -> anyhow::Res
 }
 
 /// T5: a producer that ends every new stream right after accepting it fails the
-/// rebalance with a typed `move_failed` naming the vbucket, the step and the cause;
-/// with the faults cleared a rerun completes.
+/// rebalance with a typed `move_failed` naming the vbucket, the step and the cause
+/// (`unexpected_stream_end`); with the faults cleared a rerun completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_ended_after_accept_fails_the_move_typed_and_a_rerun_completes(
+) -> anyhow::Result<()> {
+    // Every producer of the current map (the first three nodes) ends every new
+    // stream after accepting it (the running replica streams are established and
+    // unaffected).
+    build_fault(
+        |vb| format!(r#"{{"kind":"end_stream_after_stream_req","vbucket":{vb},"reason":2}}"#),
+        &[0, 1, 2],
+        "unexpected_stream_end",
+        Duration::from_secs(150),
+    )
+    .await
+}
+
+/// T5: a consumer that never answers ADD_STREAM: the build hangs until its bound
+/// (`MoveBounds.build`, 120 s, not settable by REST) and the move fails typed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_add_stream_fails_the_move_by_its_build_bound_and_a_rerun_completes(
+) -> anyhow::Result<()> {
+    build_fault(
+        |vb| format!(r#"{{"kind":"drop_add_stream_response","vbucket":{vb}}}"#),
+        &[0, 1, 2, 3],
+        "timeout",
+        Duration::from_secs(200),
+    )
+    .await
+}
+
+async fn build_fault(
+    fault: fn(u16) -> String,
+    on: &[usize],
+    want_cause: &str,
+    within: Duration,
 ) -> anyhow::Result<()> {
     let nodes = start_nodes_with(4, &["--enable-fault-injection"])?;
     cluster_with_bucket(&nodes).await?;
@@ -370,17 +402,12 @@ async fn a_stream_ended_after_accept_fails_the_move_typed_and_a_rerun_completes(
     let writer = Writer::start(a, "default", 300);
     let sample = sampler(&nodes);
     add_node(a, &nodes[3]).await?;
-    // Every producer of the current map ends every new stream after accepting it
-    // (the running replica streams are established and unaffected).
-    for n in &nodes[..3] {
-        fault_all(n, |vb| {
-            format!(r#"{{"kind":"end_stream_after_stream_req","vbucket":{vb},"reason":2}}"#)
-        })
-        .await?;
+    for &i in on {
+        fault_all(&nodes[i], fault).await?;
     }
     let started = Instant::now();
     let id = start_rebalance(a, &[]).await?;
-    let end = wait_rebalance_end(a, Duration::from_secs(150)).await?;
+    let end = wait_rebalance_end(a, within).await?;
     let took = started.elapsed();
     // Clear at once so the janitor's own streams are not hit any longer.
     for n in &nodes {
@@ -402,12 +429,8 @@ async fn a_stream_ended_after_accept_fails_the_move_typed_and_a_rerun_completes(
     assert_eq!(e["bucket"], "default", "{e}");
     let vb = e["vb"].as_u64().unwrap_or(u64::MAX);
     assert!(vb < 16, "the error names the vbucket: {e}");
-    let step = e["step"].as_str().unwrap_or_default();
-    assert!(
-        ["build", "data_move", "persistence"].contains(&step),
-        "the move failed while building from the faulty producer: {e}"
-    );
-    assert!(e["cause"]["kind"].is_string(), "typed cause: {e}");
+    assert_eq!(e["step"], "build", "the move failed in its build: {e}");
+    assert_eq!(e["cause"]["kind"], want_cause, "typed cause: {e}");
     assert!(
         e["node"].is_string() && e["old_chain"].is_array() && e["new_chain"].is_array(),
         "{e}"
