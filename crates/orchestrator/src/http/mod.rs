@@ -646,13 +646,15 @@ async fn local(
             o.stop_rebalance().await?;
             Ok(ok_empty())
         }
-        ("GET", ["pools", "default", "rebalanceProgress"]) => Ok(views::rebalance_progress(o)),
+        ("GET", ["pools", "default", "rebalanceProgress"]) => {
+            Ok(views::rebalance_progress(o).await)
+        }
         ("GET", ["pools", "default", "tasks"]) => {
-            Ok(Json(json!([o.rebalance_task()])).into_response())
+            Ok(Json(json!([o.rebalance_task().await])).into_response())
         }
         ("GET", ["pools", "default", "currentRebalanceReport"]) => {
             if o.rebalance_running() {
-                Ok(Json(o.rebalance_task()).into_response())
+                Ok(Json(o.rebalance_task().await).into_response())
             } else {
                 Ok(Json(json!({"is_rebalancing": false})).into_response())
             }

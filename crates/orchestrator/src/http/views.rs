@@ -223,8 +223,8 @@ pub(super) async fn client_config(o: &Orchestrator, name: &str) -> Result<Value,
 }
 
 /// Exactly `{"status":"none"}` when idle (§3.5): written compact, no other key.
-pub(super) fn rebalance_progress(o: &Orchestrator) -> Response {
-    let v = o.rebalance_progress();
+pub(super) async fn rebalance_progress(o: &Orchestrator) -> Response {
+    let v = o.rebalance_progress().await;
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],

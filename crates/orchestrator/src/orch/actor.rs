@@ -941,8 +941,11 @@ async fn close_orphaned_rebalance(shared: &Shared) {
     if let Err(e) = rebalance::record_end(shared, &plan, &end).await {
         warn!(error = %e, "recording the orphaned rebalance failed");
     }
+    // Its report (§5.9: one at every end), with what is known of it.
+    let report = rebalance::write_orphan_report(shared, &plan, &end).await;
     if let Ok(mut live) = shared.live.lock() {
         live.last_error = Some(error);
+        live.last_report = report;
     }
 }
 
@@ -979,6 +982,7 @@ pub(super) async fn run(
         seed: 0,
     };
     close_orphaned_rebalance(&shared).await;
+    shared.started.send_replace(true);
     if let Ok(view) = actor.refresh().await {
         actor.push_address_book(&view).await;
     }

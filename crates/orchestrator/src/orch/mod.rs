@@ -150,6 +150,9 @@ struct Shared {
     live: Mutex<rebalance::Live>,
     /// The last auto-failover refusal (shown in `/settings/autoFailover`).
     auto_refusal: Mutex<Option<String>>,
+    /// True once the actor has closed a rebalance its predecessor left running:
+    /// until then the rebalance state REST would show is not known.
+    started: watch::Sender<bool>,
     /// Whether the T7 test hook fired.
     hook_fired: std::sync::atomic::AtomicBool,
 }
@@ -242,6 +245,7 @@ impl Orchestrator {
             refresh_lock: tokio::sync::Mutex::new(()),
             live: Mutex::new(rebalance::Live::default()),
             hook_fired: std::sync::atomic::AtomicBool::new(false),
+            started: watch::channel(false).0,
             auto_refusal: Mutex::new(None),
         });
         let stop = CancellationToken::new();
@@ -318,10 +322,17 @@ impl Orchestrator {
         self.call(Command::StopRebalance).await
     }
 
+    /// Waits (at most 10 s) until the actor has settled the rebalance state it found
+    /// at start (an orchestrator restart mid-rebalance, §5.6).
+    async fn wait_started(&self) {
+        let mut rx = self.shared.started.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| *s)).await;
+    }
+
     /// `GET /pools/default/rebalanceProgress` (§3.5): running, or exactly
     /// `{"status":"none"}` (plus `errorMessage` after a failure).
-    #[must_use]
-    pub fn rebalance_progress(&self) -> Value {
+    pub async fn rebalance_progress(&self) -> Value {
+        self.wait_started().await;
         let Ok(live) = self.shared.live.lock() else {
             return serde_json::json!({"status": "none"});
         };
@@ -349,8 +360,8 @@ impl Orchestrator {
     }
 
     /// The rebalance entry of `/pools/default/tasks`.
-    #[must_use]
-    pub fn rebalance_task(&self) -> Value {
+    pub async fn rebalance_task(&self) -> Value {
+        self.wait_started().await;
         let Ok(live) = self.shared.live.lock() else {
             return serde_json::json!({"type": "rebalance", "status": "notRunning"});
         };

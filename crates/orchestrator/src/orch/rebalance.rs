@@ -1205,6 +1205,12 @@ async fn write_report(
     }
 }
 
+/// The report of a run an orchestrator restart ended (§5.6 `orchestrator_restarted`):
+/// its plan is all that is known.
+pub(super) async fn write_orphan_report(shared: &Shared, plan: &Plan, end: &End) -> Option<String> {
+    write_report(shared, plan, end, &Report::default(), Instant::now()).await
+}
+
 /// Keeps the newest [`REPORTS_KEPT`] reports (names sort by time).
 fn prune(dir: &Path) -> std::io::Result<()> {
     let mut names: Vec<PathBuf> = std::fs::read_dir(dir)?
