@@ -611,3 +611,85 @@ async fn the_cli_forms_a_cluster_creates_a_bucket_and_shows_the_state() -> anyho
     assert_eq!(code, 0);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_groups_put_a_vbuckets_copies_in_different_groups() -> anyhow::Result<()> {
+    let nodes = start_nodes(4)?;
+    let a = nodes[0].admin;
+    let (s, t) = rest(
+        a,
+        "POST",
+        "/clusterInit",
+        Some(("admin", PW)),
+        &[
+            ("username", ADMIN.0),
+            ("password", ADMIN.1),
+            ("port", "SAME"),
+            ("services", "kv"),
+        ],
+    )
+    .await?;
+    assert_eq!(s, 200, "{t}");
+    for (n, group) in nodes[1..].iter().zip(["Group 1", "Group 2", "Group 2"]) {
+        ok(
+            a,
+            "POST",
+            "/controller/addNode",
+            &[
+                ("hostname", &host_port(n)),
+                ("user", "admin"),
+                ("password", PW),
+                ("serverGroup", group),
+            ],
+            200,
+        )
+        .await?;
+    }
+    let known = node_names(a).await?.join(",");
+    ok(
+        a,
+        "POST",
+        "/controller/rebalance",
+        &[("knownNodes", &known), ("ejectedNodes", "")],
+        200,
+    )
+    .await?;
+    wait_rebalance_end(a, Duration::from_secs(30)).await?;
+    let b = create_bucket(a, a, "default", "1").await?;
+    let pd = ok(a, "GET", "/pools/default", &[], 200).await?;
+    let group_of: BTreeMap<String, String> = pd["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| {
+            (
+                format!("127.0.0.1:{}", n["ports"]["direct"]),
+                n["serverGroup"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let groups = ok(a, "GET", "/pools/default/serverGroups", &[], 200).await?;
+    assert_eq!(
+        groups["groups"].as_array().map(Vec::len),
+        Some(2),
+        "{groups}"
+    );
+    let smap = &b["vBucketServerMap"];
+    for (vb, row) in smap["vBucketMap"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let gs: Vec<&String> = row
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| smap["serverList"][usize::try_from(i.as_i64()?).ok()?].as_str())
+            .filter_map(|s| group_of.get(s))
+            .collect();
+        assert_eq!(gs.len(), 2, "vb {vb}: {row}");
+        assert_ne!(gs[0], gs[1], "vb {vb}'s copies share group {}", gs[0]);
+    }
+    Ok(())
+}

@@ -286,13 +286,15 @@ async fn graceful_failover_under_load_loses_nothing_then_delta_recovery_brings_t
     let nodes = start_nodes(3)?;
     cluster(&nodes, "1").await?;
     let a = nodes[0].admin;
-    let w = Writer::start(a, "default", 300);
+    // 3,000 distinct documents, so that a full rebuild would stream far more than
+    // the few mutations the node misses while it is out.
+    let w = Writer::start(a, "default", 3000);
     let sample = ActiveSampler::start(
         nodes.iter().map(|n| n.admin).collect(),
         nodes.iter().map(|n| n.kv.port()).collect(),
         "default",
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    w.wait_writes(3000, Duration::from_secs(60)).await?;
     let victim = name_of(&nodes[2]);
     let v = ok(
         a,
@@ -306,9 +308,17 @@ async fn graceful_failover_under_load_loses_nothing_then_delta_recovery_brings_t
     let end = wait_rebalance_end(a, Duration::from_secs(120)).await?;
     assert!(end.get("errorMessage").is_none(), "{end}");
     assert_eq!(membership(a, &victim).await?, "inactiveFailed");
-    let r = w.finish().await?;
-    assert_eq!(r.failed, 0, "graceful: no failed operation");
-    verify_acked(a, "default", &r.acked).await?;
+    let r0 = w.finish().await?;
+    assert_eq!(r0.failed, 0, "graceful: no failed operation");
+    verify_acked(a, "default", &r0.acked).await?;
+    // Writes go on while the node is out: delta recovery must stream only those.
+    let w = Writer::start(a, "default", 100);
+    w.wait_writes(300, Duration::from_secs(60)).await?;
+    let r1 = w.finish().await?;
+    let mut r = r0;
+    r.acked.extend(r1.acked);
+    let applied_before = dcp_items_applied(&nodes[2]).await?;
+    let highs_before = highs(&nodes[2]).await?;
     // Delta recovery: the node keeps its data and comes back mostly by takeovers.
     ok(
         a,
@@ -348,7 +358,25 @@ async fn graceful_failover_under_load_loses_nothing_then_delta_recovery_brings_t
     );
     let refs: Vec<&NodeProcess> = nodes.iter().collect();
     wait_states_match(a, &refs, "default", Duration::from_secs(15)).await?;
+    wait_replicas_caught_up(&refs, "default", Duration::from_secs(15)).await?;
     verify_acked(a, "default", &r.acked).await?;
+    // What replication streamed into the node against the documents it holds: a
+    // full rebuild would stream every one of them again.
+    let streamed = dcp_items_applied(&nodes[2]).await? - applied_before;
+    let held = curr_items(&nodes[2]).await?;
+    let highs_after = highs(&nodes[2]).await?;
+    let missed: u64 = highs_after
+        .iter()
+        .map(|(vb, h)| h.saturating_sub(highs_before.get(vb).copied().unwrap_or(0)))
+        .sum();
+    eprintln!(
+        "delta recovery streamed {streamed} items for {missed} missed mutations; the node holds {held}"
+    );
+    assert!(held >= 1500, "the node holds {held} of 3000 documents");
+    assert!(
+        streamed <= missed && streamed < held,
+        "delta recovery streamed {streamed} items ({missed} missed, {held} held): not only what it missed"
+    );
     sample.finish().await?;
     Ok(())
 }
@@ -616,4 +644,34 @@ async fn a_node_dying_during_a_rebalance_is_failed_over_and_a_new_rebalance_comp
         r.writes
     );
     Ok(())
+}
+
+async fn node_stat(n: &NodeProcess, name: &str) -> anyhow::Result<u64> {
+    let mut c = kv(&format!("127.0.0.1:{}", n.kv.port())).await?;
+    let stats = c.stats("").await?;
+    stats
+        .iter()
+        .find(|(k, _)| k == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no {name} stat in {stats:?}"))
+}
+
+async fn dcp_items_applied(n: &NodeProcess) -> anyhow::Result<u64> {
+    node_stat(n, "dcp_items_applied").await
+}
+
+/// The high seqno of each vbucket the node holds as active or replica.
+async fn highs(n: &NodeProcess) -> anyhow::Result<std::collections::BTreeMap<u16, u64>> {
+    let st = states(&[n], "default").await?;
+    Ok(st
+        .get(&n.kv.port())
+        .into_iter()
+        .flatten()
+        .filter(|(_, (state, _))| state == "active" || state == "replica")
+        .map(|(vb, (_, high))| (*vb, *high))
+        .collect())
+}
+
+async fn curr_items(n: &NodeProcess) -> anyhow::Result<u64> {
+    node_stat(n, "curr_items").await
 }

@@ -142,6 +142,8 @@ pub struct Bucket {
     flush_lock: Mutex<()>,
     opened_clean: bool,
     before_commit: Option<CommitHook>,
+    /// DCP items (mutations, deletions, expirations) applied since open.
+    dcp_applied: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for Bucket {
@@ -315,6 +317,7 @@ impl Bucket {
             flush_lock: Mutex::new(()),
             opened_clean: clean || fresh,
             before_commit: config.before_commit,
+            dcp_applied: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -545,7 +548,7 @@ impl Bucket {
     /// high seqno; `InvalidKey`; `NoMemory`.
     pub fn apply_mutation(&self, vb: Vbid, mut item: Item, now: UnixTime) -> Result<()> {
         item.deleted = false;
-        self.vb(vb)?.apply(&self.shared, item, now)
+        self.apply_counted(vb, item, now)
     }
 
     /// Applies a DCP deletion: stores `item` as a tombstone. A delete time of 0 (an
@@ -556,7 +559,7 @@ impl Bucket {
     pub fn apply_deletion(&self, vb: Vbid, mut item: Item, now: UnixTime) -> Result<()> {
         item.deleted = true;
         item.delete_source = crate::DeleteSource::Explicit;
-        self.vb(vb)?.apply(&self.shared, item, now)
+        self.apply_counted(vb, item, now)
     }
 
     /// Applies a DCP expiration: like [`Bucket::apply_deletion`], remembered as an expiry.
@@ -566,7 +569,14 @@ impl Bucket {
     pub fn apply_expiration(&self, vb: Vbid, mut item: Item, now: UnixTime) -> Result<()> {
         item.deleted = true;
         item.delete_source = crate::DeleteSource::Expired;
-        self.vb(vb)?.apply(&self.shared, item, now)
+        self.apply_counted(vb, item, now)
+    }
+
+    fn apply_counted(&self, vb: Vbid, item: Item, now: UnixTime) -> Result<()> {
+        self.vb(vb)?.apply(&self.shared, item, now)?;
+        self.dcp_applied
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// Adopts the producer's failover log (newest first) from a successful stream
@@ -854,6 +864,7 @@ impl Bucket {
             items: self.vbs.iter().map(|m| lock(m).live_items()).sum(),
             mem_used: self.shared.mem_used(),
             quota: self.shared.quota,
+            dcp_items_applied: self.dcp_applied.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 }
@@ -1363,6 +1374,8 @@ mod tests {
         assert_eq!(items[1].delete_time, 123);
         assert_eq!(items[1].delete_source, DeleteSource::Expired);
         assert_eq!(items[0].cas, Cas(99_999), "the producer's cas is kept");
+        // Two mutations, a deletion and an expiration applied; the refused ones not.
+        assert_eq!(b.stats().dcp_items_applied, 4);
         // Markers: start > end is invalid; wholly below the high seqno is a range error.
         assert!(matches!(
             b.apply_snapshot_marker(Vbid(1), Seqno(9), Seqno(8), 0),

@@ -153,6 +153,9 @@ pub struct BucketStats {
     pub mem_used: u64,
     /// The memory quota.
     pub quota: u64,
+    /// DCP items (mutations, deletions, expirations) a consumer applied since the
+    /// bucket was opened: what replication streamed into this node.
+    pub dcp_items_applied: u64,
 }
 
 /// What one flush wrote.

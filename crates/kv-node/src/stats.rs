@@ -104,6 +104,7 @@ fn default_stats(state: &NodeState, bucket: Option<&BucketEntry>) -> Pairs {
         v.push(("curr_items".into(), s.items.to_string()));
         v.push(("mem_used".into(), s.mem_used.to_string()));
         v.push(("ep_max_size".into(), s.quota.to_string()));
+        v.push(("dcp_items_applied".into(), s.dcp_items_applied.to_string()));
     }
     v
 }

@@ -399,8 +399,8 @@ async fn an_active_move_takes_the_vbucket_over_and_deletes_the_old_copy() -> any
             Step::Build,
             Step::DataMove,
             Step::Persistence,
-            Step::Takeover,
             Step::CloseStreams,
+            Step::Takeover,
             Step::Commit,
             Step::Replicate,
             Step::Cleanup

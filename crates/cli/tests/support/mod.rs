@@ -679,13 +679,15 @@ pub struct WriterReport {
 /// NOT_MY_VBUCKET or a broken connection; logs every acknowledged write.
 pub struct Writer {
     stop: Arc<AtomicBool>,
+    writes: Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<anyhow::Result<WriterReport>>,
 }
 
 impl Writer {
     pub fn start(rest_addr: SocketAddr, bucket: &str, keys: usize) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
-        let (stop2, bucket) = (stop.clone(), bucket.to_owned());
+        let writes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (stop2, writes2, bucket) = (stop.clone(), writes.clone(), bucket.to_owned());
         let task = tokio::spawn(async move {
             let mut report = WriterReport::default();
             let mut map = ClientMap::fetch(rest_addr, &bucket).await?;
@@ -732,6 +734,7 @@ impl Writer {
                         Ok(_) => {
                             report.acked.insert(key.clone(), i);
                             report.writes += 1;
+                            writes2.fetch_add(1, Ordering::Relaxed);
                             done = true;
                             break;
                         }
@@ -751,7 +754,21 @@ impl Writer {
             }
             Ok(report)
         });
-        Writer { stop, task }
+        Writer { stop, writes, task }
+    }
+
+    /// Waits until `n` writes were acknowledged (bounded by `within`).
+    pub async fn wait_writes(&self, n: u64, within: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.writes.load(Ordering::Relaxed) < n {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline && !self.task.is_finished(),
+                "the writer acknowledged only {} of {n} writes",
+                self.writes.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
     }
 
     pub async fn finish(self) -> anyhow::Result<WriterReport> {

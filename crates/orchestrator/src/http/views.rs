@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use super::ClusterHttp;
-use crate::map::{rebalance_reasons, BalanceInput, MapOptions, NodeId, DEFAULT_MAX_SLAVES};
+use crate::map::{rebalance_reasons, BalanceInput, NodeId};
 use crate::orch::{ClusterView, NodeRecord, Orchestrator};
 use crate::rest::error::RestError;
 
@@ -43,11 +43,7 @@ fn balance(view: &ClusterView) -> (bool, BTreeMap<&'static str, Vec<String>>) {
     let mut reasons: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
     for b in view.buckets.values() {
         let servers: Vec<NodeId> = b.record.servers.iter().map(|s| NodeId(s.clone())).collect();
-        let options = MapOptions {
-            replicas: usize::from(b.record.num_replicas),
-            max_slaves: DEFAULT_MAX_SLAVES,
-            groups: None,
-        };
+        let options = view.map_options(&b.record, &servers);
         let input = BalanceInput {
             map: b.map.as_ref(),
             last_balanced: b.last_balanced.as_ref(),

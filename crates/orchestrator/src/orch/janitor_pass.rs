@@ -10,12 +10,10 @@ use serde_json::json;
 use tracing::{error, warn};
 
 use super::actor::{now_rfc3339, read_view, transact_view, Actor};
-use super::model::{
-    bucket_key, last_balanced_key, map_key, put_map, BucketView, ClusterView, NodeRecord,
-};
+use super::model::{bucket_key, last_balanced_key, map_key, put_map, ClusterView, NodeRecord};
 use crate::agent::api::{ApplyRequest, Phase, PutBucket};
 use crate::janitor::{apply_plan, fix_chains, Actual, NodeApply, VbCopy, VbState, Wanted};
-use crate::map::{generate, Map, MapInput, MapOptions, NodeId, DEFAULT_MAX_SLAVES, DEFAULT_TRIES};
+use crate::map::{generate, Map, MapInput, NodeId, DEFAULT_MAX_SLAVES, DEFAULT_TRIES};
 use crate::rest::error::RestError;
 
 /// Bound of creating a bucket on one node.
@@ -55,14 +53,6 @@ fn record(actor: &Actor, r: Result<(), RestError>) -> Result<(), RestError> {
         j.passes += 1;
     }
     r
-}
-
-fn options(b: &BucketView) -> MapOptions {
-    MapOptions {
-        replicas: usize::from(b.record.num_replicas),
-        max_slaves: DEFAULT_MAX_SLAVES,
-        groups: None,
-    }
 }
 
 async fn bucket(actor: &mut Actor, name: &str) -> Result<(), RestError> {
@@ -179,10 +169,11 @@ async fn initial_map(actor: &mut Actor, name: &str) -> Result<(), RestError> {
     let r = usize::from(b.record.num_replicas);
     let current = Map::empty(usize::from(b.record.num_vbuckets), r);
     actor.seed = actor.seed.wrapping_add(1);
+    let groups = view.groups_of(&nodes);
     let outcome = generate(&MapInput {
         current: &current,
         nodes: &nodes,
-        groups: None,
+        groups: groups.as_ref(),
         replicas: r,
         max_slaves: DEFAULT_MAX_SLAVES,
         last_balanced: None,
@@ -190,7 +181,7 @@ async fn initial_map(actor: &mut Actor, name: &str) -> Result<(), RestError> {
         tries: DEFAULT_TRIES,
     })
     .map_err(|e| jerr("map_generation_failed", name, e.to_string()))?;
-    let hash = options(b).hash();
+    let hash = view.map_options(&b.record, &nodes).hash();
     transact_view(actor.shared.store.as_ref(), |v| {
         let Some(cur) = v.buckets.get(name) else {
             return Ok(None);

@@ -274,6 +274,31 @@ impl ClusterView {
             .filter(|n| n.membership == Membership::Active)
     }
 
+    /// The server groups of `nodes` for map generation (§4.1: groups are used only
+    /// when the nodes span at least two of them).
+    #[must_use]
+    pub fn groups_of(&self, nodes: &[NodeId]) -> Option<BTreeMap<NodeId, crate::map::GroupId>> {
+        let groups: BTreeMap<NodeId, crate::map::GroupId> = nodes
+            .iter()
+            .filter_map(|n| {
+                let rec = self.nodes.get(&n.0)?;
+                Some((n.clone(), crate::map::GroupId(rec.server_group.clone())))
+            })
+            .collect();
+        let distinct: std::collections::BTreeSet<&crate::map::GroupId> = groups.values().collect();
+        (distinct.len() >= 2).then_some(groups)
+    }
+
+    /// The map options of a bucket over `servers` (R, S, the groups in use).
+    #[must_use]
+    pub fn map_options(&self, bucket: &BucketRecord, servers: &[NodeId]) -> crate::map::MapOptions {
+        crate::map::MapOptions {
+            replicas: usize::from(bucket.num_replicas),
+            max_slaves: crate::map::DEFAULT_MAX_SLAVES,
+            groups: self.groups_of(servers),
+        }
+    }
+
     /// Active member names as map node ids.
     #[must_use]
     pub fn active_ids(&self) -> Vec<NodeId> {

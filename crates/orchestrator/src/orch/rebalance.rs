@@ -667,6 +667,7 @@ async fn rebalance_bucket(
     };
     let r = usize::from(b.record.num_replicas);
     actor.seed = actor.seed.wrapping_add(1);
+    let groups = view.groups_of(keep);
     let outcome = if let Some(node) = &plan.graceful {
         let target = crate::failover::graceful_target(&map, &NodeId(node.clone()));
         let score = crate::map::score(&map, &target);
@@ -679,7 +680,7 @@ async fn rebalance_bucket(
         fast_forward(&MapInput {
             current: &map,
             nodes: keep,
-            groups: None,
+            groups: groups.as_ref(),
             replicas: r,
             max_slaves: DEFAULT_MAX_SLAVES,
             last_balanced: b.last_balanced.as_ref(),
@@ -755,7 +756,7 @@ async fn rebalance_bucket(
     let hash = MapOptions {
         replicas: r,
         max_slaves: DEFAULT_MAX_SLAVES,
-        groups: None,
+        groups,
     }
     .hash();
     transact_view(shared.store.as_ref(), |v| {
