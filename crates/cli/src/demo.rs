@@ -344,6 +344,44 @@ impl LocalCluster {
         Ok(out)
     }
 
+    /// Waits until every node has persisted every mutation of its active and replica
+    /// vbuckets (bounded by the cluster's timeout): benchmarks start from a quiet disk.
+    pub(crate) async fn wait_persisted(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let mut behind = 0u64;
+            for m in &self.members {
+                let rest =
+                    RestClient::new(&m.node.admin_addr().to_string(), NODE_USER, NODE_PASSWORD)
+                        .ax()?;
+                let (a, _) = rest
+                    .call_raw(
+                        Method::GET,
+                        &format!("/buckets/{BUCKET}"),
+                        None,
+                        self.timeout,
+                    )
+                    .await
+                    .ax()?;
+                for v in a.body["vbuckets"].as_array().into_iter().flatten() {
+                    let high = v["high_seqno"].as_u64().unwrap_or(0);
+                    let persisted = v["persisted_seqno"].as_u64().unwrap_or(0);
+                    behind += high.saturating_sub(persisted);
+                }
+            }
+            if behind == 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{behind} mutations still not persisted after {} s",
+                    self.timeout.as_secs()
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     pub(crate) async fn shutdown(self) {
         for m in self.members {
             m.node.shutdown().await;

@@ -1,4 +1,4 @@
-//! Smoke tests of `conduit bench dcp|proxy|replication` at small sizes: each exits 0
+//! Smoke tests of `conduit bench dcp|proxy|replication|rebalance` at small sizes: each exits 0
 //! and prints one JSON line with its fields present and positive. No speed checks.
 
 use std::process::Command;
@@ -81,6 +81,37 @@ fn bench_replication_reports_throughput_and_lag() {
     for field in ["lag_p50_ms", "lag_p99_ms"] {
         assert!(v[field].as_f64().is_some_and(|x| x >= 0.0), "{field}: {v}");
     }
+}
+
+#[test]
+fn bench_rebalance_reports_time_bytes_moves_and_the_ratio_to_replication() {
+    let v = bench(
+        &[
+            "rebalance",
+            "--docs",
+            "2000",
+            "--value-size",
+            "64",
+            "--vbuckets",
+            "16",
+        ],
+        &[
+            "seconds",
+            "bytes_moved",
+            "moves",
+            "mb_per_s",
+            "replication_mb_per_s",
+            "ratio",
+        ],
+    );
+    assert_eq!((v["nodes"].as_u64(), v["add"].as_u64()), (Some(3), Some(1)));
+    let r =
+        v["mb_per_s"].as_f64().unwrap_or(0.0) / v["replication_mb_per_s"].as_f64().unwrap_or(1.0);
+    let ratio = v["ratio"].as_f64().unwrap_or(0.0);
+    assert!(
+        (r - ratio).abs() <= 0.01 * r.max(1.0),
+        "ratio {ratio} vs {r}: {v}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

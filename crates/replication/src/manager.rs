@@ -18,7 +18,9 @@
 //!   work: they read each replicator's watched state (§8.1 IMPROVE MUST, MB-67329).
 //! * Replicators are reconciled per connection index (§11.11 IMPROVE): a dead
 //!   connection is replaced on the next set operation.
-//! * Takeovers run outside the serializer (§8.2 IMPROVE).
+//! * Takeovers hold the serializer (a set operation computed before a takeover and
+//!   applied after it would stream the taken-over vbucket again); a map that changes
+//!   nothing returns at once without it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -192,8 +194,49 @@ impl ReplicationManager {
         if !gone.is_empty() {
             self.stop_slots(&gone, self.stop_grace()).await;
         }
+        // A map that changes nothing does not queue behind a takeover holding the
+        // serializer (it would have called no replicator anyway).
+        if self.already_applied(&desired) {
+            return Ok(());
+        }
         let _serial = self.serial.lock().await;
         self.apply(desired).await
+    }
+
+    /// Whether [`Self::apply`] of `desired` would start, stop or call no replicator:
+    /// every slot is a running replicator that `desired` needs, and each streams
+    /// exactly its wanted set with no set-up in flight.
+    fn already_applied(&self, desired: &ReplicationMap) -> bool {
+        let k = self.connection_count();
+        let snapshot = {
+            let m = lock(&self.slots);
+            let mut running = BTreeMap::new();
+            for (key, slot) in &m.slots {
+                match slot {
+                    Slot::Running(r) if r.is_running() && key.1 < k => {
+                        running.insert(key.clone(), r.clone());
+                    }
+                    _ => return false,
+                }
+            }
+            running
+        };
+        if snapshot.len() != desired.len() * k as usize {
+            return false;
+        }
+        desired.iter().all(|(node, vbs)| {
+            (0..k).all(|index| {
+                let Some(r) = snapshot.get(&(node.clone(), index)) else {
+                    return false;
+                };
+                let want: BTreeSet<Vbid> = vbs
+                    .iter()
+                    .copied()
+                    .filter(|v| u32::from(v.0) % k == index)
+                    .collect();
+                r.get_partitions() == want && r.state().phase != crate::core::Phase::Setup
+            })
+        })
     }
 
     /// `change_vbucket_replication(v, src | none)` (§8.2): the actual replications

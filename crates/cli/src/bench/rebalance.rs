@@ -1,7 +1,11 @@
 //! `conduit bench rebalance`: forms an in-process cluster of `--nodes` (the demo's
 //! machinery: data node + agent + cluster REST each), creates a bucket (1 replica,
 //! 64 vbuckets), loads `--docs` documents of `--value-size` bytes, adds `--add` nodes
-//! and times the rebalance from the POST to `{"status":"none"}`.
+//! and times the rebalance from the POST to `{"status":"none"}`, after every node has
+//! persisted the load (`load_persist_seconds`, so the flusher's backlog is not timed).
+//!
+//! Unless `--no-compare`, it then runs `bench replication` with the same documents
+//! and reports `ratio`: the rebalance's MB/s over replication's (goal ≥ 0.8).
 //!
 //! `bytes_moved` is an estimate: for every (vbucket, node) copy in the map after the
 //! rebalance that the map before did not have, the vbucket's documents (counted from
@@ -15,6 +19,8 @@ use bytes::Bytes;
 use clap::Args;
 use serde_json::json;
 
+use super::nodes::LoadArgs;
+use super::replication::BenchReplicationArgs;
 use super::{round3, vbucket_of};
 use crate::demo::{diff_maps, start_member, KvRouter, LocalCluster, VbMap};
 
@@ -39,6 +45,10 @@ pub(crate) struct BenchRebalanceArgs {
     /// Bound, in seconds, on every wait (the rebalance included).
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// Skip the `bench replication` run with the same documents that gives the
+    /// `ratio` (the rebalance's MB/s over replication's).
+    #[arg(long)]
+    no_compare: bool,
 }
 
 fn key(i: u32) -> Bytes {
@@ -79,6 +89,12 @@ pub(crate) async fn run(a: BenchRebalanceArgs) -> anyhow::Result<serde_json::Val
     }
     let mut router = KvRouter::new(c.rest.clone(), t).await?;
     router.store_all(&docs).await.context("loading")?;
+    // Time the rebalance from a quiet disk, not the load's persistence backlog.
+    let t_persist = std::time::Instant::now();
+    c.wait_persisted()
+        .await
+        .context("waiting for the load to persist")?;
+    let persist_seconds = t_persist.elapsed().as_secs_f64();
     let before = c.map().await?;
     for i in 0..a.add {
         let m = start_member()
@@ -98,16 +114,37 @@ pub(crate) async fn run(a: BenchRebalanceArgs) -> anyhow::Result<serde_json::Val
     );
     let d = diff_maps(&before, &after);
     c.shutdown().await;
+    let mb_per_s = moved as f64 / 1e6 / seconds.max(1e-9);
+    let (replication_mb_per_s, ratio) = if a.no_compare {
+        (None, None)
+    } else {
+        let load = LoadArgs {
+            docs: u64::from(a.docs),
+            value_size: a.value_size,
+            vbuckets: a.vbuckets,
+            load_connections: 4,
+            timeout: a.timeout,
+        };
+        let per_doc = load.payload_bytes() as f64 / f64::from(a.docs.max(1));
+        let r = super::replication::run(BenchReplicationArgs { load })
+            .await
+            .context("the bench replication run to compare with")?;
+        let rate = r["mutations_per_sec"].as_f64().unwrap_or(0.0) * per_doc / 1e6;
+        (Some(round3(rate)), Some(round3(mb_per_s / rate.max(1e-9))))
+    };
     Ok(json!({
         "bench": "rebalance",
         "nodes": a.nodes,
         "add": a.add,
         "docs": a.docs,
         "value_size": a.value_size,
+        "load_persist_seconds": round3(persist_seconds),
         "seconds": round3(seconds),
         "bytes_moved": moved,
         "moves": d.moves,
-        "mb_per_s": round3(moved as f64 / 1e6 / seconds.max(1e-9)),
+        "mb_per_s": round3(mb_per_s),
+        "replication_mb_per_s": replication_mb_per_s,
+        "ratio": ratio,
     }))
 }
 

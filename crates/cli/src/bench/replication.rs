@@ -22,7 +22,7 @@ use super::{percentile, round3};
 #[derive(Debug, Args)]
 pub(crate) struct BenchReplicationArgs {
     #[command(flatten)]
-    load: LoadArgs,
+    pub(crate) load: LoadArgs,
 }
 
 /// Writer-side sampling period.
