@@ -433,7 +433,18 @@ async fn full_recovery_wipes_and_rebuilds_the_node() -> anyhow::Result<()> {
     );
     let refs: Vec<&NodeProcess> = nodes.iter().collect();
     wait_states_match(a, &refs, "default", Duration::from_secs(15)).await?;
+    wait_replicas_caught_up(&refs, "default", Duration::from_secs(15)).await?;
     verify_acked(a, "default", &r.acked).await?;
+    // The bucket was wiped and re-created: everything it holds came over DCP.
+    let (streamed, held) = (
+        dcp_items_applied(&nodes[2]).await?,
+        curr_items(&nodes[2]).await?,
+    );
+    eprintln!("full recovery streamed {streamed} items; the node holds {held}");
+    assert!(
+        held > 0 && streamed >= held,
+        "full recovery streamed {streamed} for {held} held"
+    );
     Ok(())
 }
 
