@@ -295,6 +295,8 @@ async fn graceful_failover_under_load_loses_nothing_then_delta_recovery_brings_t
         "default",
     );
     w.wait_writes(3000, Duration::from_secs(60)).await?;
+    // The official SDK upserts and gets throughout (None: not installed, may skip).
+    let sdk = SdkLoad::start(nodes[1].kv, 300).await?;
     let victim = name_of(&nodes[2]);
     let v = ok(
         a,
@@ -377,6 +379,9 @@ async fn graceful_failover_under_load_loses_nothing_then_delta_recovery_brings_t
         streamed <= missed && streamed < held,
         "delta recovery streamed {streamed} items ({missed} missed, {held} held): not only what it missed"
     );
+    if let Some(sdk) = sdk {
+        sdk.finish().await?;
+    }
     sample.finish().await?;
     Ok(())
 }

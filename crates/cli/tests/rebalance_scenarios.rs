@@ -529,40 +529,13 @@ async fn orchestrator_restart(strict: bool) -> anyhow::Result<()> {
 /// fails and every acknowledged upsert reads back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_sdk_runs_through_rebalance_in_out_and_swap() -> anyhow::Result<()> {
-    let python = std::env::var("CONDUIT_SDK_PYTHON").unwrap_or_default();
-    if python.is_empty() && skip_interop() {
-        return Ok(());
-    }
     let nodes = start_nodes(5)?;
     cluster_with_bucket(&nodes).await?;
     let a = nodes[0].admin;
+    let Some(sdk) = SdkLoad::start(nodes[1].kv, 500).await? else {
+        return Ok(());
+    };
     let sample = sampler(&nodes);
-    let script = testkit::repo_root(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/sdk_rebalance.py");
-    let tmp = tempfile::tempdir()?;
-    let stop = tmp.path().join("stop");
-    let ready = tmp.path().join("ready");
-    let mut child = std::process::Command::new(&python)
-        .arg(&script)
-        .arg(nodes[1].kv.to_string())
-        .args(["default", ADMIN.0, ADMIN.1, "500", "900"])
-        .arg(&stop)
-        .arg(&ready)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ready.exists() {
-        if let Some(status) = child.try_wait()? {
-            let out = child.wait_with_output()?;
-            anyhow::bail!(
-                "the SDK script exited early ({status}):\n{}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the SDK never connected");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let run = |eject: Vec<String>| async move {
         let e: Vec<&str> = eject.iter().map(String::as_str).collect();
@@ -589,29 +562,7 @@ async fn the_official_sdk_runs_through_rebalance_in_out_and_swap() -> anyhow::Re
     let swapped: Vec<&NodeProcess> = [&nodes[0], &nodes[1], &nodes[4]].into_iter().collect();
     wait_states_match(a, &swapped, "default", Duration::from_secs(15)).await?;
     assert_wiped(&nodes[2]).await?;
-    std::fs::write(&stop, "stop")?;
-    let out = tokio::time::timeout(
-        Duration::from_secs(180),
-        tokio::task::spawn_blocking(move || child.wait_with_output()),
-    )
-    .await???;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let v: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}"))
-        .map_err(|e| anyhow::anyhow!("{e}: {stdout}\n{stderr}"))?;
-    eprintln!("SDK: {v}");
-    assert_eq!(v["failed"], 0, "0 failed SDK operations: {v}\n{stderr}");
-    assert!(
-        v["reread_bad"].as_array().is_some_and(Vec::is_empty),
-        "every acknowledged upsert reads back: {v}"
-    );
-    assert!(v["upserts_acked"].as_u64() > Some(100), "{v}");
-    assert_eq!(v["keys_acked"], v["reread_ok"], "{v}");
-    assert!(out.status.success(), "{v}\n{stderr}");
+    sdk.finish().await?;
     finish_sampler(sample, &nodes).await?;
     Ok(())
-}
-
-fn skip_interop() -> bool {
-    testkit::skip("CONDUIT_REQUIRE_INTEROP", "CONDUIT_SDK_PYTHON is not set")
 }

@@ -179,6 +179,10 @@ pub(crate) struct VBucket {
     by_seqno: BTreeMap<Seqno, Stored>,
     live_items: u64,
     tombstones: u64,
+    /// The seqnos of the tombstones, so the purger never walks live items.
+    tombstone_seqnos: BTreeSet<Seqno>,
+    /// The seqnos of live items with an expiry, so the expiry pager walks only them.
+    expiring: BTreeSet<Seqno>,
     mem: u64,
     /// Versions in memory not yet written.
     dirty: Dirty,
@@ -233,6 +237,8 @@ impl VBucket {
             by_seqno: BTreeMap::new(),
             live_items: 0,
             tombstones: 0,
+            tombstone_seqnos: BTreeSet::new(),
+            expiring: BTreeSet::new(),
             mem: 0,
             dirty: Dirty::default(),
             disk_deletes: Vec::new(),
@@ -279,17 +285,21 @@ impl VBucket {
         }
         // Loading never refuses: a bucket over quota only refuses new writes.
         let _ = sh.reserve(self.id, stored.item.mem_size(), false);
-        self.account_add(&stored.item);
+        self.account_add(seqno, &stored.item);
         self.by_key.insert(stored.item.key.clone(), seqno);
         self.by_seqno.insert(seqno, stored);
     }
 
-    fn account_add(&mut self, item: &Item) {
+    fn account_add(&mut self, seqno: Seqno, item: &Item) {
         self.mem += item.mem_size();
         if item.deleted {
             self.tombstones += 1;
+            self.tombstone_seqnos.insert(seqno);
         } else {
             self.live_items += 1;
+            if item.expiry != 0 {
+                self.expiring.insert(seqno);
+            }
         }
     }
 
@@ -377,8 +387,10 @@ impl VBucket {
         self.mem = self.mem.saturating_sub(stored.item.mem_size());
         if stored.item.deleted {
             self.tombstones = self.tombstones.saturating_sub(1);
+            self.tombstone_seqnos.remove(&seqno);
         } else {
             self.live_items = self.live_items.saturating_sub(1);
+            self.expiring.remove(&seqno);
         }
         if !self.dirty.remove(seqno, stored.item.deleted) && on_disk {
             self.disk_deletes.push(seqno);
@@ -411,7 +423,7 @@ impl VBucket {
             }
             None => seqno,
         };
-        self.account_add(&item);
+        self.account_add(seqno, &item);
         self.by_key.insert(item.key.clone(), seqno);
         self.dirty.insert(seqno, item.deleted);
         self.by_seqno.insert(seqno, Stored { item, origin });
@@ -642,8 +654,9 @@ impl VBucket {
             return Vec::new();
         }
         let expired: Vec<Bytes> = self
-            .by_seqno
-            .values()
+            .expiring
+            .iter()
+            .filter_map(|seqno| self.by_seqno.get(seqno))
             .filter(|s| s.item.is_expired(now))
             .map(|s| s.item.key.clone())
             .collect();
@@ -670,10 +683,14 @@ impl VBucket {
     ) -> usize {
         let cutoff = now.secs().saturating_sub(u64::from(older_than));
         let doomed: Vec<Seqno> = self
-            .by_seqno
+            .tombstone_seqnos
             .iter()
-            .filter(|(_, s)| s.item.deleted && u64::from(s.item.delete_time) <= cutoff)
-            .map(|(seqno, _)| *seqno)
+            .filter(|seqno| {
+                self.by_seqno
+                    .get(seqno)
+                    .is_some_and(|s| u64::from(s.item.delete_time) <= cutoff)
+            })
+            .copied()
             .collect();
         for seqno in &doomed {
             self.remove_version(sh, *seqno, true);
@@ -808,6 +825,8 @@ impl VBucket {
         self.disk_deletes.clear();
         self.live_items = 0;
         self.tombstones = 0;
+        self.tombstone_seqnos.clear();
+        self.expiring.clear();
         self.mem = 0;
         self.high_seqno = Seqno(0);
         self.persisted_seqno = Seqno(0);
@@ -1000,7 +1019,8 @@ mod tests {
                         key,
                         value: Bytes::from_static(b"v"),
                         flags: 0,
-                        expiry: 0,
+                        // Half of the writes expire (in an hour).
+                        expiry: if x & 1 == 0 { 0 } else { 3600 },
                         datatype: 0,
                     };
                     vb.store(&sh, StoreOp::Set, d, Cas(0), now()).expect("set");
@@ -1022,6 +1042,21 @@ mod tests {
                 .filter(|s| vb.by_seqno.get(s).is_some_and(|v| v.item.deleted))
                 .count() as u64;
             assert_eq!(vb.dirty.tombstones, walked, "step {step}");
+            // The tombstone and expiry indexes hold exactly what a walk finds.
+            let tombs: BTreeSet<Seqno> = vb
+                .by_seqno
+                .iter()
+                .filter(|(_, v)| v.item.deleted)
+                .map(|(s, _)| *s)
+                .collect();
+            assert_eq!(vb.tombstone_seqnos, tombs, "step {step}");
+            let expiring: BTreeSet<Seqno> = vb
+                .by_seqno
+                .iter()
+                .filter(|(_, v)| !v.item.deleted && v.item.expiry != 0)
+                .map(|(s, _)| *s)
+                .collect();
+            assert_eq!(vb.expiring, expiring, "step {step}");
             assert_eq!(
                 vb.stats().persisted_tombstones,
                 vb.tombstones - walked,

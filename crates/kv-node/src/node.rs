@@ -218,17 +218,24 @@ async fn pager(state: Arc<NodeState>, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        for entry in state.buckets() {
-            let t = now();
-            let expired = entry.bucket.expire_items(t);
-            if !expired.is_empty() {
-                debug!(bucket = %entry.meta.name, count = expired.len(), "expiry pager removed items");
-                entry.notify_change();
+        // Index walks under the vbucket locks: kept off the async worker threads.
+        let st = Arc::clone(&state);
+        let pass = tokio::task::spawn_blocking(move || {
+            for entry in st.buckets() {
+                let t = now();
+                let expired = entry.bucket.expire_items(t);
+                if !expired.is_empty() {
+                    debug!(bucket = %entry.meta.name, count = expired.len(), "expiry pager removed items");
+                    entry.notify_change();
+                }
+                let purged = entry.bucket.purge_tombstones(purge_age, t);
+                if purged > 0 {
+                    debug!(bucket = %entry.meta.name, purged, "tombstones purged");
+                }
             }
-            let purged = entry.bucket.purge_tombstones(purge_age, t);
-            if purged > 0 {
-                debug!(bucket = %entry.meta.name, purged, "tombstones purged");
-            }
+        });
+        if let Err(err) = pass.await {
+            error!(error = %err, "expiry pager pass failed");
         }
     }
 }

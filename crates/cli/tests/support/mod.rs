@@ -960,3 +960,88 @@ pub async fn wait_replicas_caught_up(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Whether the interop tests may skip (the SDK is not installed and not required).
+pub fn skip_interop() -> bool {
+    testkit::skip("CONDUIT_REQUIRE_INTEROP", "CONDUIT_SDK_PYTHON is not set")
+}
+
+/// The official Couchbase SDK running `tests/sdk/sdk_rebalance.py` (upserts and gets
+/// in a loop, bootstrapped from one node) until [`SdkLoad::finish`].
+pub struct SdkLoad {
+    child: std::process::Child,
+    stop: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl SdkLoad {
+    /// Starts the script against `kv` with `keys` keys; `None` when the SDK is not
+    /// installed and the interop tests may skip. Returns once the SDK is connected.
+    pub async fn start(kv: SocketAddr, keys: u32) -> anyhow::Result<Option<SdkLoad>> {
+        let python = std::env::var("CONDUIT_SDK_PYTHON").unwrap_or_default();
+        if python.is_empty() && skip_interop() {
+            return Ok(None);
+        }
+        let script =
+            testkit::repo_root(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/sdk_rebalance.py");
+        let tmp = tempfile::tempdir()?;
+        let stop = tmp.path().join("stop");
+        let ready = tmp.path().join("ready");
+        let mut child = std::process::Command::new(&python)
+            .arg(&script)
+            .arg(kv.to_string())
+            .args(["default", ADMIN.0, ADMIN.1, &keys.to_string(), "900"])
+            .arg(&stop)
+            .arg(&ready)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ready.exists() {
+            if let Some(status) = child.try_wait()? {
+                let out = child.wait_with_output()?;
+                anyhow::bail!(
+                    "the SDK script exited early ({status}):\n{}\n{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                anyhow::bail!("the SDK never connected");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(Some(SdkLoad {
+            child,
+            stop,
+            _tmp: tmp,
+        }))
+    }
+
+    /// Stops the loop and checks its report: 0 failed operations (after the SDK's
+    /// own retries) and every acknowledged upsert read back. Returns the report.
+    pub async fn finish(self) -> anyhow::Result<Value> {
+        std::fs::write(&self.stop, "stop")?;
+        let child = self.child;
+        let out = tokio::time::timeout(
+            Duration::from_secs(180),
+            tokio::task::spawn_blocking(move || child.wait_with_output()),
+        )
+        .await???;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let v: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}"))
+            .map_err(|e| anyhow::anyhow!("{e}: {stdout}\n{stderr}"))?;
+        eprintln!("SDK: {v}");
+        anyhow::ensure!(v["failed"] == 0, "0 failed SDK operations: {v}\n{stderr}");
+        anyhow::ensure!(
+            v["reread_bad"].as_array().is_some_and(Vec::is_empty),
+            "every acknowledged upsert reads back: {v}"
+        );
+        anyhow::ensure!(v["upserts_acked"].as_u64() > Some(100), "{v}");
+        anyhow::ensure!(v["keys_acked"] == v["reread_ok"], "{v}");
+        anyhow::ensure!(out.status.success(), "{v}\n{stderr}");
+        Ok(v)
+    }
+}
