@@ -252,13 +252,18 @@ impl LocalCluster {
 
     /// Creates the bucket and waits until it is ready (every node healthy, every
     /// vbucket with an active in the map).
-    pub(crate) async fn create_bucket(&self, vbuckets: u16, replicas: u8) -> anyhow::Result<()> {
+    pub(crate) async fn create_bucket(
+        &self,
+        vbuckets: u16,
+        replicas: u8,
+        ram_quota_mb: u64,
+    ) -> anyhow::Result<()> {
         self.rest
             .post(
                 "/pools/default/buckets",
                 &form(&[
                     ("name", BUCKET.into()),
-                    ("ramQuotaMB", "256".into()),
+                    ("ramQuotaMB", ram_quota_mb.to_string()),
                     ("replicaNumber", replicas.to_string()),
                     ("numVBuckets", vbuckets.to_string()),
                 ]),
@@ -1013,7 +1018,7 @@ pub(crate) async fn run(a: DemoArgs) -> anyhow::Result<()> {
         a.nodes,
         started.elapsed().as_secs_f64()
     );
-    c.create_bucket(a.vbuckets, a.replicas)
+    c.create_bucket(a.vbuckets, a.replicas, 256)
         .await
         .context("creating bucket demo")?;
     println!(
@@ -1243,7 +1248,7 @@ mod tests {
     async fn the_writer_retries_not_my_vbucket_until_the_map_serves_it() -> anyhow::Result<()> {
         let t = Duration::from_secs(30);
         let c = LocalCluster::form(2, t).await?;
-        c.create_bucket(4, 1).await?;
+        c.create_bucket(4, 1, 256).await?;
         let docs = 200u32;
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(AtomicU64::new(0));

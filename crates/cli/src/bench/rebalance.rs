@@ -78,7 +78,10 @@ pub(crate) async fn run(a: BenchRebalanceArgs) -> anyhow::Result<serde_json::Val
     let mut c = LocalCluster::form(a.nodes, t)
         .await
         .context("forming the cluster")?;
-    c.create_bucket(a.vbuckets, 1).await?;
+    // Per node: generous for the engine's per-item overhead, with every copy of every
+    // document on one node in the worst case; the bench must not hit the quota.
+    let quota_mb = (u64::from(a.docs) * (a.value_size as u64 + 256) * 2 / 1_000_000).max(256);
+    c.create_bucket(a.vbuckets, 1, quota_mb).await?;
     let value = Bytes::from(vec![b'x'; a.value_size]);
     let docs: Vec<(Bytes, Bytes)> = (0..a.docs).map(|i| (key(i), value.clone())).collect();
     let mut docs_per_vb = vec![0u64; usize::from(a.vbuckets)];
