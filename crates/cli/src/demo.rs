@@ -315,10 +315,10 @@ impl LocalCluster {
         fetch_map(&self.rest).await
     }
 
-    /// Every node's vbucket states of the bucket, from the node's own admin API
-    /// (`GET /buckets/demo`): kv address -> vb -> (state, high seqno).
-    pub(crate) async fn states(&self) -> anyhow::Result<BTreeMap<String, NodeStates>> {
-        let mut out = BTreeMap::new();
+    /// Each member's vbuckets of the bucket, from the node's own admin API (`GET
+    /// /buckets/demo`, `vbuckets`; empty unless it answers 200): (kv address, list).
+    async fn node_vbuckets(&self) -> anyhow::Result<Vec<(String, Vec<Value>)>> {
+        let mut out = Vec::new();
         for m in &self.members {
             let rest =
                 RestClient::new(&m.node.admin_addr().to_string(), NODE_USER, NODE_PASSWORD).ax()?;
@@ -331,49 +331,48 @@ impl LocalCluster {
                 )
                 .await
                 .ax()?;
-            let mut vbs = BTreeMap::new();
-            if a.status == 200 {
-                for v in a.body["vbuckets"].as_array().into_iter().flatten() {
-                    let vb = u16::try_from(v["vb"].as_u64().unwrap_or(0)).unwrap_or(0);
-                    vbs.insert(
-                        vb,
-                        (
-                            v["state"].as_str().unwrap_or("").to_owned(),
-                            v["high_seqno"].as_u64().unwrap_or(0),
-                        ),
-                    );
-                }
-            }
-            out.insert(m.node.kv_addr().to_string(), vbs);
+            let vbs = match a.body["vbuckets"].as_array() {
+                Some(v) if a.status == 200 => v.clone(),
+                _ => Vec::new(),
+            };
+            out.push((m.node.kv_addr().to_string(), vbs));
         }
         Ok(out)
     }
 
-    /// Waits until every node has persisted every mutation of its active and replica
-    /// vbuckets (bounded by the cluster's timeout): benchmarks start from a quiet disk.
+    /// Every node's vbucket states of the bucket: kv address -> vb -> (state, high
+    /// seqno).
+    pub(crate) async fn states(&self) -> anyhow::Result<BTreeMap<String, NodeStates>> {
+        let mut out = BTreeMap::new();
+        for (addr, list) in self.node_vbuckets().await? {
+            let vbs = list
+                .iter()
+                .map(|v| {
+                    let vb = u16::try_from(v["vb"].as_u64().unwrap_or(0)).unwrap_or(0);
+                    let state = v["state"].as_str().unwrap_or("").to_owned();
+                    (vb, (state, v["high_seqno"].as_u64().unwrap_or(0)))
+                })
+                .collect();
+            out.insert(addr, vbs);
+        }
+        Ok(out)
+    }
+
+    /// Waits until every node has persisted every mutation of its vbuckets (bounded
+    /// by the cluster's timeout): benchmarks start from a quiet disk.
     pub(crate) async fn wait_persisted(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + self.timeout;
         loop {
-            let mut behind = 0u64;
-            for m in &self.members {
-                let rest =
-                    RestClient::new(&m.node.admin_addr().to_string(), NODE_USER, NODE_PASSWORD)
-                        .ax()?;
-                let (a, _) = rest
-                    .call_raw(
-                        Method::GET,
-                        &format!("/buckets/{BUCKET}"),
-                        None,
-                        self.timeout,
-                    )
-                    .await
-                    .ax()?;
-                for v in a.body["vbuckets"].as_array().into_iter().flatten() {
+            let behind: u64 = self
+                .node_vbuckets()
+                .await?
+                .iter()
+                .flat_map(|(_, list)| list)
+                .map(|v| {
                     let high = v["high_seqno"].as_u64().unwrap_or(0);
-                    let persisted = v["persisted_seqno"].as_u64().unwrap_or(0);
-                    behind += high.saturating_sub(persisted);
-                }
-            }
+                    high.saturating_sub(v["persisted_seqno"].as_u64().unwrap_or(0))
+                })
+                .sum();
             if behind == 0 {
                 return Ok(());
             }

@@ -645,15 +645,7 @@ async fn server_groups_put_a_vbuckets_copies_in_different_groups() -> anyhow::Re
         )
         .await?;
     }
-    let known = node_names(a).await?.join(",");
-    ok(
-        a,
-        "POST",
-        "/controller/rebalance",
-        &[("knownNodes", &known), ("ejectedNodes", "")],
-        200,
-    )
-    .await?;
+    start_rebalance(a, &[]).await?;
     wait_rebalance_end(a, Duration::from_secs(30)).await?;
     let b = create_bucket(a, a, "default", "1").await?;
     let pd = ok(a, "GET", "/pools/default", &[], 200).await?;

@@ -331,16 +331,7 @@ async fn graceful_failover_under_load_loses_nothing_then_delta_recovery_brings_t
     )
     .await?;
     assert_eq!(membership(a, &victim).await?, "inactiveAdded");
-    let known = node_names(a).await?.join(",");
-    let v = ok(
-        a,
-        "POST",
-        "/controller/rebalance",
-        &[("knownNodes", &known), ("ejectedNodes", "")],
-        200,
-    )
-    .await?;
-    let id = v["rebalance_id"].as_str().unwrap_or_default().to_owned();
+    let id = start_rebalance(a, &[]).await?;
     let end = wait_rebalance_end(a, Duration::from_secs(120)).await?;
     assert!(end.get("errorMessage").is_none(), "{end}");
     assert_eq!(membership(a, &victim).await?, "active");
@@ -411,16 +402,7 @@ async fn full_recovery_wipes_and_rebuilds_the_node() -> anyhow::Result<()> {
         200,
     )
     .await?;
-    let known = node_names(a).await?.join(",");
-    let v = ok(
-        a,
-        "POST",
-        "/controller/rebalance",
-        &[("knownNodes", &known), ("ejectedNodes", "")],
-        200,
-    )
-    .await?;
-    let id = v["rebalance_id"].as_str().unwrap_or_default().to_owned();
+    let id = start_rebalance(a, &[]).await?;
     let end = wait_rebalance_end(a, Duration::from_secs(120)).await?;
     assert!(end.get("errorMessage").is_none(), "{end}");
     let report = ok(
@@ -605,15 +587,7 @@ async fn a_node_dying_during_a_rebalance_is_failed_over_and_a_new_rebalance_comp
         200,
     )
     .await?;
-    let known = node_names(a).await?.join(",");
-    ok(
-        a,
-        "POST",
-        "/controller/rebalance",
-        &[("knownNodes", &known), ("ejectedNodes", "")],
-        200,
-    )
-    .await?;
+    start_rebalance(a, &[]).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // A member (not the one being added) dies mid-rebalance.
     let victim = nodes.remove(2);
@@ -635,15 +609,7 @@ async fn a_node_dying_during_a_rebalance_is_failed_over_and_a_new_rebalance_comp
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // A new rebalance (the dead node is dropped) completes.
-    let known = node_names(a).await?.join(",");
-    ok(
-        a,
-        "POST",
-        "/controller/rebalance",
-        &[("knownNodes", &known), ("ejectedNodes", "")],
-        200,
-    )
-    .await?;
+    start_rebalance(a, &[]).await?;
     let end = wait_rebalance_end(a, Duration::from_secs(120)).await?;
     assert!(end.get("errorMessage").is_none(), "{end}");
     assert_eq!(

@@ -45,19 +45,6 @@ async fn cluster_with_bucket(nodes: &[NodeProcess]) -> anyhow::Result<()> {
     wait_states_match(a, &refs, "default", Duration::from_secs(15)).await
 }
 
-async fn start_rebalance(a: std::net::SocketAddr, eject: &[&str]) -> anyhow::Result<String> {
-    let known = node_names(a).await?.join(",");
-    let v = ok(
-        a,
-        "POST",
-        "/controller/rebalance",
-        &[("knownNodes", &known), ("ejectedNodes", &eject.join(","))],
-        200,
-    )
-    .await?;
-    Ok(v["rebalance_id"].as_str().unwrap_or_default().to_owned())
-}
-
 fn sampler(nodes: &[NodeProcess]) -> ActiveSampler {
     ActiveSampler::start(
         nodes.iter().map(|n| n.admin).collect(),

@@ -69,19 +69,6 @@ async fn add_node(a: SocketAddr, n: &NodeProcess) -> anyhow::Result<String> {
     Ok(v["otpNode"].as_str().unwrap_or_default().to_owned())
 }
 
-async fn start_rebalance(a: SocketAddr, eject: &[&str]) -> anyhow::Result<String> {
-    let known = node_names(a).await?.join(",");
-    let v = ok(
-        a,
-        "POST",
-        "/controller/rebalance",
-        &[("knownNodes", &known), ("ejectedNodes", &eject.join(","))],
-        200,
-    )
-    .await?;
-    Ok(v["rebalance_id"].as_str().unwrap_or_default().to_owned())
-}
-
 /// The cluster's name (`otpNode`) of `n`, by its KV port.
 async fn name_of(a: SocketAddr, n: &NodeProcess) -> anyhow::Result<String> {
     let pd = ok(a, "GET", "/pools/default", &[], 200).await?;

@@ -1045,3 +1045,17 @@ impl SdkLoad {
         Ok(v)
     }
 }
+
+/// Starts a rebalance of every node, ejecting `eject`; returns its id.
+pub async fn start_rebalance(a: SocketAddr, eject: &[&str]) -> anyhow::Result<String> {
+    let known = node_names(a).await?.join(",");
+    let v = ok(
+        a,
+        "POST",
+        "/controller/rebalance",
+        &[("knownNodes", &known), ("ejectedNodes", &eject.join(","))],
+        200,
+    )
+    .await?;
+    Ok(v["rebalance_id"].as_str().unwrap_or_default().to_owned())
+}
