@@ -14,8 +14,10 @@
 //! (frame `k + timeout`, when the node has been down for `timeout` seconds since it was
 //! first seen) moves it to `nearly_down`; two more frames with the same down set (`k +
 //! timeout + 1`, `k + timeout + 2`) and the failover is due at frame `k + timeout + 2`.
-//! With `timeout` 5 and one frame per second that is 7 s after the first down frame, 7–8 s
-//! after the kill (T12: "decision 7–9 s after the kill").
+//! With `timeout` 5 and one frame per second that is 7 s after the first down frame. The
+//! shell calls a node down after two missed heartbeats, one frame after it stopped
+//! answering, and says so ([`Monitor::step_down_since`] with 1): the failover is then due
+//! at `k + timeout + 1`, 7–8 s after the kill (T12: "decision 7–9 s after the kill").
 
 use std::collections::BTreeSet;
 use std::ops::RangeInclusive;
@@ -192,13 +194,27 @@ impl Monitor {
         down: &BTreeSet<NodeId>,
         settings: &AutoFailoverSettings,
     ) -> Option<Vec<NodeId>> {
+        self.step_down_since(down, settings, 0)
+    }
+
+    /// [`Monitor::step`] where a down set seen for the first time has already been
+    /// down for `earlier` frames before this one (the shell needs two missed
+    /// heartbeats to call a node down, so it was unresponsive one frame earlier): it
+    /// enters `half_down(1 + earlier)`, and the failover is due `earlier` frames sooner.
+    #[must_use]
+    pub fn step_down_since(
+        &mut self,
+        down: &BTreeSet<NodeId>,
+        settings: &AutoFailoverSettings,
+        earlier: u64,
+    ) -> Option<Vec<NodeId>> {
         if *down != self.down || down.is_empty() {
             // "any --up--> up; down set changes --> every down node back to half_down(1)".
             self.down.clone_from(down);
             self.phase = if down.is_empty() {
                 Phase::Up
             } else {
-                Phase::HalfDown(1)
+                Phase::HalfDown(earlier.saturating_add(1))
             };
             self.reported.clear();
             return None;
@@ -414,6 +430,13 @@ mod tests {
         assert_eq!(m.state(&c), NodeState::NearlyDown);
         assert_eq!(m.step(&set(&["c"]), &s), None); // 1 more frame
         assert_eq!(m.step(&set(&["c"]), &s), Some(names(&["c"]))); // 2 more frames
+                                                                   // Seen down one frame late (two missed heartbeats): due one frame sooner.
+        let mut m = Monitor::new();
+        assert_eq!(m.step_down_since(&set(&["c"]), &s, 1), None); // frame k
+        for _ in 0..s.timeout_s {
+            assert_eq!(m.step_down_since(&set(&["c"]), &s, 1), None);
+        }
+        assert_eq!(m.step_down_since(&set(&["c"]), &s, 1), Some(names(&["c"]))); // k + timeout + 1
         assert_eq!(m.state(&n("a")), NodeState::Up);
     }
 

@@ -104,6 +104,8 @@ pub(super) async fn run(
         let settings = settings_of(&view);
         let members: Vec<&super::model::NodeRecord> = view.active_nodes().collect();
         let mut down: BTreeSet<NodeId> = BTreeSet::new();
+        // Frames the down nodes were unresponsive before they counted as down.
+        let mut earlier = u64::MAX;
         for n in &members {
             if n.name == view.cluster.orchestrator {
                 continue;
@@ -119,9 +121,11 @@ pub(super) async fn run(
             // must not restart every node's count), or a bucket it serves not ready.
             if h.missed >= 2 || h.status(&serves) != NodeStatus::Healthy {
                 down.insert(NodeId(n.name.clone()));
+                earlier = earlier.min(u64::from(h.missed.saturating_sub(1)));
             }
         }
-        let Some(candidates) = monitor.step(&down, &settings) else {
+        let earlier = if down.is_empty() { 0 } else { earlier.min(1) };
+        let Some(candidates) = monitor.step_down_since(&down, &settings, earlier) else {
             continue;
         };
         let healthy = members.len() - down.len();
