@@ -486,8 +486,8 @@ async fn auto_failover_fails_a_dead_node_over_after_its_timeout_and_only_max_cou
     let took = killed.elapsed();
     assert_eq!(decided.len(), 1, "maxCount 1: {decided:?}");
     assert!(
-        took >= Duration::from_secs(6),
-        "not before the timeout: {took:?}"
+        took >= Duration::from_secs(7),
+        "not before timeout + 2 s: {took:?}"
     );
     assert!(
         took <= Duration::from_secs(12),
