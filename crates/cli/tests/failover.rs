@@ -657,3 +657,91 @@ async fn highs(n: &NodeProcess) -> anyhow::Result<std::collections::BTreeMap<u16
 async fn curr_items(n: &NodeProcess) -> anyhow::Result<u64> {
     node_stat(n, "curr_items").await
 }
+
+/// §8.3 "never during a rebalance": a node whose bucket stops answering (still
+/// heartbeating, so the rebalance's own node check does not fire) while the rebalance
+/// waits out its out-delay is due for auto-failover; the orchestrator stops the
+/// rebalance with the typed reason `auto_failover`, fails the node over, and a new
+/// rebalance completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_failover_stops_a_running_rebalance_with_a_typed_reason_then_fails_over(
+) -> anyhow::Result<()> {
+    let nodes = start_nodes(4)?;
+    cluster(&nodes, "1").await?;
+    let a = nodes[0].admin;
+    ok(
+        a,
+        "POST",
+        "/settings/rebalance",
+        &[("rebalanceOutDelay", "120")],
+        200,
+    )
+    .await?;
+    ok(
+        a,
+        "POST",
+        "/settings/autoFailover",
+        &[("enabled", "true"), ("timeout", "5"), ("maxCount", "1")],
+        200,
+    )
+    .await?;
+    let leaving = name_of(&nodes[3]);
+    start_rebalance(a, &[&leaving]).await?;
+    // Every move done: no chain names the leaving node; the run waits its out-delay.
+    let leaving_kv = format!("127.0.0.1:{}", nodes[3].kv.port());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let map = ClientMap::fetch(a, "default").await?;
+        let named =
+            (0..16u16).any(|vb| (0..2).any(|i| map.node_of(vb, i) == Some(leaving_kv.as_str())));
+        let p = ok(a, "GET", "/pools/default/rebalanceProgress", &[], 200).await?;
+        anyhow::ensure!(p["status"] == "running", "the rebalance ended early: {p}");
+        if !named {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the moves did not finish");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The victim's bucket goes away behind the cluster's back: not ready, still heartbeating.
+    let victim = name_of(&nodes[2]);
+    let (s, t) = rest(
+        nodes[2].admin,
+        "DELETE",
+        "/buckets/default",
+        Some(("admin", PW)),
+        &[],
+    )
+    .await?;
+    anyhow::ensure!(s == 200 || s == 204, "{s} {t}");
+    let t0 = Instant::now();
+    let end = wait_rebalance_end(a, Duration::from_secs(40)).await?;
+    let msg = end["errorMessage"].as_str().unwrap_or_default().to_owned();
+    assert!(msg.contains("automatic failover"), "{end}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while membership(a, &victim).await? != "inactiveFailed" {
+        anyhow::ensure!(Instant::now() < deadline, "the node was not failed over");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "rebalance stopped and node failed over {:?} after its bucket went",
+        t0.elapsed()
+    );
+    // The report names the reason too.
+    let report = ok(a, "GET", "/logs/rebalanceReport", &[], 200).await?;
+    assert!(report.to_string().contains("auto_failover"), "{report}");
+    // A new rebalance (the failed node and the leaving node go) completes.
+    ok(
+        a,
+        "POST",
+        "/settings/rebalance",
+        &[("rebalanceOutDelay", "0")],
+        200,
+    )
+    .await?;
+    start_rebalance(a, &[&leaving]).await?;
+    let end = wait_rebalance_end(a, Duration::from_secs(120)).await?;
+    assert!(end.get("errorMessage").is_none(), "{end}");
+    let refs: Vec<&NodeProcess> = nodes[..2].iter().collect();
+    wait_states_match(a, &refs, "default", Duration::from_secs(15)).await?;
+    Ok(())
+}

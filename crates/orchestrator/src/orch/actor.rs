@@ -955,6 +955,7 @@ fn start_run(shared: &Arc<Shared>, plan: rebalance::Plan) -> Running {
     nodes.extend(plan.eject.iter().map(|n| NodeId(n.clone())));
     if let Ok(mut live) = shared.live.lock() {
         live.last_error = None;
+        live.stop_reason = None;
         live.running = Some(rebalance::LiveRun {
             id: plan.id.clone(),
             kind: plan.kind.clone(),
@@ -1050,6 +1051,9 @@ pub(super) async fn run(
                         // §8.3: a running rebalance is stopped (bounded, not retried), then
                         // the failover runs.
                         if let Some(r) = running.take() {
+                            if let Ok(mut live) = shared.live.lock() {
+                                live.stop_reason = Some(json!({"kind": "auto_failover", "message": "the rebalance was stopped for an automatic failover"}));
+                            }
                             r.stop.cancel();
                             let grace = std::time::Duration::from_secs(20);
                             let end = match tokio::time::timeout(grace, r.task).await {

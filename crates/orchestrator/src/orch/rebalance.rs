@@ -108,6 +108,9 @@ pub(crate) struct Live {
     pub(crate) last_error: Option<Value>,
     /// The last report's id.
     pub(crate) last_report: Option<String>,
+    /// Why the orchestrator (not a user) stopped the running rebalance: a run that
+    /// ends stopped with this set ends failed with it (e.g. `auto_failover`).
+    pub(crate) stop_reason: Option<Value>,
 }
 
 /// A running rebalance, as REST sees it.
@@ -344,6 +347,15 @@ pub(super) async fn run(shared: Arc<Shared>, plan: Plan, stop: CancellationToken
         Ok(()) => End::Done,
         Err(RunError::Stopped) => End::Stopped,
         Err(RunError::Failed(v)) => End::Failed(v),
+    };
+    let reason = shared
+        .live
+        .lock()
+        .ok()
+        .and_then(|mut l| l.stop_reason.take());
+    let end = match (end, reason) {
+        (End::Stopped, Some(reason)) => End::Failed(reason),
+        (end, _) => end,
     };
     let report_id = write_report(&shared, &plan, &end, &report, started_at).await;
     if let Ok(mut live) = shared.live.lock() {
