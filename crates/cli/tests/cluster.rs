@@ -60,14 +60,7 @@ async fn harness_flow_forms_a_cluster_whose_states_match_the_map_and_ejects_clea
     )
     .await?;
     let fourth = v["otpNode"].as_str().unwrap_or_default().to_owned();
-    ok(
-        a,
-        "POST",
-        "/controller/ejectNode",
-        &[("otpNode", &fourth)],
-        200,
-    )
-    .await?;
+    post_ok(a, "/controller/ejectNode", &[("otpNode", &fourth)]).await?;
     let pd = ok(a, "GET", "/pools/default", &[], 200).await?;
     assert_eq!(pd["nodes"].as_array().map(Vec::len), Some(3), "{pd}");
     let (s, t) =
@@ -631,9 +624,8 @@ async fn server_groups_put_a_vbuckets_copies_in_different_groups() -> anyhow::Re
     .await?;
     assert_eq!(s, 200, "{t}");
     for (n, group) in nodes[1..].iter().zip(["Group 1", "Group 2", "Group 2"]) {
-        ok(
+        post_ok(
             a,
-            "POST",
             "/controller/addNode",
             &[
                 ("hostname", &host_port(n)),
@@ -641,7 +633,6 @@ async fn server_groups_put_a_vbuckets_copies_in_different_groups() -> anyhow::Re
                 ("password", PW),
                 ("serverGroup", group),
             ],
-            200,
         )
         .await?;
     }

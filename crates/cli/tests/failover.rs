@@ -15,22 +15,8 @@ use tokio::time::Instant;
 async fn cluster(nodes: &[NodeProcess], replicas: &str) -> anyhow::Result<()> {
     form_cluster(nodes).await?;
     let a = nodes[0].admin;
-    ok(
-        a,
-        "POST",
-        "/settings/rebalance",
-        &[("rebalanceOutDelay", "0")],
-        200,
-    )
-    .await?;
-    ok(
-        a,
-        "POST",
-        "/settings/autoFailover",
-        &[("enabled", "false")],
-        200,
-    )
-    .await?;
+    post_ok(a, "/settings/rebalance", &[("rebalanceOutDelay", "0")]).await?;
+    post_ok(a, "/settings/autoFailover", &[("enabled", "false")]).await?;
     let (s, t) = rest(
         a,
         "POST",
@@ -322,12 +308,10 @@ async fn graceful_failover_under_load_loses_nothing_then_delta_recovery_brings_t
     let applied_before = dcp_items_applied(&nodes[2]).await?;
     let highs_before = highs(&nodes[2]).await?;
     // Delta recovery: the node keeps its data and comes back mostly by takeovers.
-    ok(
+    post_ok(
         a,
-        "POST",
         "/controller/setRecoveryType",
         &[("otpNode", &victim), ("recoveryType", "delta")],
-        200,
     )
     .await?;
     assert_eq!(membership(a, &victim).await?, "inactiveAdded");
@@ -386,22 +370,8 @@ async fn full_recovery_wipes_and_rebuilds_the_node() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let r = w.finish().await?;
     let victim = name_of(&nodes[2]);
-    ok(
-        a,
-        "POST",
-        "/controller/failOver",
-        &[("otpNode", &victim)],
-        200,
-    )
-    .await?;
-    ok(
-        a,
-        "POST",
-        "/controller/reAddNode",
-        &[("otpNode", &victim)],
-        200,
-    )
-    .await?;
+    post_ok(a, "/controller/failOver", &[("otpNode", &victim)]).await?;
+    post_ok(a, "/controller/reAddNode", &[("otpNode", &victim)]).await?;
     let id = start_rebalance(a, &[]).await?;
     let end = wait_rebalance_end(a, Duration::from_secs(120)).await?;
     assert!(end.get("errorMessage").is_none(), "{end}");
@@ -521,12 +491,10 @@ async fn auto_failover_never_acts_without_a_majority() -> anyhow::Result<()> {
     let mut nodes = start_nodes(3)?;
     cluster(&nodes, "1").await?;
     let a = nodes[0].admin;
-    ok(
+    post_ok(
         a,
-        "POST",
         "/settings/autoFailover",
         &[("enabled", "true"), ("timeout", "5"), ("maxCount", "2")],
-        200,
     )
     .await?;
     let v1 = nodes.remove(2);
@@ -558,33 +526,22 @@ async fn a_node_dying_during_a_rebalance_is_failed_over_and_a_new_rebalance_comp
     let mut nodes = start_nodes(4)?;
     cluster(&nodes[..3], "1").await?;
     let a = nodes[0].admin;
-    ok(
+    post_ok(
         a,
-        "POST",
         "/settings/autoFailover",
         &[("enabled", "true"), ("timeout", "5"), ("maxCount", "1")],
-        200,
     )
     .await?;
-    ok(
-        a,
-        "POST",
-        "/settings/rebalance",
-        &[("rebalanceMovesPerNode", "1")],
-        200,
-    )
-    .await?;
+    post_ok(a, "/settings/rebalance", &[("rebalanceMovesPerNode", "1")]).await?;
     let w = Writer::start(a, "default", 200);
-    ok(
+    post_ok(
         a,
-        "POST",
         "/controller/addNode",
         &[
             ("hostname", &host_port(&nodes[3])),
             ("user", "admin"),
             ("password", PW),
         ],
-        200,
     )
     .await?;
     start_rebalance(a, &[]).await?;
@@ -669,20 +626,11 @@ async fn auto_failover_stops_a_running_rebalance_with_a_typed_reason_then_fails_
     let nodes = start_nodes(4)?;
     cluster(&nodes, "1").await?;
     let a = nodes[0].admin;
-    ok(
+    post_ok(a, "/settings/rebalance", &[("rebalanceOutDelay", "120")]).await?;
+    post_ok(
         a,
-        "POST",
-        "/settings/rebalance",
-        &[("rebalanceOutDelay", "120")],
-        200,
-    )
-    .await?;
-    ok(
-        a,
-        "POST",
         "/settings/autoFailover",
         &[("enabled", "true"), ("timeout", "5"), ("maxCount", "1")],
-        200,
     )
     .await?;
     let leaving = name_of(&nodes[3]);
@@ -730,14 +678,7 @@ async fn auto_failover_stops_a_running_rebalance_with_a_typed_reason_then_fails_
     let report = ok(a, "GET", "/logs/rebalanceReport", &[], 200).await?;
     assert!(report.to_string().contains("auto_failover"), "{report}");
     // A new rebalance (the failed node and the leaving node go) completes.
-    ok(
-        a,
-        "POST",
-        "/settings/rebalance",
-        &[("rebalanceOutDelay", "0")],
-        200,
-    )
-    .await?;
+    post_ok(a, "/settings/rebalance", &[("rebalanceOutDelay", "0")]).await?;
     start_rebalance(a, &[&leaving]).await?;
     let end = wait_rebalance_end(a, Duration::from_secs(120)).await?;
     assert!(end.get("errorMessage").is_none(), "{end}");

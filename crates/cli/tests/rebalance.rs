@@ -18,14 +18,7 @@ const VBUCKETS: &str = "16";
 async fn cluster_with_bucket(nodes: &[NodeProcess]) -> anyhow::Result<()> {
     form_cluster(&nodes[..3]).await?;
     let a = nodes[0].admin;
-    ok(
-        a,
-        "POST",
-        "/settings/rebalance",
-        &[("rebalanceOutDelay", "0")],
-        200,
-    )
-    .await?;
+    post_ok(a, "/settings/rebalance", &[("rebalanceOutDelay", "0")]).await?;
     let (s, t) = rest(
         a,
         "POST",
@@ -160,26 +153,17 @@ async fn a_stopped_rebalance_ends_within_the_grace_and_a_rerun_completes() -> an
     let a = nodes[0].admin;
     let writer = Writer::start(a, "default", 300);
     let sample = sampler(&nodes);
-    ok(
+    post_ok(
         a,
-        "POST",
         "/controller/addNode",
         &[
             ("hostname", &host_port(&nodes[3])),
             ("user", "admin"),
             ("password", PW),
         ],
-        200,
     )
     .await?;
-    ok(
-        a,
-        "POST",
-        "/settings/rebalance",
-        &[("rebalanceMovesPerNode", "1")],
-        200,
-    )
-    .await?;
+    post_ok(a, "/settings/rebalance", &[("rebalanceMovesPerNode", "1")]).await?;
     let first = start_rebalance(a, &[]).await?;
     // Busy while it runs (§2.4).
     let (s, t) = rest(
@@ -286,14 +270,7 @@ async fn a_node_killed_mid_rebalance_fails_it_typed_and_after_a_restart_a_rerun_
     )
     .await?;
     let fourth = v["otpNode"].as_str().unwrap_or_default().to_owned();
-    ok(
-        a,
-        "POST",
-        "/settings/rebalance",
-        &[("rebalanceMovesPerNode", "1")],
-        200,
-    )
-    .await?;
+    post_ok(a, "/settings/rebalance", &[("rebalanceMovesPerNode", "1")]).await?;
     start_rebalance(a, &[]).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let p = ok(a, "GET", "/pools/default/rebalanceProgress", &[], 200).await?;
@@ -369,26 +346,17 @@ async fn a_failed_rebalance_is_retried_automatically_and_a_user_stop_is_not() ->
     )
     .await?;
     assert_eq!(st, 400, "enabled is required, 5..3600: {t}");
-    ok(
-        a,
-        "POST",
-        "/settings/rebalance",
-        &[("rebalanceMovesPerNode", "1")],
-        200,
-    )
-    .await?;
+    post_ok(a, "/settings/rebalance", &[("rebalanceMovesPerNode", "1")]).await?;
     let p = ok(a, "GET", "/pools/default/pendingRetryRebalance", &[], 200).await?;
     assert_eq!(p["retry_rebalance"], "not_pending", "{p}");
-    ok(
+    post_ok(
         a,
-        "POST",
         "/controller/addNode",
         &[
             ("hostname", &host_port(&nodes[3])),
             ("user", "admin"),
             ("password", PW),
         ],
-        200,
     )
     .await?;
     let first = start_rebalance(a, &[]).await?;
@@ -469,16 +437,14 @@ async fn a_takeover_whose_commit_failed_is_adopted_by_the_janitor() -> anyhow::R
     nodes.extend(start_nodes(3)?);
     cluster_with_bucket(&nodes).await?;
     let a = nodes[0].admin;
-    ok(
+    post_ok(
         a,
-        "POST",
         "/controller/addNode",
         &[
             ("hostname", &host_port(&nodes[3])),
             ("user", "admin"),
             ("password", PW),
         ],
-        200,
     )
     .await?;
     start_rebalance(a, &[]).await?;

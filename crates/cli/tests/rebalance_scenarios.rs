@@ -26,14 +26,7 @@ fn start_nodes_with(n: usize, extra: &[&str]) -> anyhow::Result<Vec<NodeProcess>
 async fn cluster_with_bucket(nodes: &[NodeProcess]) -> anyhow::Result<()> {
     form_cluster(&nodes[..3]).await?;
     let a = nodes[0].admin;
-    ok(
-        a,
-        "POST",
-        "/settings/rebalance",
-        &[("rebalanceOutDelay", "0")],
-        200,
-    )
-    .await?;
+    post_ok(a, "/settings/rebalance", &[("rebalanceOutDelay", "0")]).await?;
     let (s, t) = rest(
         a,
         "POST",
@@ -386,14 +379,7 @@ async fn orchestrator_restart(strict: bool) -> anyhow::Result<()> {
     let writer = Writer::start(nodes[1].admin, "default", 300);
     let sample = sampler(&nodes);
     add_node(a, &nodes[3]).await?;
-    ok(
-        a,
-        "POST",
-        "/settings/rebalance",
-        &[("rebalanceMovesPerNode", "1")],
-        200,
-    )
-    .await?;
+    post_ok(a, "/settings/rebalance", &[("rebalanceMovesPerNode", "1")]).await?;
     let id = start_rebalance(a, &[]).await?;
     // Kill once the moves run (planned, not all done).
     let deadline = Instant::now() + Duration::from_secs(60);

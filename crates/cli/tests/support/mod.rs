@@ -1059,3 +1059,8 @@ pub async fn start_rebalance(a: SocketAddr, eject: &[&str]) -> anyhow::Result<St
     .await?;
     Ok(v["rebalance_id"].as_str().unwrap_or_default().to_owned())
 }
+
+/// `POST path` with the cluster admin's credentials; 200 expected, the answer dropped.
+pub async fn post_ok(a: SocketAddr, path: &str, form: &[(&str, &str)]) -> anyhow::Result<()> {
+    ok(a, "POST", path, form, 200).await.map(|_| ())
+}
