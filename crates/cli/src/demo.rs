@@ -322,7 +322,7 @@ impl LocalCluster {
         for m in &self.members {
             let rest =
                 RestClient::new(&m.node.admin_addr().to_string(), NODE_USER, NODE_PASSWORD).ax()?;
-            let (a, _) = rest
+            let (mut a, _) = rest
                 .call_raw(
                     Method::GET,
                     &format!("/buckets/{BUCKET}"),
@@ -331,8 +331,8 @@ impl LocalCluster {
                 )
                 .await
                 .ax()?;
-            let vbs = match a.body["vbuckets"].as_array() {
-                Some(v) if a.status == 200 => v.clone(),
+            let vbs = match a.body["vbuckets"].take() {
+                Value::Array(v) if a.status == 200 => v,
                 _ => Vec::new(),
             };
             out.push((m.node.kv_addr().to_string(), vbs));

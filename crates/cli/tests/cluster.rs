@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::*;
-use testkit::{skip, NodeProcess};
+use testkit::NodeProcess;
 use tokio::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -454,10 +454,9 @@ async fn rest_bad_input_gets_its_status_and_kind() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_sdk_reads_every_copy_on_a_three_node_cluster() -> anyhow::Result<()> {
-    let python = std::env::var("CONDUIT_SDK_PYTHON").unwrap_or_default();
-    if python.is_empty() && skip("CONDUIT_REQUIRE_INTEROP", "CONDUIT_SDK_PYTHON is not set") {
+    let Some(python) = sdk_python() else {
         return Ok(());
-    }
+    };
     let nodes = start_nodes(3)?;
     form_cluster(&nodes).await?;
     let a = nodes[0].admin;

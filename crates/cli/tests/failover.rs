@@ -305,7 +305,7 @@ async fn graceful_failover_under_load_loses_nothing_then_delta_recovery_brings_t
     let r1 = w.finish().await?;
     let mut r = r0;
     r.acked.extend(r1.acked);
-    let applied_before = dcp_items_applied(&nodes[2]).await?;
+    let applied_before = node_stat(&nodes[2], "dcp_items_applied").await?;
     let highs_before = highs(&nodes[2]).await?;
     // Delta recovery: the node keeps its data and comes back mostly by takeovers.
     post_ok(
@@ -339,8 +339,8 @@ async fn graceful_failover_under_load_loses_nothing_then_delta_recovery_brings_t
     verify_acked(a, "default", &r.acked).await?;
     // What replication streamed into the node against the documents it holds: a
     // full rebuild would stream every one of them again.
-    let streamed = dcp_items_applied(&nodes[2]).await? - applied_before;
-    let held = curr_items(&nodes[2]).await?;
+    let streamed = node_stat(&nodes[2], "dcp_items_applied").await? - applied_before;
+    let held = node_stat(&nodes[2], "curr_items").await?;
     let highs_after = highs(&nodes[2]).await?;
     let missed: u64 = highs_after
         .iter()
@@ -394,8 +394,8 @@ async fn full_recovery_wipes_and_rebuilds_the_node() -> anyhow::Result<()> {
     verify_acked(a, "default", &r.acked).await?;
     // The bucket was wiped and re-created: everything it holds came over DCP.
     let (streamed, held) = (
-        dcp_items_applied(&nodes[2]).await?,
-        curr_items(&nodes[2]).await?,
+        node_stat(&nodes[2], "dcp_items_applied").await?,
+        node_stat(&nodes[2], "curr_items").await?,
     );
     eprintln!("full recovery streamed {streamed} items; the node holds {held}");
     assert!(
@@ -585,6 +585,7 @@ async fn a_node_dying_during_a_rebalance_is_failed_over_and_a_new_rebalance_comp
     Ok(())
 }
 
+/// One stat of the node's default group, bucket `default` selected.
 async fn node_stat(n: &NodeProcess, name: &str) -> anyhow::Result<u64> {
     let mut c = kv(&format!("127.0.0.1:{}", n.kv.port())).await?;
     let stats = c.stats("").await?;
@@ -593,10 +594,6 @@ async fn node_stat(n: &NodeProcess, name: &str) -> anyhow::Result<u64> {
         .find(|(k, _)| k == name)
         .and_then(|(_, v)| v.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("no {name} stat in {stats:?}"))
-}
-
-async fn dcp_items_applied(n: &NodeProcess) -> anyhow::Result<u64> {
-    node_stat(n, "dcp_items_applied").await
 }
 
 /// The high seqno of each vbucket the node holds as active or replica.
@@ -609,10 +606,6 @@ async fn highs(n: &NodeProcess) -> anyhow::Result<std::collections::BTreeMap<u16
         .filter(|(_, (state, _))| state == "active" || state == "replica")
         .map(|(vb, (_, high))| (*vb, *high))
         .collect())
-}
-
-async fn curr_items(n: &NodeProcess) -> anyhow::Result<u64> {
-    node_stat(n, "curr_items").await
 }
 
 /// §8.3 "never during a rebalance": a node whose bucket stops answering (still

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -143,7 +144,7 @@ pub struct Bucket {
     opened_clean: bool,
     before_commit: Option<CommitHook>,
     /// DCP items (mutations, deletions, expirations) applied since open.
-    dcp_applied: std::sync::atomic::AtomicU64,
+    dcp_applied: AtomicU64,
 }
 
 impl fmt::Debug for Bucket {
@@ -317,7 +318,7 @@ impl Bucket {
             flush_lock: Mutex::new(()),
             opened_clean: clean || fresh,
             before_commit: config.before_commit,
-            dcp_applied: std::sync::atomic::AtomicU64::new(0),
+            dcp_applied: AtomicU64::new(0),
         })
     }
 
@@ -574,8 +575,7 @@ impl Bucket {
 
     fn apply_counted(&self, vb: Vbid, item: Item, now: UnixTime) -> Result<()> {
         self.vb(vb)?.apply(&self.shared, item, now)?;
-        self.dcp_applied
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.dcp_applied.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -864,7 +864,7 @@ impl Bucket {
             items: self.vbs.iter().map(|m| lock(m).live_items()).sum(),
             mem_used: self.shared.mem_used(),
             quota: self.shared.quota,
-            dcp_items_applied: self.dcp_applied.load(std::sync::atomic::Ordering::Relaxed),
+            dcp_items_applied: self.dcp_applied.load(Ordering::Relaxed),
         }
     }
 }

@@ -430,7 +430,8 @@ mod tests {
         assert_eq!(m.state(&c), NodeState::NearlyDown);
         assert_eq!(m.step(&set(&["c"]), &s), None); // 1 more frame
         assert_eq!(m.step(&set(&["c"]), &s), Some(names(&["c"]))); // 2 more frames
-                                                                   // Seen down one frame late (two missed heartbeats): due one frame sooner.
+
+        // Seen down one frame late (two missed heartbeats): due one frame sooner.
         let mut m = Monitor::new();
         assert_eq!(m.step_down_since(&set(&["c"]), &s, 1), None); // frame k
         for _ in 0..s.timeout_s {

@@ -229,12 +229,7 @@ impl ReplicationManager {
                 let Some(r) = snapshot.get(&(node.clone(), index)) else {
                     return false;
                 };
-                let want: BTreeSet<Vbid> = vbs
-                    .iter()
-                    .copied()
-                    .filter(|v| u32::from(v.0) % k == index)
-                    .collect();
-                r.get_partitions() == want && r.state().phase != crate::core::Phase::Setup
+                streams_exactly(r, &on_connection(vbs, k, index))
             })
         })
     }
@@ -669,10 +664,9 @@ impl ReplicationManager {
                     // Name what waited on this connection (issue #8 item 9).
                     c.vbuckets = desired
                         .get(&node)
+                        .map(|vbs| on_connection(vbs, k, index))
+                        .unwrap_or_default()
                         .into_iter()
-                        .flatten()
-                        .copied()
-                        .filter(|v| u32::from(v.0) % k == index)
                         .collect();
                 }
                 warn!(%node, index, error = %e, "replicator failed to start");
@@ -689,14 +683,8 @@ impl ReplicationManager {
                 let Some(r) = self.replicator(node, index) else {
                     continue;
                 };
-                let want: BTreeSet<Vbid> = vbs
-                    .iter()
-                    .copied()
-                    .filter(|v| u32::from(v.0) % k == index)
-                    .collect();
-                // A takeover in flight does not matter (its vbucket is not in the set);
-                // a set-up in flight might still change the partitions.
-                if r.get_partitions() == want && r.state().phase != crate::core::Phase::Setup {
+                let want = on_connection(vbs, k, index);
+                if streams_exactly(&r, &want) {
                     continue;
                 }
                 let node = node.clone();
@@ -715,6 +703,21 @@ impl ReplicationManager {
             Err(ReplError::Replications { errors })
         }
     }
+}
+
+/// The vbuckets of `vbs` served by connection `index` of `k` (vb -> `vb mod k`, §7.6).
+fn on_connection(vbs: &BTreeSet<Vbid>, k: u32, index: u32) -> BTreeSet<Vbid> {
+    vbs.iter()
+        .copied()
+        .filter(|v| u32::from(v.0) % k == index)
+        .collect()
+}
+
+/// Whether `r` streams exactly `want` and will not change it by itself. A takeover in
+/// flight does not matter (its vbucket is not in the set); a set-up in flight might
+/// still change the partitions.
+fn streams_exactly(r: &Replicator, want: &BTreeSet<Vbid>) -> bool {
+    r.get_partitions() == *want && r.state().phase != crate::core::Phase::Setup
 }
 
 /// Shuts replicators concurrently; with `grace`, one still running after it is

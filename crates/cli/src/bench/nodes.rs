@@ -58,7 +58,7 @@ impl LoadArgs {
     }
 
     /// Generous for the engine's per-item overhead; the bench must not hit the quota.
-    fn ram_quota_mb(&self) -> u64 {
+    pub(crate) fn ram_quota_mb(&self) -> u64 {
         (self.docs * (self.value_size as u64 + 256) * 2 / 1_000_000).max(256)
     }
 }

@@ -78,10 +78,16 @@ pub(crate) async fn run(a: BenchRebalanceArgs) -> anyhow::Result<serde_json::Val
     let mut c = LocalCluster::form(a.nodes, t)
         .await
         .context("forming the cluster")?;
-    // Per node: generous for the engine's per-item overhead, with every copy of every
-    // document on one node in the worst case; the bench must not hit the quota.
-    let quota_mb = (u64::from(a.docs) * (a.value_size as u64 + 256) * 2 / 1_000_000).max(256);
-    c.create_bucket(a.vbuckets, 1, quota_mb).await?;
+    // The same documents for `bench replication`, and the same quota rule (per node,
+    // generous enough for every copy of every document on one node).
+    let load = LoadArgs {
+        docs: u64::from(a.docs),
+        value_size: a.value_size,
+        vbuckets: a.vbuckets,
+        load_connections: 4,
+        timeout: a.timeout,
+    };
+    c.create_bucket(a.vbuckets, 1, load.ram_quota_mb()).await?;
     let value = Bytes::from(vec![b'x'; a.value_size]);
     let docs: Vec<(Bytes, Bytes)> = (0..a.docs).map(|i| (key(i), value.clone())).collect();
     let mut docs_per_vb = vec![0u64; usize::from(a.vbuckets)];
@@ -121,13 +127,6 @@ pub(crate) async fn run(a: BenchRebalanceArgs) -> anyhow::Result<serde_json::Val
     let (replication_mb_per_s, ratio) = if a.no_compare {
         (None, None)
     } else {
-        let load = LoadArgs {
-            docs: u64::from(a.docs),
-            value_size: a.value_size,
-            vbuckets: a.vbuckets,
-            load_connections: 4,
-            timeout: a.timeout,
-        };
         let per_doc = load.payload_bytes() as f64 / f64::from(a.docs.max(1));
         let r = super::replication::run(BenchReplicationArgs { load })
             .await

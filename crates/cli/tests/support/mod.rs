@@ -733,7 +733,6 @@ impl Writer {
                     {
                         Ok(_) => {
                             report.acked.insert(key.clone(), i);
-                            report.writes += 1;
                             writes2.fetch_add(1, Ordering::Relaxed);
                             done = true;
                             break;
@@ -752,6 +751,7 @@ impl Writer {
                     report.failed += 1;
                 }
             }
+            report.writes = writes2.load(Ordering::Relaxed);
             Ok(report)
         });
         Writer { stop, writes, task }
@@ -961,9 +961,17 @@ pub async fn wait_replicas_caught_up(
     }
 }
 
-/// Whether the interop tests may skip (the SDK is not installed and not required).
-pub fn skip_interop() -> bool {
-    testkit::skip("CONDUIT_REQUIRE_INTEROP", "CONDUIT_SDK_PYTHON is not set")
+/// The Python that has the official Couchbase SDK (`CONDUIT_SDK_PYTHON`); `None`
+/// when it is not set and the interop tests may skip (a skip is a failure under
+/// `CONDUIT_REQUIRE_INTEROP`).
+pub fn sdk_python() -> Option<String> {
+    let python = std::env::var("CONDUIT_SDK_PYTHON").unwrap_or_default();
+    if python.is_empty()
+        && testkit::skip("CONDUIT_REQUIRE_INTEROP", "CONDUIT_SDK_PYTHON is not set")
+    {
+        return None;
+    }
+    Some(python)
 }
 
 /// The official Couchbase SDK running `tests/sdk/sdk_rebalance.py` (upserts and gets
@@ -978,10 +986,9 @@ impl SdkLoad {
     /// Starts the script against `kv` with `keys` keys; `None` when the SDK is not
     /// installed and the interop tests may skip. Returns once the SDK is connected.
     pub async fn start(kv: SocketAddr, keys: u32) -> anyhow::Result<Option<SdkLoad>> {
-        let python = std::env::var("CONDUIT_SDK_PYTHON").unwrap_or_default();
-        if python.is_empty() && skip_interop() {
+        let Some(python) = sdk_python() else {
             return Ok(None);
-        }
+        };
         let script =
             testkit::repo_root(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/sdk_rebalance.py");
         let tmp = tempfile::tempdir()?;

@@ -1051,20 +1051,21 @@ pub(super) async fn run(
                         // §8.3: a running rebalance is stopped (bounded, not retried), then
                         // the failover runs.
                         if let Some(r) = running.take() {
+                            let reason = json!({"kind": "auto_failover", "message": "the rebalance was stopped for an automatic failover"});
+                            // The run ends failed with this reason (its report says so).
                             if let Ok(mut live) = shared.live.lock() {
-                                live.stop_reason = Some(json!({"kind": "auto_failover", "message": "the rebalance was stopped for an automatic failover"}));
+                                live.stop_reason = Some(reason.clone());
                             }
                             r.stop.cancel();
-                            let grace = std::time::Duration::from_secs(20);
-                            let end = match tokio::time::timeout(grace, r.task).await {
-                                Ok(Ok(_)) | Ok(Err(_)) | Err(_) => rebalance::End::Failed(json!({"kind": "auto_failover", "message": "the rebalance was stopped for an automatic failover"})),
-                            };
+                            // Whether the run ended within the grace or not, it failed.
+                            let _ = tokio::time::timeout(std::time::Duration::from_secs(20), r.task).await;
+                            let end = rebalance::End::Failed(reason.clone());
                             if let Err(e) = rebalance::record_end(&shared, &r.plan, &end).await {
                                 warn!(error = %e.to_json(), "recording the rebalance's end failed");
                             }
                             if let Ok(mut live) = shared.live.lock() {
                                 live.running = None;
-                                live.last_error = Some(json!({"kind": "auto_failover", "message": "the rebalance was stopped for an automatic failover"}));
+                                live.last_error = Some(reason);
                             }
                         }
                         let Command::FailOver { nodes, force, auto } = cmd else { continue };

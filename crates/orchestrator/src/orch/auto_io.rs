@@ -104,8 +104,9 @@ pub(super) async fn run(
         let settings = settings_of(&view);
         let members: Vec<&super::model::NodeRecord> = view.active_nodes().collect();
         let mut down: BTreeSet<NodeId> = BTreeSet::new();
-        // Frames the down nodes were unresponsive before they counted as down.
-        let mut earlier = u64::MAX;
+        // Whether every down node was already unresponsive a frame before it counted
+        // as down (two missed heartbeats, not a bucket that is not ready).
+        let mut all_missed = true;
         for n in &members {
             if n.name == view.cluster.orchestrator {
                 continue;
@@ -121,10 +122,10 @@ pub(super) async fn run(
             // must not restart every node's count), or a bucket it serves not ready.
             if h.missed >= 2 || h.status(&serves) != NodeStatus::Healthy {
                 down.insert(NodeId(n.name.clone()));
-                earlier = earlier.min(u64::from(h.missed.saturating_sub(1)));
+                all_missed &= h.missed >= 2;
             }
         }
-        let earlier = if down.is_empty() { 0 } else { earlier.min(1) };
+        let earlier = u64::from(!down.is_empty() && all_missed);
         let Some(candidates) = monitor.step_down_since(&down, &settings, earlier) else {
             continue;
         };

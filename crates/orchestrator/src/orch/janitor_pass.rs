@@ -13,7 +13,7 @@ use super::actor::{now_rfc3339, read_view, transact_view, Actor};
 use super::model::{bucket_key, last_balanced_key, map_key, put_map, ClusterView, NodeRecord};
 use crate::agent::api::{ApplyRequest, Phase, PutBucket};
 use crate::janitor::{apply_plan, fix_chains, Actual, NodeApply, VbCopy, VbState, Wanted};
-use crate::map::{generate, Map, MapInput, NodeId, DEFAULT_MAX_SLAVES, DEFAULT_TRIES};
+use crate::map::{generate, Map, MapInput, NodeId, DEFAULT_TRIES};
 use crate::rest::error::RestError;
 
 /// Bound of creating a bucket on one node.
@@ -166,22 +166,21 @@ async fn initial_map(actor: &mut Actor, name: &str) -> Result<(), RestError> {
         return Ok(());
     };
     let nodes: Vec<NodeId> = b.record.servers.iter().map(|s| NodeId(s.clone())).collect();
-    let r = usize::from(b.record.num_replicas);
-    let current = Map::empty(usize::from(b.record.num_vbuckets), r);
+    let options = view.map_options(&b.record, &nodes);
+    let current = Map::empty(usize::from(b.record.num_vbuckets), options.replicas);
     actor.seed = actor.seed.wrapping_add(1);
-    let groups = view.groups_of(&nodes);
     let outcome = generate(&MapInput {
         current: &current,
         nodes: &nodes,
-        groups: groups.as_ref(),
-        replicas: r,
-        max_slaves: DEFAULT_MAX_SLAVES,
+        groups: options.groups.as_ref(),
+        replicas: options.replicas,
+        max_slaves: options.max_slaves,
         last_balanced: None,
         seed: actor.seed,
         tries: DEFAULT_TRIES,
     })
     .map_err(|e| jerr("map_generation_failed", name, e.to_string()))?;
-    let hash = view.map_options(&b.record, &nodes).hash();
+    let hash = options.hash();
     transact_view(actor.shared.store.as_ref(), |v| {
         let Some(cur) = v.buckets.get(name) else {
             return Ok(None);

@@ -30,8 +30,7 @@ use super::one_move::{
 };
 use super::{cluster_dir, Shared};
 use crate::map::{
-    fast_forward, incoming_replications, plan, Map, MapInput, MapOptions, Move, NodeId,
-    DEFAULT_MAX_SLAVES, DEFAULT_TRIES,
+    fast_forward, incoming_replications, plan, Map, MapInput, Move, NodeId, DEFAULT_TRIES,
 };
 use crate::progress::{between_buckets, overall_of, BucketProgress, MoveState};
 use crate::rest::error::RestError;
@@ -677,9 +676,9 @@ async fn rebalance_bucket(
             json!({"bucket": bucket}),
         )));
     };
-    let r = usize::from(b.record.num_replicas);
+    let options = view.map_options(&b.record, keep);
+    let r = options.replicas;
     actor.seed = actor.seed.wrapping_add(1);
-    let groups = view.groups_of(keep);
     let outcome = if let Some(node) = &plan.graceful {
         let target = crate::failover::graceful_target(&map, &NodeId(node.clone()));
         let score = crate::map::score(&map, &target);
@@ -692,9 +691,9 @@ async fn rebalance_bucket(
         fast_forward(&MapInput {
             current: &map,
             nodes: keep,
-            groups: groups.as_ref(),
+            groups: options.groups.as_ref(),
             replicas: r,
-            max_slaves: DEFAULT_MAX_SLAVES,
+            max_slaves: options.max_slaves,
             last_balanced: b.last_balanced.as_ref(),
             seed: actor.seed,
             tries: DEFAULT_TRIES,
@@ -765,12 +764,7 @@ async fn rebalance_bucket(
         }
     }
     // g. The bucket's servers are the keep nodes; no fast-forward map.
-    let hash = MapOptions {
-        replicas: r,
-        max_slaves: DEFAULT_MAX_SLAVES,
-        groups,
-    }
-    .hash();
+    let hash = options.hash();
     transact_view(shared.store.as_ref(), |v| {
         let Some(b) = v.buckets.get(bucket) else {
             return Ok(None);
