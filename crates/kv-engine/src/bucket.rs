@@ -28,6 +28,13 @@ pub const DEFAULT_NUM_VBUCKETS: u16 = 1024;
 pub const DEFAULT_QUOTA_BYTES: u64 = 256 * 1024 * 1024;
 /// Default largest value accepted (20 MiB, memcached's item size limit).
 pub const DEFAULT_MAX_ITEM_SIZE: usize = 20 * 1024 * 1024;
+/// Default memory for redb's page cache and write buffer (64 MiB). Every item is
+/// also in memory and reads never go to the file except on open, so the cache only
+/// has to hold the B-tree pages a flush touches; redb's own default (1 GiB) doubled
+/// a loaded node's resident memory.
+pub const DEFAULT_STORAGE_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// Default bound on the item versions one commit writes (see [`Bucket::flush_step`]).
+pub const DEFAULT_FLUSH_BATCH_ITEMS: usize = 50_000;
 
 /// How to open a bucket.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +51,11 @@ pub struct BucketConfig {
     pub max_item_size: usize,
     /// Seed for the RNG that draws vb_uuids; `None` seeds from the OS.
     pub rng_seed: Option<u64>,
+    /// Memory for redb's page cache and write buffer.
+    pub storage_cache_bytes: usize,
+    /// A commit stops taking vbuckets once it holds this many item versions (it
+    /// always takes at least one vbucket whole).
+    pub flush_batch_items: usize,
     /// Called right before every commit of a write transaction (tests only: a hook
     /// that blocks makes commits slow, or checks which thread commits).
     pub before_commit: Option<CommitHook>,
@@ -91,6 +103,8 @@ impl BucketConfig {
             quota_bytes: DEFAULT_QUOTA_BYTES,
             max_item_size: DEFAULT_MAX_ITEM_SIZE,
             rng_seed: None,
+            storage_cache_bytes: DEFAULT_STORAGE_CACHE_BYTES,
+            flush_batch_items: DEFAULT_FLUSH_BATCH_ITEMS,
             before_commit: None,
         }
     }
@@ -121,6 +135,9 @@ impl BucketConfig {
         if self.num_vbuckets == 0 {
             return Err(bad("num_vbuckets must be at least 1"));
         }
+        if self.flush_batch_items == 0 {
+            return Err(bad("flush_batch_items must be at least 1"));
+        }
         Ok(())
     }
 }
@@ -132,7 +149,8 @@ impl BucketConfig {
 /// for the in-memory work of one call. [`Bucket::flush`] takes the dirty state of
 /// every vbucket under its lock (cheap: reference-counted values) and writes it
 /// without holding any vbucket lock, so front-end writers wait only for the copy.
-/// Flushes, rollbacks and vbucket deletions are serialized by a separate flush lock.
+/// Flushes, rollbacks and vbucket deletions are serialized by a separate flush lock,
+/// which also holds where the next bounded flush starts.
 pub struct Bucket {
     name: String,
     path: PathBuf,
@@ -140,7 +158,9 @@ pub struct Bucket {
     vbs: Vec<Mutex<VBucket>>,
     shared: Shared,
     rng: Mutex<StdRng>,
-    flush_lock: Mutex<()>,
+    /// Serializes flushes; holds the vbucket the next [`Bucket::flush_step`] starts at.
+    flush_lock: Mutex<usize>,
+    flush_batch_items: usize,
     opened_clean: bool,
     before_commit: Option<CommitHook>,
     /// DCP items (mutations, deletions, expirations) applied since open.
@@ -163,13 +183,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
         .expect("kv-engine mutex poisoned: a holder panicked mid-update")
 }
 
-fn storage<E: Into<redb::Error>>(
-    bucket: &str,
+fn storage<'a, E: Into<redb::Error>>(
+    bucket: &'a str,
     during: &'static str,
-) -> impl FnOnce(E) -> EngineError {
-    let bucket = bucket.to_owned();
+) -> impl FnOnce(E) -> EngineError + 'a {
+    // The name is copied only on error: this wraps every insert of a flush.
     move |e| EngineError::Storage {
-        bucket,
+        bucket: bucket.to_owned(),
         during,
         source: Box::new(e.into()),
     }
@@ -203,7 +223,10 @@ impl Bucket {
             source,
         })?;
         let path = config.db_path();
-        let db = Database::create(&path).map_err(storage(&name, "open"))?;
+        let db = redb::Builder::new()
+            .set_cache_size(config.storage_cache_bytes)
+            .create(&path)
+            .map_err(storage(&name, "open"))?;
         let mut rng = config
             .rng_seed
             .map_or_else(StdRng::from_entropy, StdRng::seed_from_u64);
@@ -315,7 +338,8 @@ impl Bucket {
             vbs: vbs.into_iter().map(Mutex::new).collect(),
             shared,
             rng: Mutex::new(rng),
-            flush_lock: Mutex::new(()),
+            flush_lock: Mutex::new(0),
+            flush_batch_items: config.flush_batch_items,
             opened_clean: clean || fresh,
             before_commit: config.before_commit,
             dcp_applied: AtomicU64::new(0),
@@ -328,8 +352,9 @@ impl Bucket {
     /// # Errors
     /// `Storage` if the final write fails; the bucket then reopens as unclean.
     pub fn close(self) -> Result<()> {
-        let _flush = lock(&self.flush_lock);
-        self.flush_locked(Some(true))?;
+        let mut cursor = lock(&self.flush_lock);
+        self.flush_all_locked(&mut cursor)?;
+        self.commit_batches(Vec::new(), Some(true))?;
         info!(bucket = %self.name, "bucket closed cleanly");
         Ok(())
     }
@@ -392,7 +417,7 @@ impl Bucket {
         }
         info!(bucket = %self.name, vb = %vb, from = %old, to = %state, "vbucket state changed");
         if state == VbState::Active {
-            self.flush_locked(None)?;
+            self.flush_vb_locked(vb)?;
         }
         Ok(())
     }
@@ -407,7 +432,7 @@ impl Bucket {
         let _flush = lock(&self.flush_lock);
         self.vb(vb)?.delete_all(&self.shared);
         info!(bucket = %self.name, vb = %vb, "vbucket deleted");
-        self.flush_locked(None).map(|_| ())
+        self.flush_vb_locked(vb).map(|_| ())
     }
 
     /// The vbucket's state.
@@ -607,7 +632,7 @@ impl Bucket {
         let _flush = lock(&self.flush_lock);
         let outcome = self.vb(vb)?.rollback(&self.shared, to)?;
         info!(bucket = %self.name, vb = %vb, requested = %to, ?outcome, "vbucket rolled back");
-        self.flush_locked(None)?;
+        self.flush_vb_locked(vb)?;
         Ok(outcome)
     }
 
@@ -682,24 +707,78 @@ impl Bucket {
 
     // ---- maintenance ----
 
-    /// Group commit: writes the dirty state of every vbucket in ONE redb write
-    /// transaction, then advances the persisted seqnos.
+    /// Writes the dirty state of every vbucket, in commits of at most about
+    /// [`BucketConfig::flush_batch_items`] item versions each, then advances the
+    /// persisted seqnos. Returns the totals.
+    ///
+    /// # Errors
+    /// `Storage`; nothing is lost from memory and the next flush retries (vbuckets
+    /// committed before the failure stay persisted).
+    pub fn flush(&self) -> Result<FlushStats> {
+        let mut cursor = lock(&self.flush_lock);
+        self.flush_all_locked(&mut cursor)
+    }
+
+    /// One bounded group commit: takes the dirty state of whole vbuckets, round
+    /// robin from where the last step stopped, until the batch holds at least
+    /// [`BucketConfig::flush_batch_items`] item versions; writes them in ONE redb
+    /// write transaction; then advances their persisted seqnos. `more` in the result
+    /// says the bound stopped it before every vbucket was visited.
+    ///
+    /// Bounded commits keep the flusher's memory and each commit's latency bounded
+    /// under a write backlog, and the persisted seqnos advance commit by commit
+    /// instead of after one huge transaction.
     ///
     /// # Errors
     /// `Storage`; nothing is lost from memory and the next flush retries.
-    pub fn flush(&self) -> Result<FlushStats> {
-        let _flush = lock(&self.flush_lock);
-        self.flush_locked(None)
+    pub fn flush_step(&self) -> Result<FlushStats> {
+        let mut cursor = lock(&self.flush_lock);
+        self.flush_step_locked(&mut cursor)
     }
 
-    /// The flush body; the caller holds `flush_lock`. `clean` also writes the
-    /// clean-shutdown marker.
-    fn flush_locked(&self, clean: Option<bool>) -> Result<FlushStats> {
-        let batches: Vec<FlushBatch> = self
-            .vbs
-            .iter()
-            .filter_map(|m| lock(m).take_flush_batch())
-            .collect();
+    fn flush_all_locked(&self, cursor: &mut usize) -> Result<FlushStats> {
+        let mut total = FlushStats::default();
+        loop {
+            let step = self.flush_step_locked(cursor)?;
+            total.vbuckets += step.vbuckets;
+            total.items_written += step.items_written;
+            total.items_removed += step.items_removed;
+            if !step.more {
+                return Ok(total);
+            }
+        }
+    }
+
+    fn flush_step_locked(&self, cursor: &mut usize) -> Result<FlushStats> {
+        let n = self.vbs.len();
+        let mut batches: Vec<FlushBatch> = Vec::new();
+        let mut held = 0usize;
+        let mut visited = 0usize;
+        while visited < n && (batches.is_empty() || held < self.flush_batch_items) {
+            let i = (*cursor + visited) % n;
+            visited += 1;
+            if let Some(b) = lock(&self.vbs[i]).take_flush_batch() {
+                held += b.puts.len() + b.deletes.len();
+                batches.push(b);
+            }
+        }
+        *cursor = (*cursor + visited) % n;
+        let mut stats = self.commit_batches(batches, None)?;
+        stats.more = visited < n;
+        Ok(stats)
+    }
+
+    /// Writes one vbucket's dirty state now (state changes that must be durable
+    /// before the call returns), whatever the other vbuckets hold.
+    fn flush_vb_locked(&self, vb: Vbid) -> Result<FlushStats> {
+        let batch = self.vb(vb)?.take_flush_batch();
+        self.commit_batches(batch.into_iter().collect(), None)
+    }
+
+    /// Commits `batches` (and, with `clean`, the clean-shutdown marker) in one
+    /// transaction; on success advances their persisted seqnos, on failure puts them
+    /// back so the next flush retries. The caller holds `flush_lock`.
+    fn commit_batches(&self, batches: Vec<FlushBatch>, clean: Option<bool>) -> Result<FlushStats> {
         if batches.is_empty() && clean.is_none() {
             return Ok(FlushStats::default());
         }
@@ -729,6 +808,8 @@ impl Bucket {
             ..FlushStats::default()
         };
         let txn = self.db.begin_write().map_err(storage(name, "flush"))?;
+        // One record buffer for the whole commit: no allocation per item.
+        let mut record = Vec::new();
         {
             let mut items = txn
                 .open_table(store::ITEMS)
@@ -756,11 +837,9 @@ impl Bucket {
                     }
                 }
                 for stored in &b.puts {
+                    store::encode_item(stored, &mut record);
                     items
-                        .insert(
-                            (raw, stored.item.by_seqno.0),
-                            store::encode_item(stored).as_slice(),
-                        )
+                        .insert((raw, stored.item.by_seqno.0), record.as_slice())
                         .map_err(storage(name, "flush insert"))?;
                 }
                 stats.items_written += b.puts.len();
@@ -873,6 +952,7 @@ impl Bucket {
 mod tests {
     use super::*;
     use crate::item::DeleteSource;
+    use std::sync::Arc;
 
     const T0: u64 = 1_700_000_000;
 
@@ -1705,6 +1785,122 @@ mod tests {
         set(&b, "k0", "v2");
         let stats = b.flush().expect("flush");
         assert_eq!((stats.items_written, stats.items_removed), (1, 1));
+    }
+
+    /// A bucket with every vbucket active, `per_vb` documents in each, commits
+    /// counted, and `flush_batch_items` = `bound`.
+    fn loaded_with_bound(bound: usize, per_vb: usize) -> (Fixture, Arc<AtomicU64>) {
+        let commits = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&commits);
+        let f = with_config(|c| {
+            c.flush_batch_items = bound;
+            c.before_commit = Some(CommitHook::new(move || {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }));
+        });
+        for vb in 0..4 {
+            f.set_state(Vbid(vb), VbState::Active).expect("active");
+            for i in 0..per_vb {
+                f.store(
+                    Vbid(vb),
+                    StoreOp::Set,
+                    doc(&format!("k{i}"), "v"),
+                    Cas(0),
+                    now(),
+                )
+                .expect("set");
+            }
+        }
+        commits.store(0, Ordering::Relaxed);
+        (f, commits)
+    }
+
+    fn persisted(b: &Bucket) -> Vec<u64> {
+        (0..4)
+            .map(|vb| b.persisted_seqno(Vbid(vb)).expect("persisted").0)
+            .collect()
+    }
+
+    #[test]
+    fn a_flush_step_commits_whole_vbuckets_round_robin_up_to_its_bound() {
+        let (b, commits) = loaded_with_bound(50, 30);
+        // 30 items do not reach the bound of 50: a second vbucket joins, then it stops.
+        let first = b.flush_step().expect("step");
+        assert_eq!(
+            (first.vbuckets, first.items_written, first.more),
+            (2, 60, true)
+        );
+        assert_eq!(persisted(&b), [30, 30, 0, 0]);
+        // New writes to a flushed vbucket wait for the cursor to come round again.
+        b.store(vb0(), StoreOp::Set, doc("late", "v"), Cas(0), now())
+            .expect("set");
+        let second = b.flush_step().expect("step");
+        assert_eq!(
+            (second.vbuckets, second.items_written, second.more),
+            (2, 60, true)
+        );
+        assert_eq!(persisted(&b), [30, 30, 30, 30]);
+        let third = b.flush_step().expect("step");
+        assert_eq!((third.vbuckets, third.items_written), (1, 1));
+        assert_eq!(persisted(&b), [31, 30, 30, 30]);
+        assert_eq!(commits.load(Ordering::Relaxed), 3);
+        // Nothing dirty: a full round, no commit, nothing more to do.
+        let idle = b.flush_step().expect("idle step");
+        assert_eq!(idle, FlushStats::default());
+        assert_eq!(commits.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn flush_writes_a_backlog_in_commits_of_the_bound() {
+        let (b, commits) = loaded_with_bound(10, 30);
+        let stats = b.flush().expect("flush");
+        assert_eq!(
+            (stats.vbuckets, stats.items_written, stats.more),
+            (4, 120, false)
+        );
+        assert_eq!(
+            commits.load(Ordering::Relaxed),
+            4,
+            "one vbucket (30 >= 10) per commit"
+        );
+        assert_eq!(persisted(&b), [30, 30, 30, 30]);
+
+        let (b, commits) = loaded_with_bound(1_000, 30);
+        assert_eq!(b.flush().expect("flush").items_written, 120);
+        assert_eq!(
+            commits.load(Ordering::Relaxed),
+            1,
+            "under the bound: one group commit"
+        );
+    }
+
+    #[test]
+    fn a_state_change_commits_only_its_own_vbucket() {
+        let (b, commits) = loaded_with_bound(1_000, 30);
+        b.set_state(Vbid(2), VbState::Replica).expect("replica");
+        b.set_state(Vbid(2), VbState::Active).expect("active again");
+        assert_eq!(commits.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            persisted(&b),
+            [0, 0, 30, 0],
+            "the others' backlog was not waited for"
+        );
+        b.rollback(Vbid(2), Seqno(40))
+            .expect_err("active vbuckets do not roll back");
+        b.delete_vbucket(Vbid(3)).expect("delete");
+        assert_eq!(commits.load(Ordering::Relaxed), 2);
+        assert_eq!(persisted(&b), [0, 0, 30, 0]);
+    }
+
+    #[test]
+    fn a_flush_batch_bound_of_zero_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = config(dir.path());
+        c.flush_batch_items = 0;
+        assert!(matches!(
+            Bucket::open(c),
+            Err(EngineError::InvalidConfig { .. })
+        ));
     }
 
     #[test]

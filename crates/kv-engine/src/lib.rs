@@ -46,13 +46,14 @@ mod bucket;
 mod error;
 mod failover;
 mod item;
+mod key_index;
 mod ops;
 mod store;
 mod vbucket;
 
 pub use bucket::{
-    Bucket, BucketConfig, CommitHook, DEFAULT_MAX_ITEM_SIZE, DEFAULT_NUM_VBUCKETS,
-    DEFAULT_QUOTA_BYTES,
+    Bucket, BucketConfig, CommitHook, DEFAULT_FLUSH_BATCH_ITEMS, DEFAULT_MAX_ITEM_SIZE,
+    DEFAULT_NUM_VBUCKETS, DEFAULT_QUOTA_BYTES, DEFAULT_STORAGE_CACHE_BYTES,
 };
 pub use error::{EngineError, Result};
 pub use failover::{

@@ -167,4 +167,7 @@ pub struct FlushStats {
     pub items_written: usize,
     /// Item versions removed from disk (overwritten, purged or rolled back).
     pub items_removed: usize,
+    /// A bounded step stopped at its batch bound before visiting every vbucket:
+    /// more may be dirty, flush again without waiting.
+    pub more: bool,
 }

@@ -37,9 +37,12 @@ const VB_RECORD_V1: u8 = 1;
 const FLAG_DELETED: u8 = 0x01;
 const FLAG_EXPIRED: u8 = 0x02;
 
-pub(crate) fn encode_item(stored: &Stored) -> Vec<u8> {
+/// Encodes an item record into `out`, replacing what it held (callers reuse one
+/// buffer for a whole flush).
+pub(crate) fn encode_item(stored: &Stored, out: &mut Vec<u8>) {
     let item = &stored.item;
-    let mut out = Vec::with_capacity(48 + item.key.len() + item.value.len());
+    out.clear();
+    out.reserve(48 + item.key.len() + item.value.len());
     let mut flags = 0;
     if item.deleted {
         flags |= FLAG_DELETED;
@@ -60,7 +63,6 @@ pub(crate) fn encode_item(stored: &Stored) -> Vec<u8> {
     out.extend_from_slice(&key_len.to_le_bytes());
     out.extend_from_slice(&item.key);
     out.extend_from_slice(&item.value);
-    out
 }
 
 /// Decodes an item record; `None` if the bytes are not a valid record.
@@ -218,10 +220,28 @@ mod tests {
         }
     }
 
+    fn encoded(s: &Stored) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_item(s, &mut out);
+        out
+    }
+
     #[test]
     fn item_records_round_trip() {
         let s = sample();
-        assert_eq!(decode_item(42, &encode_item(&s)), Some(s));
+        assert_eq!(decode_item(42, &encoded(&s)), Some(s));
+    }
+
+    #[test]
+    fn a_reused_record_buffer_holds_only_the_last_record() {
+        let s = sample();
+        let mut big = s.clone();
+        big.item.value = Bytes::from(vec![7u8; 500]);
+        let mut buf = Vec::new();
+        encode_item(&big, &mut buf);
+        encode_item(&s, &mut buf);
+        assert_eq!(buf, encoded(&s));
+        assert_eq!(decode_item(42, &buf), Some(s));
     }
 
     #[test]
@@ -258,7 +278,7 @@ mod tests {
 
         #[test]
         fn truncated_item_records_are_rejected_not_misread(cut in 0usize..44) {
-            let bytes = encode_item(&sample());
+            let bytes = encoded(&sample());
             // 41 fixed bytes then the 3-byte key: cutting before the value must fail.
             prop_assert!(decode_item(42, &bytes[..cut]).is_none());
         }

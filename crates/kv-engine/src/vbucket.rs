@@ -4,7 +4,7 @@
 //! Every method runs under the vbucket's mutex; the bucket-wide counters it touches
 //! ([`Shared`]) are atomics.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
@@ -13,6 +13,7 @@ use mcbp::{Cas, Seqno, VbState, Vbid};
 use crate::error::{EngineError, Result};
 use crate::failover::{FailoverEntry, FailoverLog};
 use crate::item::{absolute_expiry, DeleteSource, Item, UnixTime, DATATYPE_JSON};
+use crate::key_index::KeyIndex;
 use crate::ops::{
     ArithOp, ConcatOp, Counter, Document, MutationInfo, RollbackOutcome, StoreOp,
     StreamRequestPosition, VbStats,
@@ -140,6 +141,22 @@ pub(crate) struct FlushBatch {
     pub(crate) meta: VbMeta,
 }
 
+/// What a write needs of the key's current version: its rev and its quota charge.
+#[derive(Clone, Copy, Debug)]
+struct Prev {
+    rev: u64,
+    size: u64,
+}
+
+impl Prev {
+    fn of(current: &Stored) -> Prev {
+        Prev {
+            rev: current.item.rev_seqno,
+            size: current.item.mem_size(),
+        }
+    }
+}
+
 /// The fields of a new version the operation decides; seqno, cas and rev are assigned.
 struct NewVersion {
     value: Bytes,
@@ -172,9 +189,7 @@ pub(crate) struct VBucket {
     pub(crate) snap_start: Seqno,
     pub(crate) snap_end: Seqno,
     pub(crate) failover: FailoverLog,
-    /// Keys come from clients, so the hasher must resist flooding; aHash is
-    /// randomly keyed and several times faster than SipHash on short keys.
-    by_key: HashMap<Bytes, Seqno, ahash::RandomState>,
+    by_key: KeyIndex,
     /// Exactly one version per key: the current one.
     by_seqno: BTreeMap<Seqno, Stored>,
     live_items: u64,
@@ -233,7 +248,7 @@ impl VBucket {
             snap_start: Seqno(0),
             snap_end: Seqno(0),
             failover: FailoverLog::new(),
-            by_key: HashMap::with_hasher(ahash::RandomState::new()),
+            by_key: KeyIndex::default(),
             by_seqno: BTreeMap::new(),
             live_items: 0,
             tombstones: 0,
@@ -276,7 +291,7 @@ impl VBucket {
     /// and the older one is scheduled for removal from disk.
     pub(crate) fn load_version(&mut self, sh: &Shared, stored: Stored) {
         let seqno = stored.item.by_seqno;
-        if let Some(&existing) = self.by_key.get(&stored.item.key) {
+        if let Some(existing) = self.by_key.get(&stored.item.key) {
             if existing > seqno {
                 self.disk_deletes.push(seqno);
                 return;
@@ -286,7 +301,7 @@ impl VBucket {
         // Loading never refuses: a bucket over quota only refuses new writes.
         let _ = sh.reserve(self.id, stored.item.mem_size(), false);
         self.account_add(seqno, &stored.item);
-        self.by_key.insert(stored.item.key.clone(), seqno);
+        self.by_key.upsert(stored.item.key.clone(), seqno);
         self.by_seqno.insert(seqno, stored);
     }
 
@@ -327,7 +342,7 @@ impl VBucket {
 
     fn current(&self, key: &[u8]) -> Option<&Stored> {
         let seqno = self.by_key.get(key)?;
-        let stored = self.by_seqno.get(seqno);
+        let stored = self.by_seqno.get(&seqno);
         debug_assert!(
             stored.is_some(),
             "{} key index points at a missing seqno",
@@ -337,9 +352,17 @@ impl VBucket {
     }
 
     fn visible(&self, key: &[u8], now: UnixTime) -> Option<&Item> {
-        self.current(key)
-            .map(|s| &s.item)
-            .filter(|i| i.is_visible(now))
+        self.lookup(key, now).1
+    }
+
+    /// The one key lookup of a write: what the write needs of the current version
+    /// (visible or not), and the version if it is visible.
+    fn lookup(&self, key: &[u8], now: UnixTime) -> (Option<Prev>, Option<&Item>) {
+        let current = self.current(key);
+        (
+            current.map(Prev::of),
+            current.map(|s| &s.item).filter(|i| i.is_visible(now)),
+        )
     }
 
     fn check_key(&self, key: &[u8]) -> Result<()> {
@@ -381,9 +404,16 @@ impl VBucket {
 
     /// `remove_version` without touching the bucket's quota (the caller settles it).
     fn detach_version(&mut self, seqno: Seqno, on_disk: bool) -> Option<Stored> {
-        let stored = self.by_seqno.remove(&seqno)?;
+        let stored = self.unindex_seqno(seqno, on_disk)?;
         let removed = self.by_key.remove(&stored.item.key);
         debug_assert_eq!(removed, Some(seqno), "{} key index out of sync", self.id);
+        Some(stored)
+    }
+
+    /// Removes the version at `seqno` from everything but the key index (the caller
+    /// repoints or removes the key) and from the vbucket's accounting.
+    fn unindex_seqno(&mut self, seqno: Seqno, on_disk: bool) -> Option<Stored> {
+        let stored = self.by_seqno.remove(&seqno)?;
         self.mem = self.mem.saturating_sub(stored.item.mem_size());
         if stored.item.deleted {
             self.tombstones = self.tombstones.saturating_sub(1);
@@ -401,8 +431,14 @@ impl VBucket {
     /// Settles the quota for replacing the key's current version with `item`. With
     /// `enforce` false the write always succeeds: deletions must stay possible, or a
     /// full bucket could never shrink.
-    fn reserve_for(&self, sh: &Shared, item: &Item, enforce: bool) -> Result<()> {
-        let old_size = self.current(&item.key).map_or(0, |s| s.item.mem_size());
+    fn reserve_for(
+        &self,
+        sh: &Shared,
+        prev: Option<Prev>,
+        item: &Item,
+        enforce: bool,
+    ) -> Result<()> {
+        let old_size = prev.map_or(0, |p| p.size);
         let new_size = item.mem_size();
         if new_size > old_size {
             sh.reserve(self.id, new_size - old_size, enforce)
@@ -415,16 +451,15 @@ impl VBucket {
     /// Makes `item` the current version of its key; `reserve_for` was called for it.
     fn install_reserved(&mut self, sh: &Shared, item: Item) {
         let seqno = item.by_seqno;
-        let origin = match self.by_key.get(&item.key).copied() {
+        let origin = match self.by_key.upsert(item.key.clone(), seqno) {
             Some(old_seqno) => {
-                self.detach_version(old_seqno, true)
+                self.unindex_seqno(old_seqno, true)
                     .expect("key index points at a stored version")
                     .origin
             }
             None => seqno,
         };
         self.account_add(seqno, &item);
-        self.by_key.insert(item.key.clone(), seqno);
         self.dirty.insert(seqno, item.deleted);
         self.by_seqno.insert(seqno, Stored { item, origin });
         self.high_seqno = seqno;
@@ -444,9 +479,10 @@ impl VBucket {
         sh: &Shared,
         key: Bytes,
         nv: NewVersion,
+        prev: Option<Prev>,
         now: UnixTime,
     ) -> Result<MutationInfo> {
-        let rev_seqno = self.current(&key).map_or(1, |s| s.item.rev_seqno + 1);
+        let rev_seqno = prev.map_or(1, |p| p.rev + 1);
         let seqno = next(self.high_seqno);
         let (deleted, delete_source, delete_time) = match nv.tombstone {
             Some((source, time)) => (true, source, time),
@@ -466,7 +502,7 @@ impl VBucket {
             delete_time,
         };
         // Reserve before taking a CAS, so a refused write consumes nothing.
-        self.reserve_for(sh, &item, !deleted)?;
+        self.reserve_for(sh, prev, &item, !deleted)?;
         item.cas = sh.next_cas(now);
         let cas = item.cas;
         self.install_reserved(sh, item);
@@ -506,7 +542,7 @@ impl VBucket {
         self.require_active()?;
         self.check_key(&doc.key)?;
         self.check_value(sh, doc.value.len())?;
-        let existing = self.visible(&doc.key, now);
+        let (prev, existing) = self.lookup(&doc.key, now);
         match (op, existing) {
             (StoreOp::Add, Some(_)) => return Err(EngineError::KeyExists { vb: self.id }),
             (StoreOp::Add, None) => {}
@@ -524,7 +560,7 @@ impl VBucket {
             datatype: doc.datatype,
             tombstone: None,
         };
-        self.mutate(sh, doc.key, nv, now)
+        self.mutate(sh, doc.key, nv, prev, now)
     }
 
     pub(crate) fn delete(
@@ -535,13 +571,12 @@ impl VBucket {
         now: UnixTime,
     ) -> Result<MutationInfo> {
         self.require_active()?;
-        let item = self
-            .visible(key, now)
-            .ok_or(EngineError::KeyNotFound { vb: self.id })?;
+        let (prev, item) = self.lookup(key, now);
+        let item = item.ok_or(EngineError::KeyNotFound { vb: self.id })?;
         self.check_cas(item, cas)?;
         let (key, flags) = (item.key.clone(), item.flags);
         let nv = NewVersion::tombstone(DeleteSource::Explicit, flags, now);
-        self.mutate(sh, key, nv, now)
+        self.mutate(sh, key, nv, prev, now)
     }
 
     pub(crate) fn concat(
@@ -554,9 +589,8 @@ impl VBucket {
         now: UnixTime,
     ) -> Result<MutationInfo> {
         self.require_active()?;
-        let item = self
-            .visible(key, now)
-            .ok_or(EngineError::NotStored { vb: self.id })?;
+        let (prev, item) = self.lookup(key, now);
+        let item = item.ok_or(EngineError::NotStored { vb: self.id })?;
         self.check_cas(item, cas)?;
         let len = item.value.len() + data.len();
         self.check_value(sh, len)?;
@@ -580,7 +614,7 @@ impl VBucket {
             tombstone: None,
         };
         let key = item.key.clone();
-        self.mutate(sh, key, nv, now)
+        self.mutate(sh, key, nv, prev, now)
     }
 
     pub(crate) fn arithmetic(
@@ -594,7 +628,8 @@ impl VBucket {
     ) -> Result<(u64, MutationInfo)> {
         self.require_active()?;
         self.check_key(key)?;
-        let (value, flags, expiry) = match self.visible(key, now) {
+        let (prev, item) = self.lookup(key, now);
+        let (value, flags, expiry) = match item {
             None if counter.expiry == Counter::NO_CREATE => {
                 return Err(EngineError::KeyNotFound { vb: self.id })
             }
@@ -617,7 +652,7 @@ impl VBucket {
             datatype: DATATYPE_JSON,
             tombstone: None,
         };
-        let info = self.mutate(sh, Bytes::copy_from_slice(key), nv, now)?;
+        let info = self.mutate(sh, Bytes::copy_from_slice(key), nv, prev, now)?;
         Ok((value, info))
     }
 
@@ -629,9 +664,8 @@ impl VBucket {
         now: UnixTime,
     ) -> Result<(Item, MutationInfo)> {
         self.require_active()?;
-        let item = self
-            .visible(key, now)
-            .ok_or(EngineError::KeyNotFound { vb: self.id })?;
+        let (prev, item) = self.lookup(key, now);
+        let item = item.ok_or(EngineError::KeyNotFound { vb: self.id })?;
         let nv = NewVersion {
             value: item.value.clone(),
             flags: item.flags,
@@ -640,9 +674,10 @@ impl VBucket {
             tombstone: None,
         };
         let key = item.key.clone();
-        let info = self.mutate(sh, key.clone(), nv, now)?;
+        let info = self.mutate(sh, key, nv, prev, now)?;
         let item = self
-            .current(&key)
+            .by_seqno
+            .get(&info.seqno)
             .map(|s| s.item.clone())
             .expect("the version just installed is current");
         Ok((item, info))
@@ -662,11 +697,12 @@ impl VBucket {
             .collect();
         let mut out = Vec::with_capacity(expired.len());
         for key in expired {
-            let Some(flags) = self.current(&key).map(|s| s.item.flags) else {
+            let Some((prev, flags)) = self.current(&key).map(|s| (Prev::of(s), s.item.flags))
+            else {
                 continue;
             };
             let nv = NewVersion::tombstone(DeleteSource::Expired, flags, now);
-            match self.mutate(sh, key.clone(), nv, now) {
+            match self.mutate(sh, key.clone(), nv, Some(prev), now) {
                 Ok(info) => out.push((key, info.seqno)),
                 Err(e) => debug_assert!(false, "{}: tombstones bypass the quota: {e}", self.id),
             }
@@ -747,7 +783,8 @@ impl VBucket {
             item.delete_time = 0;
             item.delete_source = DeleteSource::Explicit;
         }
-        self.reserve_for(sh, &item, !item.deleted)?;
+        let prev = self.current(&item.key).map(Prev::of);
+        self.reserve_for(sh, prev, &item, !item.deleted)?;
         sh.observe_cas(item.cas);
         self.install_reserved(sh, item);
         Ok(())

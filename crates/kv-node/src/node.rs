@@ -190,18 +190,28 @@ async fn flusher(state: Arc<NodeState>, shutdown: CancellationToken) {
             _ = tick.tick() => {}
         }
         for entry in state.buckets() {
-            let e = entry.clone();
-            let res = tokio::task::spawn_blocking(move || e.bucket.flush()).await;
-            match res {
-                Ok(Ok(stats)) => {
-                    if stats.vbuckets > 0 {
-                        entry.persisted.notify_waiters();
+            // Bounded commits, back to back while a backlog lasts: each one advances
+            // the persisted seqnos of the vbuckets it wrote and wakes their waiters.
+            loop {
+                let e = entry.clone();
+                let res = tokio::task::spawn_blocking(move || e.bucket.flush_step()).await;
+                match res {
+                    Ok(Ok(stats)) => {
+                        if stats.vbuckets > 0 {
+                            entry.persisted.notify_waiters();
+                        }
+                        if stats.more && !shutdown.is_cancelled() {
+                            continue;
+                        }
+                    }
+                    Ok(Err(err)) => {
+                        error!(bucket = %entry.meta.name, error = %err, "flush failed; will retry")
+                    }
+                    Err(err) => {
+                        error!(bucket = %entry.meta.name, error = %err, "flush task failed")
                     }
                 }
-                Ok(Err(err)) => {
-                    error!(bucket = %entry.meta.name, error = %err, "flush failed; will retry")
-                }
-                Err(err) => error!(bucket = %entry.meta.name, error = %err, "flush task failed"),
+                break;
             }
         }
     }

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bytes::BytesMut;
@@ -63,13 +64,20 @@ pub(crate) async fn run(args: BenchDcpArgs) -> anyhow::Result<serde_json::Value>
     let mut cc = consumer.client(bound).await?;
     let acked = Arc::new(AtomicU64::new(0));
 
+    // Disk: how fast the producer takes the load, and how long until all of it is
+    // durable (the flusher's rate under a write load, measured from the first write).
+    let mut persist = None;
     if args.source == Source::Disk {
-        load(loaders(&producer, a).await?, a, &acked)
-            .await
-            .context("loading")?;
+        let writers = loaders(&producer, a).await?;
+        let cpu0 = producer.cpu_seconds()?;
+        let t = Instant::now();
+        load(writers, a, &acked).await.context("loading")?;
+        let loaded_in = t.elapsed();
         let loaded = high_seqnos(&mut pc).await?;
         wait_persisted(&mut pc, &loaded, bound).await?;
+        persist = Some((loaded_in, t.elapsed(), producer.cpu_seconds()? - cpu0));
     }
+    let cpu0 = (producer.cpu_seconds()?, consumer.cpu_seconds()?);
     let name = "conduit-bench-dcp";
     let consumer_value = json!({ "consumer_name": "bench" }).to_string();
     let to_consumer = consumer
@@ -108,7 +116,8 @@ pub(crate) async fn run(args: BenchDcpArgs) -> anyhow::Result<serde_json::Value>
         };
     let mutations: u64 = want.values().sum();
     let secs = elapsed.as_secs_f64();
-    Ok(json!({
+    let per_m = |cpu: f64| round3(cpu / (mutations.max(1) as f64 / 1e6));
+    let mut out = json!({
         "bench": "dcp",
         "source": args.source.name(),
         "docs": a.docs,
@@ -120,9 +129,19 @@ pub(crate) async fn run(args: BenchDcpArgs) -> anyhow::Result<serde_json::Value>
         "mb_per_sec": round3(a.payload_bytes() as f64 / 1e6 / secs),
         "mb_per_sec_counts": "key+value bytes",
         "elapsed_ms": elapsed.as_millis() as u64,
+        "producer_cpu_s_per_m": per_m(producer.cpu_seconds()? - cpu0.0),
+        "consumer_cpu_s_per_m": per_m(consumer.cpu_seconds()? - cpu0.1),
         "producer_peak_rss_bytes": producer.peak_rss_bytes()?,
         "consumer_peak_rss_bytes": consumer.peak_rss_bytes()?,
-    }))
+    });
+    if let Some((loaded_in, persisted_in, cpu)) = persist {
+        let rate = |d: Duration| (mutations as f64 / d.as_secs_f64().max(1e-9)).round() as u64;
+        out["load_mutations_per_sec"] = json!(rate(loaded_in));
+        out["load_persisted_mutations_per_sec"] = json!(rate(persisted_in));
+        out["load_persist_lag_ms"] = json!((persisted_in - loaded_in).as_millis() as u64);
+        out["load_producer_cpu_s_per_m"] = json!(per_m(cpu));
+    }
+    Ok(out)
 }
 
 /// A splice task ending early (EOF, I/O error) means the streams broke.

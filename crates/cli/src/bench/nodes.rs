@@ -179,6 +179,16 @@ impl NodeChild {
             .with_context(|| format!("no VmHWM in {path}"))
     }
 
+    /// The node's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU seconds (user + system, all threads) the node has used so far.
+    pub(crate) fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        cpu_seconds(&self.pid().to_string())
+    }
+
     /// Creates the bench bucket with every vbucket in `state` (admin API).
     pub(crate) async fn create_bucket(&self, load: &LoadArgs, state: &str) -> anyhow::Result<()> {
         let body = serde_json::json!({
@@ -331,6 +341,48 @@ pub(crate) async fn high_seqnos(c: &mut Client) -> anyhow::Result<BTreeMap<u16, 
         .collect())
 }
 
+/// CPU seconds (user + system, all threads) process `pid` ("self" for this one)
+/// has used: fields 14 and 15 of `/proc/<pid>/stat`, in USER_HZ ticks (100 per
+/// second on Linux for every architecture's /proc ABI).
+pub(crate) fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    parse_cpu_ticks(&stat)
+        .map(|ticks| ticks as f64 / 100.0)
+        .with_context(|| format!("no utime/stime in {path}"))
+}
+
+/// utime + stime from a `/proc/<pid>/stat` line. The command name (field 2) may hold
+/// spaces and parentheses, so fields are counted after its closing parenthesis.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Sums of the high and the persisted seqnos of every vbucket (`vbucket-seqno`).
+pub(crate) async fn seqno_sums(c: &mut Client) -> anyhow::Result<(u64, u64)> {
+    let mut high = 0u64;
+    let mut persisted = 0u64;
+    for (k, v) in c.stats("vbucket-seqno").await? {
+        let Some(field) = k.strip_prefix("vb_").and_then(|k| k.split_once(':')) else {
+            continue;
+        };
+        if !matches!(field.1, "high_seqno" | "last_persisted_seqno") {
+            continue;
+        }
+        let n: u64 = v.parse().with_context(|| format!("stat {k} = {v:?}"))?;
+        match field.1 {
+            "high_seqno" => high += n,
+            "last_persisted_seqno" => persisted += n,
+            _ => {}
+        }
+    }
+    Ok((high, persisted))
+}
+
 /// Whether `have` reached `want` in every vbucket of `want`.
 pub(crate) fn caught_up(have: &BTreeMap<u16, u64>, want: &BTreeMap<u16, u64>) -> bool {
     want.iter()
@@ -381,6 +433,15 @@ pub(crate) async fn wait_persisted(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_ticks_are_fields_14_and_15_even_with_a_strange_command_name() {
+        let stat = "4242 (tokio rt) (x)) S 1 2 3 4 5 6 7 8 9 10 250 31 0 0 20 0 8";
+        assert_eq!(parse_cpu_ticks(stat), Some(281));
+        assert_eq!(parse_cpu_ticks("4242 (short) S 1 2"), None);
+        let own = cpu_seconds("self").expect("own /proc stat");
+        assert!(own >= 0.0);
+    }
 
     #[test]
     fn keys_have_a_fixed_length() {

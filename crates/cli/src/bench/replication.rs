@@ -1,7 +1,9 @@
 //! `conduit bench replication`: end-to-end replication through the proxy pair
 //! (`Replicator`, consumer = node B) between two `conduit node` processes, loading
 //! node A while replicating. Throughput is docs over the time from the first write
-//! to B holding every mutation; lag is measured per writer-side sample.
+//! to B holding every mutation; lag is measured per writer-side sample: replication
+//! lag (acknowledged on A → in B's memory) and persistence lag (acknowledged on A →
+//! durable on A, and on B). CPU is reported per process per million mutations.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +17,7 @@ use replication::{Replicator, ReplicatorConfig};
 use serde_json::json;
 use tokio::time::{sleep, timeout, Instant};
 
-use super::nodes::{high_seqnos, load, loaders, LoadArgs, NodeChild, BUCKET};
+use super::nodes::{cpu_seconds, load, loaders, seqno_sums, LoadArgs, NodeChild, BUCKET};
 use super::{percentile, round3};
 
 /// Flags of `conduit bench replication`.
@@ -27,8 +29,9 @@ pub(crate) struct BenchReplicationArgs {
 
 /// Writer-side sampling period.
 const SAMPLE_EVERY: Duration = Duration::from_millis(5);
-/// Consumer-side polling period (adds up to this much to each lag).
-const POLL_EVERY: Duration = Duration::from_millis(1);
+/// Node-side sampling period (adds up to this much to each lag). Sampled, not a
+/// tight poll, so that measuring does not load the nodes measured.
+const POLL_EVERY: Duration = Duration::from_millis(5);
 
 /// (microseconds since the first write, mutations).
 type Point = (u64, u64);
@@ -53,35 +56,57 @@ pub(crate) async fn run(args: BenchReplicationArgs) -> anyhow::Result<serde_json
 
     let acked = Arc::new(AtomicU64::new(0));
     let mut cc = consumer.client(bound).await?;
+    let mut pc = producer.client(bound).await?;
     let writers = loaders(&producer, a).await?;
+    let cpu0 = Cpu::read(&producer, &consumer)?;
     let t0 = Instant::now();
     let since = move || t0.elapsed().as_micros() as u64;
     let sampler = tokio::spawn(sample(Arc::clone(&acked), a.docs, since));
     let docs = a.docs;
+    // Both nodes are sampled until each has persisted every mutation; the consumer's
+    // high seqnos reaching `docs` is the end of the replication (throughput) window.
     let poller = tokio::spawn(async move {
-        let mut seen: Vec<Point> = Vec::new();
+        let mut seen = Observed::default();
+        let mut cpu_at_caught_up = None;
         loop {
-            let sum: u64 = high_seqnos(&mut cc).await?.values().sum();
-            seen.push((since(), sum));
-            if sum >= docs {
-                return anyhow::Ok(seen);
+            let (high, persisted) = seqno_sums(&mut cc).await?;
+            let (_, p_persisted) = seqno_sums(&mut pc).await?;
+            let t = since();
+            seen.replicated.push((t, high));
+            seen.consumer_persisted.push((t, persisted));
+            seen.producer_persisted.push((t, p_persisted));
+            if high >= docs && cpu_at_caught_up.is_none() {
+                seen.caught_up_us = t;
+                cpu_at_caught_up = Some(Cpu::read_pids(cpu0.pids.clone())?);
+            }
+            if high >= docs && persisted >= docs && p_persisted >= docs {
+                return anyhow::Ok((seen, cpu_at_caught_up));
             }
             sleep(POLL_EVERY).await;
         }
     });
     load(writers, a, &acked).await.context("loading")?;
-    let seen = match timeout(bound, poller).await {
-        Ok(r) => r.context("consumer poller")??,
+    let (seen, cpu1) = match timeout(bound, poller).await {
+        Ok(r) => r.context("node poller")??,
         Err(_) => bail!(
-            "consumer did not catch up within {bound:?} (replicator: {:?})",
+            "the nodes did not catch up and persist within {bound:?} (replicator: {:?})",
             repl.termination()
         ),
     };
+    let cpu1 = cpu1.context("caught up without a CPU reading")?;
     let samples = sampler.await.context("sampler")?;
-    let caught_up_us = seen.last().map_or(0, |p| p.0);
-    let mut lags =
-        lags_us(&samples, &seen).context("a sample was never reached by the consumer")?;
-    lags.sort_unstable();
+    let caught_up_us = seen.caught_up_us;
+    let lag = |name: &str, points: &[Point]| -> anyhow::Result<Vec<u64>> {
+        let mut lags = lags_us(&samples, points)
+            .with_context(|| format!("a sample was never reached ({name})"))?;
+        lags.sort_unstable();
+        Ok(lags)
+    };
+    let lags = lag("replication", &seen.replicated)?;
+    let c_persist = lag("consumer persistence", &seen.consumer_persisted)?;
+    let p_persist = lag("producer persistence", &seen.producer_persisted)?;
+    let ms = |v: &[u64], p: f64| round3(percentile(v, p) as f64 / 1000.0);
+    let per_m = |secs: f64| round3(secs / (a.docs as f64 / 1e6));
     let out = json!({
         "bench": "replication",
         "docs": a.docs,
@@ -90,13 +115,54 @@ pub(crate) async fn run(args: BenchReplicationArgs) -> anyhow::Result<serde_json
         "mutations_per_sec": (a.docs as f64 / (caught_up_us.max(1) as f64 / 1e6)).round() as u64,
         "elapsed_ms": caught_up_us / 1000,
         "lag_samples": lags.len(),
-        "lag_p50_ms": round3(percentile(&lags, 50.0) as f64 / 1000.0),
-        "lag_p99_ms": round3(percentile(&lags, 99.0) as f64 / 1000.0),
+        "lag_p50_ms": ms(&lags, 50.0),
+        "lag_p99_ms": ms(&lags, 99.0),
+        "producer_persisted_lag_p50_ms": ms(&p_persist, 50.0),
+        "producer_persisted_lag_p99_ms": ms(&p_persist, 99.0),
+        "consumer_persisted_lag_p50_ms": ms(&c_persist, 50.0),
+        "consumer_persisted_lag_p99_ms": ms(&c_persist, 99.0),
+        "producer_cpu_s_per_m": per_m(cpu1.producer - cpu0.producer),
+        "consumer_cpu_s_per_m": per_m(cpu1.consumer - cpu0.consumer),
+        "bench_cpu_s_per_m": per_m(cpu1.bench - cpu0.bench),
         "producer_peak_rss_bytes": producer.peak_rss_bytes()?,
         "consumer_peak_rss_bytes": consumer.peak_rss_bytes()?,
     });
     repl.abort();
     Ok(out)
+}
+
+/// What the node poller saw: per node, (time, mutations) observations.
+#[derive(Default)]
+struct Observed {
+    replicated: Vec<Point>,
+    consumer_persisted: Vec<Point>,
+    producer_persisted: Vec<Point>,
+    caught_up_us: u64,
+}
+
+/// CPU seconds used so far by the two nodes and by this process (the proxy pair,
+/// the loaders and the samplers).
+struct Cpu {
+    pids: [String; 2],
+    producer: f64,
+    consumer: f64,
+    bench: f64,
+}
+
+impl Cpu {
+    fn read(producer: &NodeChild, consumer: &NodeChild) -> anyhow::Result<Cpu> {
+        Cpu::read_pids([producer.pid().to_string(), consumer.pid().to_string()])
+    }
+
+
+    fn read_pids(pids: [String; 2]) -> anyhow::Result<Cpu> {
+        Ok(Cpu {
+            producer: cpu_seconds(&pids[0])?,
+            consumer: cpu_seconds(&pids[1])?,
+            bench: cpu_seconds("self")?,
+            pids,
+        })
+    }
 }
 
 async fn start_replicator(
