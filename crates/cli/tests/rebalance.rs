@@ -272,12 +272,9 @@ async fn a_node_killed_mid_rebalance_fails_it_typed_and_after_a_restart_a_rerun_
     let fourth = v["otpNode"].as_str().unwrap_or_default().to_owned();
     post_ok(a, "/settings/rebalance", &[("rebalanceMovesPerNode", "1")]).await?;
     start_rebalance(a, &[]).await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let p = ok(a, "GET", "/pools/default/rebalanceProgress", &[], 200).await?;
-    assert_eq!(
-        p["status"], "running",
-        "still running when the node dies: {p}"
-    );
+    // At once: this bucket's moves can all finish within a few hundred ms. Should
+    // they finish before the kill lands, the final replication check fails instead,
+    // and its error names the dead producer too.
     let victim = nodes.remove(3);
     let ports = (victim.kv.port(), victim.admin.port());
     let killed_at = Instant::now();

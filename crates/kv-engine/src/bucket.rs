@@ -1,4 +1,4 @@
-//! [`Bucket`]: one bucket's vbuckets over one redb database, shared across threads.
+//! [`Bucket`]: one bucket's vbuckets over one append-only log, shared across threads.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -9,17 +9,16 @@ use bytes::Bytes;
 use mcbp::{Cas, Seqno, VbState, VbUuid, Vbid};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use redb::{Database, ReadableTable};
 use tracing::{debug, info};
 
 use crate::error::{EngineError, Result};
 use crate::failover::{decide_rollback, FailoverEntry, FailoverLog, RollbackDecision, StreamStart};
 use crate::item::{Item, UnixTime};
+use crate::logstore::{self, LogStore, OpenError};
 use crate::ops::{
     ArithOp, Backfill, BucketStats, ConcatOp, Counter, Document, FlushStats, MutationInfo,
     RollbackOutcome, StoreOp, StreamRequestPosition, VbStats,
 };
-use crate::store;
 use crate::vbucket::{FlushBatch, Shared, VBucket};
 
 /// Default number of vbuckets per bucket.
@@ -28,11 +27,8 @@ pub const DEFAULT_NUM_VBUCKETS: u16 = 1024;
 pub const DEFAULT_QUOTA_BYTES: u64 = 256 * 1024 * 1024;
 /// Default largest value accepted (20 MiB, memcached's item size limit).
 pub const DEFAULT_MAX_ITEM_SIZE: usize = 20 * 1024 * 1024;
-/// Default memory for redb's page cache and write buffer (64 MiB). Every item is
-/// also in memory and reads never go to the file except on open, so the cache only
-/// has to hold the B-tree pages a flush touches; redb's own default (1 GiB) doubled
-/// a loaded node's resident memory.
-pub const DEFAULT_STORAGE_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// Default slack before the log is compacted (see [`BucketConfig::compact_floor_bytes`]).
+pub const DEFAULT_COMPACT_FLOOR_BYTES: u64 = 64 * 1024 * 1024;
 /// Default bound on the item versions one commit writes (see [`Bucket::flush_step`]).
 pub const DEFAULT_FLUSH_BATCH_ITEMS: usize = 50_000;
 
@@ -41,7 +37,7 @@ pub const DEFAULT_FLUSH_BATCH_ITEMS: usize = 50_000;
 pub struct BucketConfig {
     /// Bucket name: 1..=100 of `[A-Za-z0-9._%-]`, not starting with `.`.
     pub name: String,
-    /// Directory holding `<name>.redb`; created if missing.
+    /// Directory holding `<name>.clog`; created if missing.
     pub data_dir: PathBuf,
     /// Number of vbuckets; must match the database if it exists.
     pub num_vbuckets: u16,
@@ -51,17 +47,18 @@ pub struct BucketConfig {
     pub max_item_size: usize,
     /// Seed for the RNG that draws vb_uuids; `None` seeds from the OS.
     pub rng_seed: Option<u64>,
-    /// Memory for redb's page cache and write buffer.
-    pub storage_cache_bytes: usize,
     /// A commit stops taking vbuckets once it holds this many item versions (it
     /// always takes at least one vbucket whole).
     pub flush_batch_items: usize,
-    /// Called right before every commit of a write transaction (tests only: a hook
+    /// The log is compacted once it is larger than twice the bucket's memory use
+    /// plus this many bytes.
+    pub compact_floor_bytes: u64,
+    /// Called right before every commit is synced (tests only: a hook
     /// that blocks makes commits slow, or checks which thread commits).
     pub before_commit: Option<CommitHook>,
 }
 
-/// A test hook run on the committing thread right before each redb commit.
+/// A test hook run on the committing thread right before each commit is synced.
 #[derive(Clone)]
 pub struct CommitHook(std::sync::Arc<dyn Fn() + Send + Sync>);
 
@@ -103,16 +100,16 @@ impl BucketConfig {
             quota_bytes: DEFAULT_QUOTA_BYTES,
             max_item_size: DEFAULT_MAX_ITEM_SIZE,
             rng_seed: None,
-            storage_cache_bytes: DEFAULT_STORAGE_CACHE_BYTES,
             flush_batch_items: DEFAULT_FLUSH_BATCH_ITEMS,
+            compact_floor_bytes: DEFAULT_COMPACT_FLOOR_BYTES,
             before_commit: None,
         }
     }
 
-    /// The database file of this bucket.
+    /// The log file of this bucket (see the crate docs for its format).
     #[must_use]
     pub fn db_path(&self) -> PathBuf {
-        self.data_dir.join(format!("{}.redb", self.name))
+        logstore::log_path(&self.data_dir, &self.name)
     }
 
     fn validate(&self) -> Result<()> {
@@ -143,7 +140,7 @@ impl BucketConfig {
 }
 
 /// One bucket: `num_vbuckets` vbuckets, their documents, seqnos and failover logs,
-/// durably stored in one redb database.
+/// durably stored in one append-only log.
 ///
 /// `Send + Sync`: share it behind an `Arc`. Each vbucket has its own mutex, held only
 /// for the in-memory work of one call. [`Bucket::flush`] takes the dirty state of
@@ -154,12 +151,12 @@ impl BucketConfig {
 pub struct Bucket {
     name: String,
     path: PathBuf,
-    db: Database,
     vbs: Vec<Mutex<VBucket>>,
     shared: Shared,
     rng: Mutex<StdRng>,
-    /// Serializes flushes; holds the vbucket the next [`Bucket::flush_step`] starts at.
-    flush_lock: Mutex<usize>,
+    /// Serializes flushes; holds the log and where the next [`Bucket::flush_step`]
+    /// starts.
+    flush_lock: Mutex<Flusher>,
     flush_batch_items: usize,
     opened_clean: bool,
     before_commit: Option<CommitHook>,
@@ -183,16 +180,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
         .expect("kv-engine mutex poisoned: a holder panicked mid-update")
 }
 
-fn storage<'a, E: Into<redb::Error>>(
+fn storage<'a>(
     bucket: &'a str,
     during: &'static str,
-) -> impl FnOnce(E) -> EngineError + 'a {
-    // The name is copied only on error: this wraps every insert of a flush.
-    move |e| EngineError::Storage {
+) -> impl FnOnce(std::io::Error) -> EngineError + 'a {
+    move |source| EngineError::Storage {
         bucket: bucket.to_owned(),
         during,
-        source: Box::new(e.into()),
+        source,
     }
+}
+
+/// The flush side of a bucket, behind `flush_lock`.
+#[derive(Debug)]
+struct Flusher {
+    log: LogStore,
+    /// The vbucket the next bounded flush step starts at.
+    cursor: usize,
 }
 
 fn new_uuid(rng: &mut StdRng) -> VbUuid {
@@ -223,96 +227,58 @@ impl Bucket {
             source,
         })?;
         let path = config.db_path();
-        let db = redb::Builder::new()
-            .set_cache_size(config.storage_cache_bytes)
-            .create(&path)
-            .map_err(storage(&name, "open"))?;
         let mut rng = config
             .rng_seed
             .map_or_else(StdRng::from_entropy, StdRng::seed_from_u64);
+        let n = config.num_vbuckets;
+        let (mut log, recovered) = LogStore::open(path.clone(), n, config.compact_floor_bytes)
+            .map_err(|e| match e {
+                OpenError::Io(during, source) => EngineError::Storage {
+                    bucket: name.clone(),
+                    during,
+                    source,
+                },
+                OpenError::Corrupt(what) => EngineError::Corrupt {
+                    bucket: name.clone(),
+                    what,
+                },
+                OpenError::VbucketCount(stored_n) => EngineError::InvalidConfig {
+                    bucket: name.clone(),
+                    reason: format!("database has {stored_n} vbuckets, config asks for {n}"),
+                },
+            })?;
         let corrupt = |what: String| EngineError::Corrupt {
             bucket: name.clone(),
             what,
         };
-        let n = config.num_vbuckets;
-
-        let txn = db.begin_write().map_err(storage(&name, "open"))?;
-        let (fresh, clean, max_cas) = {
-            let mut meta = txn
-                .open_table(store::META)
-                .map_err(storage(&name, "open"))?;
-            let get = |key: &str| -> Result<Option<u64>> {
-                Ok(meta
-                    .get(key)
-                    .map_err(storage(&name, "read meta"))?
-                    .map(|g| g.value()))
-            };
-            let stored_n = get(store::META_NUM_VBUCKETS)?;
-            let format = get(store::META_FORMAT)?;
-            let clean = get(store::META_CLEAN_SHUTDOWN)? == Some(1);
-            let max_cas = get(store::META_MAX_CAS)?.unwrap_or(0);
-            if let Some(stored_n) = stored_n {
-                if stored_n != u64::from(n) {
-                    return Err(EngineError::InvalidConfig {
-                        bucket: name.clone(),
-                        reason: format!("database has {stored_n} vbuckets, config asks for {n}"),
-                    });
-                }
-            }
-            if format.is_some_and(|f| f != store::FORMAT_VERSION) {
-                return Err(corrupt(format!("format version {format:?}")));
-            }
-            for (key, value) in [
-                (store::META_FORMAT, store::FORMAT_VERSION),
-                (store::META_NUM_VBUCKETS, u64::from(n)),
-                (store::META_CLEAN_SHUTDOWN, 0),
-            ] {
-                meta.insert(key, value)
-                    .map_err(storage(&name, "write meta"))?;
-            }
-            (stored_n.is_none(), clean, max_cas)
-        };
+        let (fresh, clean, max_cas) = (recovered.fresh, recovered.clean, recovered.max_cas);
+        if recovered.torn_bytes > 0 {
+            info!(bucket = %name, bytes = recovered.torn_bytes,
+                "cut an incomplete commit off the end of the log");
+        }
 
         let shared = Shared::new(config.quota_bytes, config.max_item_size, max_cas);
         let mut vbs: Vec<VBucket> = (0..n).map(|i| VBucket::new(Vbid(i))).collect();
-        let mut items_loaded = 0u64;
-        {
-            let table = txn
-                .open_table(store::VBUCKETS)
-                .map_err(storage(&name, "open"))?;
-            for entry in table.iter().map_err(storage(&name, "load vbuckets"))? {
-                let (k, v) = entry.map_err(storage(&name, "load vbuckets"))?;
-                let id = store::vbid_in_range(k.value(), n)
-                    .ok_or_else(|| corrupt(format!("vbucket record for vb:{}", k.value())))?;
-                let meta = store::decode_vb(v.value())
-                    .ok_or_else(|| corrupt(format!("vbucket record of {id}")))?;
-                vbs[usize::from(id.0)] = VBucket::from_meta(id, meta);
+        for (vb, meta) in vbs.iter_mut().zip(recovered.vbs) {
+            if let Some(meta) = meta {
+                *vb = VBucket::from_meta(vb.id, meta);
             }
-            let table = txn
-                .open_table(store::ITEMS)
-                .map_err(storage(&name, "open"))?;
-            for entry in table.iter().map_err(storage(&name, "load items"))? {
-                let (k, v) = entry.map_err(storage(&name, "load items"))?;
-                let (raw, seqno) = k.value();
-                let id = store::vbid_in_range(raw, n)
-                    .ok_or_else(|| corrupt(format!("item record for vb:{raw}")))?;
-                let stored = store::decode_item(seqno, v.value())
-                    .ok_or_else(|| corrupt(format!("item record {id} seqno {seqno}")))?;
-                let vb = &mut vbs[usize::from(id.0)];
+        }
+        let mut items_loaded = 0u64;
+        for (vb, items) in vbs.iter_mut().zip(recovered.items) {
+            for (seqno, stored) in items {
                 if stored.item.by_seqno > vb.high_seqno {
                     return Err(corrupt(format!(
-                        "item record {id} seqno {seqno} above persisted high seqno {}",
-                        vb.high_seqno
+                        "item record {} seqno {seqno} above persisted high seqno {}",
+                        vb.id, vb.high_seqno
                     )));
                 }
                 vb.load_version(&shared, stored);
                 items_loaded += 1;
             }
         }
+        let mut changed = Vec::new();
         if !fresh && !clean {
-            let mut table = txn
-                .open_table(store::VBUCKETS)
-                .map_err(storage(&name, "open"))?;
             for vb in vbs.iter_mut().filter(|vb| !vb.failover.is_empty()) {
                 let entry = FailoverEntry {
                     vb_uuid: new_uuid(&mut rng),
@@ -321,24 +287,24 @@ impl Bucket {
                 vb.push_failover(entry);
                 debug!(bucket = %name, vb = %vb.id, uuid = %entry.vb_uuid, seqno = %entry.seqno,
                     "failover entry after unclean shutdown");
-                table
-                    .insert(vb.id.0, store::encode_vb(&vb.meta()).as_slice())
-                    .map_err(storage(&name, "write vbucket"))?;
+                changed.push((vb.id, vb.meta()));
                 vb.meta_written();
             }
         }
-        CommitHook::run(config.before_commit.as_ref());
-        txn.commit().map_err(storage(&name, "open"))?;
+        // Marks the shutdown unclean until the next close, with the new entries.
+        log.commit(&[], &changed, max_cas, false, || {
+            CommitHook::run(config.before_commit.as_ref());
+        })
+        .map_err(storage(&name, "open"))?;
         info!(bucket = %name, clean = clean || fresh, items = items_loaded, vbuckets = n,
             "bucket opened");
         Ok(Bucket {
             name,
             path,
-            db,
             vbs: vbs.into_iter().map(Mutex::new).collect(),
             shared,
             rng: Mutex::new(rng),
-            flush_lock: Mutex::new(0),
+            flush_lock: Mutex::new(Flusher { log, cursor: 0 }),
             flush_batch_items: config.flush_batch_items,
             opened_clean: clean || fresh,
             before_commit: config.before_commit,
@@ -352,9 +318,9 @@ impl Bucket {
     /// # Errors
     /// `Storage` if the final write fails; the bucket then reopens as unclean.
     pub fn close(self) -> Result<()> {
-        let mut cursor = lock(&self.flush_lock);
-        self.flush_all_locked(&mut cursor)?;
-        self.commit_batches(Vec::new(), Some(true))?;
+        let mut flusher = lock(&self.flush_lock);
+        self.flush_all_locked(&mut flusher)?;
+        self.commit_batches(&mut flusher, Vec::new(), Some(true))?;
         info!(bucket = %self.name, "bucket closed cleanly");
         Ok(())
     }
@@ -365,7 +331,7 @@ impl Bucket {
         &self.name
     }
 
-    /// The database file.
+    /// The log file.
     #[must_use]
     pub fn path(&self) -> &Path {
         &self.path
@@ -405,7 +371,7 @@ impl Bucket {
     /// `NotMyVbucket` if the id is beyond the bucket; `Storage` if writing a new
     /// failover entry fails (the state change stands; the next flush retries).
     pub fn set_state(&self, vb: Vbid, state: VbState) -> Result<()> {
-        let _flush = lock(&self.flush_lock);
+        let mut flusher = lock(&self.flush_lock);
         let old = {
             let mut v = self.vb(vb)?;
             let old = v.state;
@@ -417,7 +383,7 @@ impl Bucket {
         }
         info!(bucket = %self.name, vb = %vb, from = %old, to = %state, "vbucket state changed");
         if state == VbState::Active {
-            self.flush_vb_locked(vb)?;
+            self.flush_vb_locked(&mut flusher, vb)?;
         }
         Ok(())
     }
@@ -429,10 +395,10 @@ impl Bucket {
     /// `NotMyVbucket` if the id is beyond the bucket; `Storage` if the write fails
     /// (the in-memory deletion stands and the next flush retries the write).
     pub fn delete_vbucket(&self, vb: Vbid) -> Result<()> {
-        let _flush = lock(&self.flush_lock);
+        let mut flusher = lock(&self.flush_lock);
         self.vb(vb)?.delete_all(&self.shared);
         info!(bucket = %self.name, vb = %vb, "vbucket deleted");
-        self.flush_vb_locked(vb).map(|_| ())
+        self.flush_vb_locked(&mut flusher, vb).map(|_| ())
     }
 
     /// The vbucket's state.
@@ -629,10 +595,10 @@ impl Bucket {
     /// `NotMyVbucket` unless replica/pending; `Storage` if the write fails (the
     /// in-memory rollback stands and the next flush retries the write).
     pub fn rollback(&self, vb: Vbid, to: Seqno) -> Result<RollbackOutcome> {
-        let _flush = lock(&self.flush_lock);
+        let mut flusher = lock(&self.flush_lock);
         let outcome = self.vb(vb)?.rollback(&self.shared, to)?;
         info!(bucket = %self.name, vb = %vb, requested = %to, ?outcome, "vbucket rolled back");
-        self.flush_vb_locked(vb)?;
+        self.flush_vb_locked(&mut flusher, vb)?;
         Ok(outcome)
     }
 
@@ -715,31 +681,32 @@ impl Bucket {
     /// `Storage`; nothing is lost from memory and the next flush retries (vbuckets
     /// committed before the failure stay persisted).
     pub fn flush(&self) -> Result<FlushStats> {
-        let mut cursor = lock(&self.flush_lock);
-        self.flush_all_locked(&mut cursor)
+        let mut flusher = lock(&self.flush_lock);
+        self.flush_all_locked(&mut flusher)
     }
 
     /// One bounded group commit: takes the dirty state of whole vbuckets, round
     /// robin from where the last step stopped, until the batch holds at least
-    /// [`BucketConfig::flush_batch_items`] item versions; writes them in ONE redb
-    /// write transaction; then advances their persisted seqnos. `more` in the result
-    /// says the bound stopped it before every vbucket was visited.
+    /// [`BucketConfig::flush_batch_items`] item versions; appends them to the log as
+    /// ONE commit; then advances their persisted seqnos. `more` in the result says
+    /// the bound stopped it before every vbucket was visited.
     ///
     /// Bounded commits keep the flusher's memory and each commit's latency bounded
     /// under a write backlog, and the persisted seqnos advance commit by commit
-    /// instead of after one huge transaction.
+    /// instead of after one huge write. When the log has grown past twice the
+    /// bucket's memory use, the step compacts instead (see the crate docs).
     ///
     /// # Errors
     /// `Storage`; nothing is lost from memory and the next flush retries.
     pub fn flush_step(&self) -> Result<FlushStats> {
-        let mut cursor = lock(&self.flush_lock);
-        self.flush_step_locked(&mut cursor)
+        let mut flusher = lock(&self.flush_lock);
+        self.flush_step_locked(&mut flusher)
     }
 
-    fn flush_all_locked(&self, cursor: &mut usize) -> Result<FlushStats> {
+    fn flush_all_locked(&self, flusher: &mut Flusher) -> Result<FlushStats> {
         let mut total = FlushStats::default();
         loop {
-            let step = self.flush_step_locked(cursor)?;
+            let step = self.flush_step_locked(flusher)?;
             total.vbuckets += step.vbuckets;
             total.items_written += step.items_written;
             total.items_removed += step.items_removed;
@@ -749,40 +716,59 @@ impl Bucket {
         }
     }
 
-    fn flush_step_locked(&self, cursor: &mut usize) -> Result<FlushStats> {
+    fn flush_step_locked(&self, flusher: &mut Flusher) -> Result<FlushStats> {
+        if flusher.log.wants_compaction(self.shared.mem_used()) {
+            return self.compact_locked(flusher);
+        }
         let n = self.vbs.len();
         let mut batches: Vec<FlushBatch> = Vec::new();
         let mut held = 0usize;
         let mut visited = 0usize;
         while visited < n && (batches.is_empty() || held < self.flush_batch_items) {
-            let i = (*cursor + visited) % n;
+            let i = (flusher.cursor + visited) % n;
             visited += 1;
             if let Some(b) = lock(&self.vbs[i]).take_flush_batch() {
                 held += b.puts.len() + b.deletes.len();
                 batches.push(b);
             }
         }
-        *cursor = (*cursor + visited) % n;
-        let mut stats = self.commit_batches(batches, None)?;
+        flusher.cursor = (flusher.cursor + visited) % n;
+        let mut stats = self.commit_batches(flusher, batches, None)?;
         stats.more = visited < n;
         Ok(stats)
     }
 
     /// Writes one vbucket's dirty state now (state changes that must be durable
     /// before the call returns), whatever the other vbuckets hold.
-    fn flush_vb_locked(&self, vb: Vbid) -> Result<FlushStats> {
+    fn flush_vb_locked(&self, flusher: &mut Flusher, vb: Vbid) -> Result<FlushStats> {
         let batch = self.vb(vb)?.take_flush_batch();
-        self.commit_batches(batch.into_iter().collect(), None)
+        self.commit_batches(flusher, batch.into_iter().collect(), None)
     }
 
-    /// Commits `batches` (and, with `clean`, the clean-shutdown marker) in one
-    /// transaction; on success advances their persisted seqnos, on failure puts them
-    /// back so the next flush retries. The caller holds `flush_lock`.
-    fn commit_batches(&self, batches: Vec<FlushBatch>, clean: Option<bool>) -> Result<FlushStats> {
+    /// Appends `batches` (and, with `clean`, the clean-shutdown marker) as one
+    /// commit; on success advances their persisted seqnos, on failure puts them
+    /// back so the next flush retries.
+    fn commit_batches(
+        &self,
+        flusher: &mut Flusher,
+        batches: Vec<FlushBatch>,
+        clean: Option<bool>,
+    ) -> Result<FlushStats> {
         if batches.is_empty() && clean.is_none() {
             return Ok(FlushStats::default());
         }
-        match self.write_batches(&batches, clean) {
+        let max_cas = self.shared.max_cas();
+        let hook = || CommitHook::run(self.before_commit.as_ref());
+        let res = flusher
+            .log
+            .commit(&batches, &[], max_cas, clean == Some(true), hook)
+            .map_err(storage(&self.name, "flush"));
+        self.settle(batches, res)
+    }
+
+    /// Marks `batches` persisted after a successful write, or puts them back.
+    fn settle(&self, batches: Vec<FlushBatch>, res: Result<FlushStats>) -> Result<FlushStats> {
+        match res {
             Ok(stats) => {
                 for b in &batches {
                     lock(&self.vbs[usize::from(b.vb.0)]).mark_persisted(b.meta.high_seqno);
@@ -800,62 +786,51 @@ impl Bucket {
         }
     }
 
-    fn write_batches(&self, batches: &[FlushBatch], clean: Option<bool>) -> Result<FlushStats> {
-        let name = self.name.as_str();
-        let max_cas = self.shared.max_cas();
-        let mut stats = FlushStats {
-            vbuckets: batches.len(),
-            ..FlushStats::default()
-        };
-        let txn = self.db.begin_write().map_err(storage(name, "flush"))?;
-        // One record buffer for the whole commit: no allocation per item.
-        let mut record = Vec::new();
-        {
-            let mut items = txn
-                .open_table(store::ITEMS)
-                .map_err(storage(name, "flush"))?;
-            let mut vbt = txn
-                .open_table(store::VBUCKETS)
-                .map_err(storage(name, "flush"))?;
-            let mut meta = txn
-                .open_table(store::META)
-                .map_err(storage(name, "flush"))?;
-            for b in batches {
-                let raw = b.vb.0;
-                if let Some(from) = b.truncate_above.and_then(|t| t.0.checked_add(1)) {
-                    items
-                        .retain_in((raw, from)..=(raw, u64::MAX), |_, _| false)
-                        .map_err(storage(name, "flush truncate"))?;
-                }
-                for seqno in &b.deletes {
-                    if items
-                        .remove((raw, seqno.0))
-                        .map_err(storage(name, "flush delete"))?
-                        .is_some()
-                    {
-                        stats.items_removed += 1;
-                    }
-                }
-                for stored in &b.puts {
-                    store::encode_item(stored, &mut record);
-                    items
-                        .insert((raw, stored.item.by_seqno.0), record.as_slice())
-                        .map_err(storage(name, "flush insert"))?;
-                }
+    /// Rewrites the log from memory: every vbucket's current versions and record,
+    /// each taken under its lock together with its dirty state, so the new log is
+    /// complete and every vbucket is persisted up to where it was taken.
+    fn compact_locked(&self, flusher: &mut Flusher) -> Result<FlushStats> {
+        let old_len = flusher.log.len();
+        let n = self.num_vbuckets();
+        let mut c = flusher
+            .log
+            .compaction(n)
+            .map_err(storage(&self.name, "compaction"))?;
+        let mut batches = Vec::new();
+        let mut stats = FlushStats::default();
+        let mut written = Ok(());
+        for m in &self.vbs {
+            let (id, batch, versions, meta) = {
+                let mut vb = lock(m);
+                (vb.id, vb.take_flush_batch(), vb.all_versions(), vb.meta())
+            };
+            if let Some(b) = batch {
+                stats.vbuckets += 1;
                 stats.items_written += b.puts.len();
-                vbt.insert(raw, store::encode_vb(&b.meta).as_slice())
-                    .map_err(storage(name, "flush vbucket"))?;
+                batches.push(b);
             }
-            meta.insert(store::META_MAX_CAS, max_cas)
-                .map_err(storage(name, "flush meta"))?;
-            if let Some(clean) = clean {
-                meta.insert(store::META_CLEAN_SHUTDOWN, u64::from(clean))
-                    .map_err(storage(name, "flush meta"))?;
+            written = c.add_vbucket(id, &versions, &meta);
+            if written.is_err() {
+                break;
             }
         }
-        CommitHook::run(self.before_commit.as_ref());
-        txn.commit().map_err(storage(name, "flush commit"))?;
-        Ok(stats)
+        let res = match written {
+            Ok(()) => flusher
+                .log
+                .finish_compaction(c, self.shared.max_cas(), || {
+                    CommitHook::run(self.before_commit.as_ref());
+                })
+                .map(|()| stats),
+            Err(e) => {
+                c.abandon();
+                Err(e)
+            }
+        };
+        if res.is_ok() {
+            info!(bucket = %self.name, from_bytes = old_len, to_bytes = flusher.log.len(),
+                "log compacted");
+        }
+        self.settle(batches, res.map_err(storage(&self.name, "compaction")))
     }
 
     /// Removes tombstones deleted at least `older_than_secs` before `now` and raises

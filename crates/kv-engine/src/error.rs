@@ -106,16 +106,16 @@ pub enum EngineError {
         /// Which record.
         what: String,
     },
-    /// redb failed.
+    /// Reading or writing the bucket's log failed.
     #[error("bucket {bucket}: storage failed during {during}")]
     Storage {
         /// Bucket name.
         bucket: String,
         /// The step that failed.
         during: &'static str,
-        /// The redb error (boxed: it is large and rare).
+        /// The i/o error.
         #[source]
-        source: Box<redb::Error>,
+        source: std::io::Error,
     },
     /// Creating the data directory failed.
     #[error("bucket {bucket}: cannot create data dir")]

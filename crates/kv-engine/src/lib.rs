@@ -1,5 +1,5 @@
 //! Conduit's storage engine: one node's buckets, their vbuckets, seqnos, failover
-//! logs, snapshots and rollback, stored durably in redb.
+//! logs, snapshots and rollback, stored durably in an append-only log per bucket.
 //!
 //! Synchronous and deterministic: no tokio, no clock, no OS randomness unless asked
 //! for. Every operation that needs time takes a [`UnixTime`]; vb_uuids come from a
@@ -8,17 +8,18 @@
 //!
 //! # Design
 //!
-//! * **Storage layout.** One redb database file per bucket (`<data_dir>/<name>.redb`).
-//!   redb allows one write transaction per database at a time, so separate files let
-//!   buckets flush independently; deleting a bucket is deleting a file; quotas and
-//!   clean-shutdown markers are naturally per bucket. Three tables: `items`
-//!   `(vbid, by_seqno) -> item` holding only each key's current version (so it is
-//!   both the backfill index and, rebuilt in memory on open, the key index);
-//!   `vbuckets` `vbid -> state, high/purge seqno, snapshot range, failover log`,
-//!   written in the same transaction as the items it describes; and `meta`
-//!   (format, vbucket count, highest CAS, clean-shutdown marker).
+//! * **Storage layout.** One append-only log file per bucket (`<data_dir>/<name>.clog`):
+//!   buckets flush independently, deleting a bucket is deleting a file, and quotas and
+//!   clean-shutdown markers are naturally per bucket. A flush appends item versions,
+//!   removals of overwritten or purged versions, rollback truncations and vbucket
+//!   records (state, high/purge seqno, snapshot range, failover log), then a COMMIT
+//!   record carrying the highest CAS and the clean-shutdown flag, and syncs. Every
+//!   record has a length and a CRC; replay applies a commit only when its COMMIT
+//!   record is intact, so a torn tail is cut off at the last commit. The log is
+//!   rewritten from memory (compacted) once it exceeds twice the bucket's memory
+//!   use. See `logstore` for the format.
 //! * **Memory.** Every current version (live items and tombstones) is held in memory,
-//!   indexed by key and by seqno; redb is the durable copy, read only on open. The
+//!   indexed by key and by seqno; the log is the durable copy, read only on open. The
 //!   quota therefore covers all items: key + value + a fixed [`ITEM_OVERHEAD`] per
 //!   version. Writes that would exceed it fail with [`EngineError::NoMemory`];
 //!   deletions, expirations and replica tombstones are always accepted so a full
@@ -28,8 +29,9 @@
 //!   DCP advance it, and the highest CAS is persisted with every flush so a restart
 //!   never goes backwards.
 //! * **Durability.** Mutations are acknowledged once applied in memory (like
-//!   kv_engine); [`Bucket::flush`] writes all dirty vbuckets in one redb transaction
-//!   (group commit) and then advances the persisted seqnos. Items not flushed before
+//!   kv_engine); [`Bucket::flush_step`] appends the dirty state of whole vbuckets, up
+//!   to a bound, as one commit (group commit) and then advances their persisted
+//!   seqnos; [`Bucket::flush`] repeats it until nothing is dirty. Items not flushed before
 //!   a crash are lost, and reopening after a crash (no clean-shutdown marker from
 //!   [`Bucket::close`]) adds a failover entry to every vbucket that has a log.
 //! * **Rollback.** Each stored version records the oldest seqno of its key's
@@ -47,13 +49,14 @@ mod error;
 mod failover;
 mod item;
 mod key_index;
+mod logstore;
 mod ops;
 mod store;
 mod vbucket;
 
 pub use bucket::{
-    Bucket, BucketConfig, CommitHook, DEFAULT_FLUSH_BATCH_ITEMS, DEFAULT_MAX_ITEM_SIZE,
-    DEFAULT_NUM_VBUCKETS, DEFAULT_QUOTA_BYTES, DEFAULT_STORAGE_CACHE_BYTES,
+    Bucket, BucketConfig, CommitHook, DEFAULT_COMPACT_FLOOR_BYTES, DEFAULT_FLUSH_BATCH_ITEMS,
+    DEFAULT_MAX_ITEM_SIZE, DEFAULT_NUM_VBUCKETS, DEFAULT_QUOTA_BYTES,
 };
 pub use error::{EngineError, Result};
 pub use failover::{

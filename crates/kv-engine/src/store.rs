@@ -1,47 +1,23 @@
-//! The on-disk layout: one redb database per bucket, three tables.
-//!
-//! * `items`: `(vbid, by_seqno) -> encoded item`. Only the current version of each
-//!   key is kept, so the seqno-ordered table is also the key index (rebuilt in memory
-//!   on open) and a backfill or rollback is a range over one vbucket's keys.
-//! * `vbuckets`: `vbid -> encoded vbucket record` (state, high seqno, purge seqno,
-//!   snapshot range, failover log). Written in the same transaction as the items it
-//!   describes, so the persisted high seqno always matches the persisted items.
-//! * `meta`: `name -> u64`: format version, vbucket count, highest CAS handed out,
-//!   and the clean-shutdown marker.
-//!
-//! Records are versioned little-endian byte strings; decoding is total and reports
-//! corruption instead of panicking.
+//! The records the log stores (see `logstore` for the file around them): an item
+//! version and a vbucket's state. Versioned little-endian byte strings; decoding is
+//! total and reports corruption instead of panicking.
 
 use bytes::Bytes;
 use mcbp::{Cas, Seqno, VbState, VbUuid, Vbid};
-use redb::TableDefinition;
 
 use crate::failover::{FailoverEntry, FailoverLog};
 use crate::item::{DeleteSource, Item};
 use crate::vbucket::{Stored, VbMeta};
 
-pub(crate) const ITEMS: TableDefinition<(u16, u64), &[u8]> = TableDefinition::new("items");
-pub(crate) const VBUCKETS: TableDefinition<u16, &[u8]> = TableDefinition::new("vbuckets");
-pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-
-pub(crate) const META_FORMAT: &str = "format";
-pub(crate) const META_NUM_VBUCKETS: &str = "num_vbuckets";
-pub(crate) const META_MAX_CAS: &str = "max_cas";
-/// 1 after `Bucket::close`, set back to 0 as soon as the bucket is opened.
-pub(crate) const META_CLEAN_SHUTDOWN: &str = "clean_shutdown";
-
-pub(crate) const FORMAT_VERSION: u64 = 1;
 const ITEM_RECORD_V1: u8 = 1;
 const VB_RECORD_V1: u8 = 1;
 
 const FLAG_DELETED: u8 = 0x01;
 const FLAG_EXPIRED: u8 = 0x02;
 
-/// Encodes an item record into `out`, replacing what it held (callers reuse one
-/// buffer for a whole flush).
+/// Appends an item record to `out` (a flush builds a whole commit in one buffer).
 pub(crate) fn encode_item(stored: &Stored, out: &mut Vec<u8>) {
     let item = &stored.item;
-    out.clear();
     out.reserve(48 + item.key.len() + item.value.len());
     let mut flags = 0;
     if item.deleted {
@@ -104,9 +80,10 @@ pub(crate) fn decode_item(seqno: u64, bytes: &[u8]) -> Option<Stored> {
     })
 }
 
-pub(crate) fn encode_vb(meta: &VbMeta) -> Vec<u8> {
+/// Appends a vbucket record to `out`.
+pub(crate) fn encode_vb(meta: &VbMeta, out: &mut Vec<u8>) {
     let entries = meta.failover.entries();
-    let mut out = Vec::with_capacity(38 + entries.len() * 16);
+    out.reserve(38 + entries.len() * 16);
     out.push(VB_RECORD_V1);
     out.push(meta.state.to_u8());
     for s in [
@@ -123,7 +100,6 @@ pub(crate) fn encode_vb(meta: &VbMeta) -> Vec<u8> {
         out.extend_from_slice(&e.vb_uuid.0.to_le_bytes());
         out.extend_from_slice(&e.seqno.0.to_le_bytes());
     }
-    out
 }
 
 /// Decodes a vbucket record; `None` if the bytes are not a valid record.
@@ -233,15 +209,13 @@ mod tests {
     }
 
     #[test]
-    fn a_reused_record_buffer_holds_only_the_last_record() {
+    fn records_append_after_what_the_buffer_holds() {
         let s = sample();
-        let mut big = s.clone();
-        big.item.value = Bytes::from(vec![7u8; 500]);
-        let mut buf = Vec::new();
-        encode_item(&big, &mut buf);
+        let mut buf = b"head".to_vec();
         encode_item(&s, &mut buf);
-        assert_eq!(buf, encoded(&s));
-        assert_eq!(decode_item(42, &buf), Some(s));
+        assert_eq!(&buf[..4], b"head");
+        assert_eq!(buf[4..], encoded(&s)[..]);
+        assert_eq!(decode_item(42, &buf[4..]), Some(s));
     }
 
     #[test]
@@ -263,7 +237,8 @@ mod tests {
                 },
             ]),
         };
-        let mut bytes = encode_vb(&meta);
+        let mut bytes = Vec::new();
+        encode_vb(&meta, &mut bytes);
         assert_eq!(decode_vb(&bytes), Some(meta));
         bytes.push(0);
         assert_eq!(decode_vb(&bytes), None);

@@ -919,6 +919,11 @@ impl VBucket {
             .collect()
     }
 
+    /// Every current version, in seqno order (a compaction's copy).
+    pub(crate) fn all_versions(&self) -> Vec<Stored> {
+        self.by_seqno.values().cloned().collect()
+    }
+
     pub(crate) fn stats(&self) -> VbStats {
         // O(1): stats are polled often (data-move waits, vbucket-seqno,
         // GET_ALL_VB_SEQNOS) and must never walk items or unflushed versions.

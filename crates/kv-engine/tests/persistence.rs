@@ -1,5 +1,5 @@
 //! Durability across restarts: clean close, simulated crash (drop without close),
-//! group commit, durable rollback. Uses real redb files in temp dirs.
+//! group commit, durable rollback. Uses real log files in temp dirs.
 
 use std::path::Path;
 

@@ -414,7 +414,9 @@ impl NodeState {
             return Err(NodeError::BucketExists(meta.name));
         }
         // A leftover file from an earlier bucket of the same name must not resurrect data.
-        let _ = std::fs::remove_file(self.bucket_dir().join(format!("{}.redb", meta.name)));
+        let _ = std::fs::remove_file(
+            kv_engine::BucketConfig::new(meta.name.clone(), self.bucket_dir()).db_path(),
+        );
         let entry = self.open_bucket(&meta).map_err(NodeError::Engine)?;
         if let Some(state) = initial_state {
             for vb in 0..meta.vbuckets {

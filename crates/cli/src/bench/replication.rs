@@ -154,7 +154,6 @@ impl Cpu {
         Cpu::read_pids([producer.pid().to_string(), consumer.pid().to_string()])
     }
 
-
     fn read_pids(pids: [String; 2]) -> anyhow::Result<Cpu> {
         Ok(Cpu {
             producer: cpu_seconds(&pids[0])?,

@@ -884,9 +884,18 @@ async fn check_replicas(actor: &mut Actor, bucket: &str) -> Result<(), RunError>
             if got != wanted {
                 let missing: Vec<(String, u16)> = wanted.difference(&got).cloned().collect();
                 let extra: Vec<(String, u16)> = got.difference(&wanted).cloned().collect();
+                // Name the producers: a missing stream usually means its producer died.
+                let from = |pairs: &[(String, u16)]| -> BTreeSet<String> {
+                    pairs.iter().map(|(p, _)| p.clone()).collect()
+                };
                 bad = Some(fail(
                     "bad_replicas",
-                    format!("{s}'s replications of {bucket:?} differ from the map"),
+                    format!(
+                        "{s}'s replications of {bucket:?} differ from the map \
+                         (missing from {:?}, extra from {:?})",
+                        from(&missing),
+                        from(&extra)
+                    ),
                     json!({"bucket": bucket, "node": s, "missing": missing, "extra": extra}),
                 ));
                 break;
