@@ -224,7 +224,10 @@ struct Dirty {
 
 impl Dirty {
     fn insert(&mut self, seqno: Seqno, deleted: bool) {
-        debug_assert!(seqno > self.above, "new versions are above every written one");
+        debug_assert!(
+            seqno > self.above,
+            "new versions are above every written one"
+        );
         self.count += 1;
         self.tombstones += u64::from(deleted);
     }
@@ -979,7 +982,12 @@ impl VBucket {
             .range(next(from)..)
             .map(|(_, s)| s.clone())
             .collect();
-        debug_assert_eq!(puts.len() as u64, self.dirty.count, "{} dirty count", self.id);
+        debug_assert_eq!(
+            puts.len() as u64,
+            self.dirty.count,
+            "{} dirty count",
+            self.id
+        );
         self.dirty = Dirty {
             above: self.high_seqno,
             count: 0,
