@@ -1,16 +1,20 @@
-//! The key index of one vbucket: key → seqno of the key's current version.
+//! The key index of one vbucket: key → the key's current version.
 //!
-//! A hash table of `(key, seqno)` entries, so a write can replace a key's entry,
-//! key included, in the probe that finds it: a SET or a replica apply costs one
-//! lookup (to decide) and one upsert, where a map API needs a lookup, a remove and
-//! an insert. The stored key is always the newest version's, so an overwritten
-//! version's key (a slice of the frame it arrived in) is not kept alive by the index.
-//! Each entry keeps its key's hash: growing the table then never reads the keys
-//! (scattered in memory) to rehash them, and a probe compares hashes before bytes.
+//! A hash table of (hash, version) entries, each pointing at the same shared
+//! version the seqno index holds, so a read is one probe: no second lookup by
+//! seqno. A write does one lookup (to decide) and one upsert, which replaces the
+//! entry in the probe that finds it. The key lives in the version, so an entry is
+//! 16 bytes, and an overwritten version (with the frame its key and value are slices
+//! of) is released as soon as both indexes let go of it.
+//!
+//! Each entry keeps its key's hash: growing the table never reads the versions
+//! (scattered in memory) to rehash them, and a probe compares hashes before keys.
 
-use bytes::Bytes;
+use std::sync::Arc;
+
 use hashbrown::HashTable;
-use mcbp::Seqno;
+
+use crate::vbucket::Stored;
 
 /// Keys come from clients, so the hasher must resist flooding; aHash is randomly
 /// keyed and several times faster than SipHash on short keys.
@@ -23,13 +27,12 @@ pub(crate) struct KeyIndex {
 #[derive(Debug)]
 struct Entry {
     hash: u64,
-    key: Bytes,
-    seqno: Seqno,
+    version: Arc<Stored>,
 }
 
 impl Entry {
     fn is(&self, hash: u64, key: &[u8]) -> bool {
-        self.hash == hash && self.key.as_ref() == key
+        self.hash == hash && self.version.item.key.as_ref() == key
     }
 }
 
@@ -47,32 +50,31 @@ impl KeyIndex {
         self.hasher.hash_one(key)
     }
 
-    /// The seqno of the key's current version.
-    pub(crate) fn get(&self, key: &[u8]) -> Option<Seqno> {
+    /// The key's current version.
+    pub(crate) fn get(&self, key: &[u8]) -> Option<&Arc<Stored>> {
         let hash = self.hash(key);
-        self.table.find(hash, |e| e.is(hash, key)).map(|e| e.seqno)
+        self.table
+            .find(hash, |e| e.is(hash, key))
+            .map(|e| &e.version)
     }
 
-    /// Points `key` at `seqno` (the entry takes this key); returns the seqno it
-    /// pointed at before.
-    pub(crate) fn upsert(&mut self, key: Bytes, seqno: Seqno) -> Option<Seqno> {
-        let hash = self.hash(&key);
+    /// Makes `version` its key's current version; returns the one it replaced.
+    pub(crate) fn upsert(&mut self, version: Arc<Stored>) -> Option<Arc<Stored>> {
+        let hash = self.hash(&version.item.key);
+        let key = version.item.key.clone();
         if let Some(entry) = self.table.find_mut(hash, |e| e.is(hash, &key)) {
-            let old = entry.seqno;
-            entry.key = key;
-            entry.seqno = seqno;
-            return Some(old);
+            return Some(std::mem::replace(&mut entry.version, version));
         }
         self.table
-            .insert_unique(hash, Entry { hash, key, seqno }, |e| e.hash);
+            .insert_unique(hash, Entry { hash, version }, |e| e.hash);
         None
     }
 
-    /// Removes the key; returns the seqno it pointed at.
-    pub(crate) fn remove(&mut self, key: &[u8]) -> Option<Seqno> {
+    /// Removes the key; returns its version.
+    pub(crate) fn remove(&mut self, key: &[u8]) -> Option<Arc<Stored>> {
         let hash = self.hash(key);
         let entry = self.table.find_entry(hash, |e| e.is(hash, key)).ok()?;
-        Some(entry.remove().0.seqno)
+        Some(entry.remove().0.version)
     }
 
     pub(crate) fn clear(&mut self) {
@@ -90,24 +92,48 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    use bytes::Bytes;
+    use mcbp::{Cas, Seqno};
     use proptest::prelude::*;
 
+    use crate::item::{DeleteSource, Item};
+
+    fn version(key: &[u8], seqno: u64) -> Arc<Stored> {
+        Arc::new(Stored {
+            item: Item {
+                key: Bytes::copy_from_slice(key),
+                value: Bytes::new(),
+                cas: Cas(seqno),
+                flags: 0,
+                expiry: 0,
+                datatype: 0,
+                rev_seqno: 1,
+                by_seqno: Seqno(seqno),
+                deleted: false,
+                delete_source: DeleteSource::Explicit,
+                delete_time: 0,
+            },
+            origin: Seqno(seqno),
+        })
+    }
+
+    fn seqno(v: Option<impl AsRef<Stored>>) -> Option<u64> {
+        v.map(|v| v.as_ref().item.by_seqno.0)
+    }
+
     #[test]
-    fn upsert_replaces_the_stored_key_with_the_newest_one() {
+    fn upsert_replaces_the_version_and_releases_the_old_one() {
         let mut idx = KeyIndex::default();
-        let first = Bytes::from(b"key".to_vec());
-        assert_eq!(idx.upsert(first.clone(), Seqno(1)), None);
-        let second = Bytes::from(b"key".to_vec());
-        assert_eq!(idx.upsert(second.clone(), Seqno(2)), Some(Seqno(1)));
-        assert_eq!(idx.get(b"key"), Some(Seqno(2)));
-        let hash = idx.hash(b"key");
-        let stored = idx
-            .table
-            .find(hash, |e| e.is(hash, b"key"))
-            .map(|e| e.key.as_ptr());
-        assert_eq!(stored, Some(second.as_ptr()), "the old key is released");
-        assert_eq!(idx.remove(b"key"), Some(Seqno(2)));
-        assert_eq!((idx.get(b"key"), idx.len()), (None, 0));
+        let first = version(b"key", 1);
+        assert!(idx.upsert(Arc::clone(&first)).is_none());
+        let old = idx.upsert(version(b"key", 2)).expect("replaced");
+        assert!(Arc::ptr_eq(&old, &first));
+        drop(old);
+        assert_eq!(Arc::strong_count(&first), 1, "the index let go of it");
+        assert_eq!(seqno(idx.get(b"key")), Some(2));
+        assert_eq!(seqno(idx.remove(b"key")), Some(2));
+        assert!(idx.get(b"key").is_none());
+        assert_eq!(idx.len(), 0);
     }
 
     proptest! {
@@ -115,21 +141,18 @@ mod tests {
         #[test]
         fn behaves_like_a_map(ops in proptest::collection::vec((any::<bool>(), 0u8..40, 1u64..1000), 0..400)) {
             let mut idx = KeyIndex::default();
-            let mut model: HashMap<Vec<u8>, Seqno> = HashMap::new();
+            let mut model: HashMap<Vec<u8>, u64> = HashMap::new();
             for (upsert, k, s) in ops {
                 let key = format!("k{k}").into_bytes();
                 if upsert {
-                    prop_assert_eq!(
-                        idx.upsert(Bytes::from(key.clone()), Seqno(s)),
-                        model.insert(key, Seqno(s))
-                    );
+                    prop_assert_eq!(seqno(idx.upsert(version(&key, s))), model.insert(key, s));
                 } else {
-                    prop_assert_eq!(idx.remove(&key), model.remove(&key));
+                    prop_assert_eq!(seqno(idx.remove(&key)), model.remove(&key));
                 }
                 prop_assert_eq!(idx.len(), model.len());
             }
             for (k, s) in &model {
-                prop_assert_eq!(idx.get(k), Some(*s));
+                prop_assert_eq!(seqno(idx.get(k)), Some(*s));
             }
         }
     }

@@ -411,7 +411,7 @@ impl Compaction {
     pub(crate) fn add_vbucket(
         &mut self,
         vb: Vbid,
-        versions: &[Stored],
+        versions: &[std::sync::Arc<Stored>],
         meta: &VbMeta,
     ) -> io::Result<()> {
         for stored in versions {

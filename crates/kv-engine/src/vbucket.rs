@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use mcbp::{Cas, Seqno, VbState, Vbid};
@@ -139,7 +140,7 @@ pub(crate) struct FlushBatch {
     /// Remove every on-disk version above this seqno first (rollback/reset).
     pub(crate) truncate_above: Option<Seqno>,
     pub(crate) deletes: Vec<Seqno>,
-    pub(crate) puts: Vec<Stored>,
+    pub(crate) puts: Vec<Arc<Stored>>,
     pub(crate) meta: VbMeta,
 }
 
@@ -148,6 +149,7 @@ pub(crate) struct FlushBatch {
 struct Prev {
     rev: u64,
     size: u64,
+    origin: Seqno,
 }
 
 impl Prev {
@@ -155,6 +157,7 @@ impl Prev {
         Prev {
             rev: current.item.rev_seqno,
             size: current.item.mem_size(),
+            origin: current.origin,
         }
     }
 }
@@ -193,7 +196,7 @@ pub(crate) struct VBucket {
     pub(crate) failover: FailoverLog,
     by_key: KeyIndex,
     /// Exactly one version per key: the current one.
-    by_seqno: BTreeMap<Seqno, Stored>,
+    by_seqno: BTreeMap<Seqno, Arc<Stored>>,
     live_items: u64,
     tombstones: u64,
     /// The seqnos of the tombstones, so the purger never walks live items.
@@ -245,7 +248,7 @@ impl Dirty {
     }
 
     /// Everything above `above` is dirty again (a failed flush, a rollback).
-    fn reset_above(&mut self, above: Seqno, by_seqno: &BTreeMap<Seqno, Stored>) {
+    fn reset_above(&mut self, above: Seqno, by_seqno: &BTreeMap<Seqno, Arc<Stored>>) {
         self.above = above;
         self.count = 0;
         self.tombstones = 0;
@@ -317,7 +320,7 @@ impl VBucket {
     /// and the older one is scheduled for removal from disk.
     pub(crate) fn load_version(&mut self, sh: &Shared, stored: Stored) {
         let seqno = stored.item.by_seqno;
-        if let Some(existing) = self.by_key.get(&stored.item.key) {
+        if let Some(existing) = self.by_key.get(&stored.item.key).map(|s| s.item.by_seqno) {
             if existing > seqno {
                 self.disk_deletes.push(seqno);
                 return;
@@ -327,7 +330,8 @@ impl VBucket {
         // Loading never refuses: a bucket over quota only refuses new writes.
         let _ = sh.reserve(self.id, stored.item.mem_size(), false);
         self.account_add(seqno, &stored.item);
-        self.by_key.upsert(stored.item.key.clone(), seqno);
+        let stored = Arc::new(stored);
+        self.by_key.upsert(Arc::clone(&stored));
         self.by_seqno.insert(seqno, stored);
     }
 
@@ -366,15 +370,9 @@ impl VBucket {
         }
     }
 
+    /// The key's current version: one probe of the key table.
     fn current(&self, key: &[u8]) -> Option<&Stored> {
-        let seqno = self.by_key.get(key)?;
-        let stored = self.by_seqno.get(&seqno);
-        debug_assert!(
-            stored.is_some(),
-            "{} key index points at a missing seqno",
-            self.id
-        );
-        stored
+        self.by_key.get(key).map(|s| &**s)
     }
 
     fn visible(&self, key: &[u8], now: UnixTime) -> Option<&Item> {
@@ -422,23 +420,27 @@ impl VBucket {
     /// Removes the current version at `seqno` from memory and returns its bytes to
     /// the quota. With `on_disk`, a version that was already flushed is queued for
     /// removal from disk.
-    fn remove_version(&mut self, sh: &Shared, seqno: Seqno, on_disk: bool) -> Option<Stored> {
+    fn remove_version(&mut self, sh: &Shared, seqno: Seqno, on_disk: bool) -> Option<Arc<Stored>> {
         let stored = self.detach_version(seqno, on_disk)?;
         sh.release(stored.item.mem_size());
         Some(stored)
     }
 
     /// `remove_version` without touching the bucket's quota (the caller settles it).
-    fn detach_version(&mut self, seqno: Seqno, on_disk: bool) -> Option<Stored> {
+    fn detach_version(&mut self, seqno: Seqno, on_disk: bool) -> Option<Arc<Stored>> {
         let stored = self.unindex_seqno(seqno, on_disk)?;
         let removed = self.by_key.remove(&stored.item.key);
-        debug_assert_eq!(removed, Some(seqno), "{} key index out of sync", self.id);
+        debug_assert!(
+            removed.is_some_and(|r| Arc::ptr_eq(&r, &stored)),
+            "{} key index out of sync",
+            self.id
+        );
         Some(stored)
     }
 
     /// Removes the version at `seqno` from everything but the key index (the caller
     /// repoints or removes the key) and from the vbucket's accounting.
-    fn unindex_seqno(&mut self, seqno: Seqno, on_disk: bool) -> Option<Stored> {
+    fn unindex_seqno(&mut self, seqno: Seqno, on_disk: bool) -> Option<Arc<Stored>> {
         let stored = self.by_seqno.remove(&seqno)?;
         self.mem = self.mem.saturating_sub(stored.item.mem_size());
         if stored.item.deleted {
@@ -474,20 +476,21 @@ impl VBucket {
         }
     }
 
-    /// Makes `item` the current version of its key; `reserve_for` was called for it.
-    fn install_reserved(&mut self, sh: &Shared, item: Item) {
+    /// Makes `item` the current version of its key; `reserve_for` was called for it
+    /// and `prev` is the key's current version, read in the same call.
+    fn install_reserved(&mut self, sh: &Shared, item: Item, prev: Option<Prev>) {
         let seqno = item.by_seqno;
-        let origin = match self.by_key.upsert(item.key.clone(), seqno) {
-            Some(old_seqno) => {
-                self.unindex_seqno(old_seqno, true)
-                    .expect("key index points at a stored version")
-                    .origin
-            }
-            None => seqno,
-        };
-        self.account_add(seqno, &item);
-        self.dirty.insert(seqno, item.deleted);
-        self.by_seqno.insert(seqno, Stored { item, origin });
+        let origin = prev.map_or(seqno, |p| p.origin);
+        let stored = Arc::new(Stored { item, origin });
+        if let Some(old) = self.by_key.upsert(Arc::clone(&stored)) {
+            let old_seqno = old.item.by_seqno;
+            drop(old);
+            self.unindex_seqno(old_seqno, true)
+                .expect("key index points at a stored version");
+        }
+        self.account_add(seqno, &stored.item);
+        self.dirty.insert(seqno, stored.item.deleted);
+        self.by_seqno.insert(seqno, stored);
         self.high_seqno = seqno;
         if seqno > self.snap_end {
             // Keeps snap_start <= high <= snap_end even if a producer skipped a marker.
@@ -531,7 +534,7 @@ impl VBucket {
         self.reserve_for(sh, prev, &item, !deleted)?;
         item.cas = sh.next_cas(now);
         let cas = item.cas;
-        self.install_reserved(sh, item);
+        self.install_reserved(sh, item, prev);
         Ok(MutationInfo {
             cas,
             seqno,
@@ -812,7 +815,7 @@ impl VBucket {
         let prev = self.current(&item.key).map(Prev::of);
         self.reserve_for(sh, prev, &item, !item.deleted)?;
         sh.observe_cas(item.cas);
-        self.install_reserved(sh, item);
+        self.install_reserved(sh, item, prev);
         Ok(())
     }
 
@@ -941,7 +944,7 @@ impl VBucket {
     }
 
     /// Every current version, in seqno order (a compaction's copy).
-    pub(crate) fn all_versions(&self) -> Vec<Stored> {
+    pub(crate) fn all_versions(&self) -> Vec<Arc<Stored>> {
         self.by_seqno.values().cloned().collect()
     }
 
@@ -977,10 +980,10 @@ impl VBucket {
             return None;
         }
         let from = self.dirty.above;
-        let puts: Vec<Stored> = self
+        let puts: Vec<Arc<Stored>> = self
             .by_seqno
             .range(next(from)..)
-            .map(|(_, s)| s.clone())
+            .map(|(_, s)| Arc::clone(s))
             .collect();
         debug_assert_eq!(
             puts.len() as u64,
@@ -1102,7 +1105,7 @@ mod tests {
                     }
                 }
             }
-            let unwritten: Vec<&Stored> = vb
+            let unwritten: Vec<&Arc<Stored>> = vb
                 .by_seqno
                 .range(next(vb.dirty.above)..)
                 .map(|(_, v)| v)

@@ -111,10 +111,19 @@ pub(super) async fn run(
             if n.name == view.cluster.orchestrator {
                 continue;
             }
+            // Serves: listed as a server and holding copies in the map. A node that a
+            // failed rebalance added to a bucket before giving it any vbucket has no
+            // janitor apply yet (so its bucket is not `ready`) and holds nothing: it is
+            // not down, or one more dead node would leave no majority.
             let serves: Vec<&str> = view
                 .buckets
                 .values()
                 .filter(|b| b.record.servers.contains(&n.name))
+                .filter(|b| {
+                    b.map
+                        .as_ref()
+                        .is_none_or(|m| m.nodes().contains(&NodeId(n.name.clone())))
+                })
                 .map(|b| b.record.name.as_str())
                 .collect();
             let h = shared.health.get(&n.name);
