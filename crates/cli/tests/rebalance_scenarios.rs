@@ -398,6 +398,8 @@ async fn orchestrator_restart(strict: bool) -> anyhow::Result<()> {
     }
     let orch = nodes.remove(0);
     let ports = (orch.kv.port(), orch.admin.port());
+    let killed_kv = orch.kv;
+    let killed_at = std::time::Instant::now();
     let dir = orch.kill()?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let back = NodeProcess::start_on(dir, &conduit(), PW, ports, &[])?;
@@ -492,7 +494,18 @@ async fn orchestrator_restart(strict: bool) -> anyhow::Result<()> {
         "I2: every write was acknowledged ({} writes, {} retries)",
         w.writes, w.retries
     );
-    verify_acked(a, "default", &w.acked).await?;
+    // The orchestrator node held actives: what it acknowledged just before the
+    // kill -9, neither persisted nor replicated yet, may be gone (I2's failover rule).
+    let older = verify_acked_except_killed(
+        a,
+        "default",
+        &w,
+        killed_kv,
+        killed_at,
+        Duration::from_secs(2),
+    )
+    .await?;
+    eprintln!("keys reading an earlier value after the kill: {older}");
     finish_sampler(sample, &nodes).await?;
     Ok(())
 }
