@@ -785,28 +785,52 @@ impl Writer {
     }
 }
 
+/// Reads keys from their actives by the client map, one connection per node.
+struct ActiveReader {
+    map: ClientMap,
+    conns: BTreeMap<String, kv_client::Client>,
+}
+
+impl ActiveReader {
+    async fn new(rest_addr: SocketAddr, bucket: &str) -> anyhow::Result<ActiveReader> {
+        Ok(ActiveReader {
+            map: ClientMap::fetch(rest_addr, bucket).await?,
+            conns: BTreeMap::new(),
+        })
+    }
+
+    /// The key's vbucket and its value on the active (`None`: not found).
+    async fn read(&mut self, key: &str) -> anyhow::Result<(u16, Option<String>)> {
+        let vb = self.map.vbucket_of(key);
+        let addr = self
+            .map
+            .node_of(vb, 0)
+            .ok_or_else(|| anyhow::anyhow!("vb {vb} has no active"))?
+            .to_owned();
+        if !self.conns.contains_key(&addr) {
+            self.conns.insert(addr.clone(), kv(&addr).await?);
+        }
+        let c = self
+            .conns
+            .get_mut(&addr)
+            .ok_or_else(|| anyhow::anyhow!("no connection"))?;
+        let got = c.get(mcbp::Vbid(vb), key.as_bytes()).await?;
+        Ok((
+            vb,
+            got.map(|g| String::from_utf8_lossy(&g.value).into_owned()),
+        ))
+    }
+}
+
 /// I2: every acknowledged key reads its last acknowledged value from its active.
 pub async fn verify_acked(
     rest_addr: SocketAddr,
     bucket: &str,
     acked: &BTreeMap<String, u64>,
 ) -> anyhow::Result<()> {
-    let map = ClientMap::fetch(rest_addr, bucket).await?;
-    let mut conns: BTreeMap<String, kv_client::Client> = BTreeMap::new();
+    let mut reader = ActiveReader::new(rest_addr, bucket).await?;
     for (key, want) in acked {
-        let vb = map.vbucket_of(key);
-        let addr = map
-            .node_of(vb, 0)
-            .ok_or_else(|| anyhow::anyhow!("vb {vb} has no active"))?
-            .to_owned();
-        if !conns.contains_key(&addr) {
-            conns.insert(addr.clone(), kv(&addr).await?);
-        }
-        let c = conns
-            .get_mut(&addr)
-            .ok_or_else(|| anyhow::anyhow!("no connection"))?;
-        let got = c.get(mcbp::Vbid(vb), key.as_bytes()).await?;
-        let got = got.map(|g| String::from_utf8_lossy(&g.value).into_owned());
+        let (vb, got) = reader.read(key).await?;
         anyhow::ensure!(
             got.as_deref() == Some(want.to_string().as_str()),
             "I2: {key} (vb {vb}) reads {got:?}, last acknowledged {want}"
@@ -831,24 +855,18 @@ pub async fn verify_acked_except_killed(
     killed_at: std::time::Instant,
     window: Duration,
 ) -> anyhow::Result<usize> {
-    let map = ClientMap::fetch(rest_addr, bucket).await?;
-    let mut conns: BTreeMap<String, kv_client::Client> = BTreeMap::new();
+    let mut reader = ActiveReader::new(rest_addr, bucket).await?;
     let killed_port = format!(":{}", killed.port());
     let mut older = 0;
     for (key, writes) in &report.history {
-        let vb = map.vbucket_of(key);
-        let addr = map
-            .node_of(vb, 0)
-            .ok_or_else(|| anyhow::anyhow!("vb {vb} has no active"))?
-            .to_owned();
-        if !conns.contains_key(&addr) {
-            conns.insert(addr.clone(), kv(&addr).await?);
-        }
-        let c = conns
-            .get_mut(&addr)
-            .ok_or_else(|| anyhow::anyhow!("no connection"))?;
-        let got = c.get(mcbp::Vbid(vb), key.as_bytes()).await?;
-        let got: Option<u64> = got.and_then(|g| String::from_utf8_lossy(&g.value).parse().ok());
+        let (vb, got) = reader.read(key).await?;
+        let got: Option<u64> = match got {
+            None => None,
+            Some(v) => Some(
+                v.parse()
+                    .map_err(|_| anyhow::anyhow!("I2: {key} reads {v:?}, not a written value"))?,
+            ),
+        };
         let newer_from = match got {
             None => 0,
             Some(v) => writes
