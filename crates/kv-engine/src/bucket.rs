@@ -1868,6 +1868,50 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_commit_loses_nothing_from_memory_and_the_log_refuses_until_reopened() {
+        let Fixture {
+            bucket: b,
+            _dir: dir,
+        } = fixture();
+        set(&b, "a", "1");
+        b.flush().expect("flush");
+        set(&b, "b", "2");
+        // A read-only handle: the append fails, and so does cutting the file back.
+        let read_only = std::fs::File::open(b.path()).expect("read-only handle");
+        lock(&b.flush_lock).log.replace_file_for_test(read_only);
+        let err = b.flush().expect_err("the write fails");
+        assert!(
+            matches!(
+                err,
+                EngineError::Storage {
+                    during: "flush",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(b.persisted_seqno(vb0()).expect("persisted"), Seqno(1));
+        let item = b.get(vb0(), b"b", now()).expect("still in memory");
+        assert_eq!(item.value.as_ref(), b"2");
+        // Still dirty, so the next flush retries; the log refuses: its tail is unknown.
+        let err = b.flush().expect_err("refused");
+        let why = std::error::Error::source(&err).map(ToString::to_string);
+        assert!(
+            why.as_deref()
+                .is_some_and(|w| w.contains("until the bucket is reopened")),
+            "{why:?}"
+        );
+        drop(b); // a crash
+        let b = Bucket::open(config(dir.path())).expect("reopen");
+        assert_eq!(b.high_seqno(vb0()).expect("high"), Seqno(1));
+        assert!(b.get(vb0(), b"a", now()).is_ok());
+        assert!(matches!(
+            b.get(vb0(), b"b", now()),
+            Err(EngineError::KeyNotFound { .. })
+        ));
+    }
+
+    #[test]
     fn a_flush_batch_bound_of_zero_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut c = config(dir.path());

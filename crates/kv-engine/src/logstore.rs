@@ -269,6 +269,12 @@ impl LogStore {
         }
     }
 
+    /// Swaps the file handle (tests: a read-only handle makes every write fail).
+    #[cfg(test)]
+    pub(crate) fn replace_file_for_test(&mut self, file: File) {
+        self.file = file;
+    }
+
     /// Bytes of the log.
     pub(crate) fn len(&self) -> u64 {
         self.len
