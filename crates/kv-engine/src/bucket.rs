@@ -797,23 +797,19 @@ impl Bucket {
             .compaction(n)
             .map_err(storage(&self.name, "compaction"))?;
         let mut batches = Vec::new();
-        let mut stats = FlushStats::default();
-        let mut written = Ok(());
-        for m in &self.vbs {
+        let written = self.vbs.iter().try_for_each(|m| {
             let (id, batch, versions, meta) = {
                 let mut vb = lock(m);
                 (vb.id, vb.take_flush_batch(), vb.all_versions(), vb.meta())
             };
-            if let Some(b) = batch {
-                stats.vbuckets += 1;
-                stats.items_written += b.puts.len();
-                batches.push(b);
-            }
-            written = c.add_vbucket(id, &versions, &meta);
-            if written.is_err() {
-                break;
-            }
-        }
+            batches.extend(batch);
+            c.add_vbucket(id, &versions, &meta)
+        });
+        let stats = FlushStats {
+            vbuckets: batches.len(),
+            items_written: batches.iter().map(|b| b.puts.len()).sum(),
+            ..FlushStats::default()
+        };
         let res = match written {
             Ok(()) => flusher
                 .log

@@ -61,8 +61,8 @@ impl KeyIndex {
     /// Makes `version` its key's current version; returns the one it replaced.
     pub(crate) fn upsert(&mut self, version: Arc<Stored>) -> Option<Arc<Stored>> {
         let hash = self.hash(&version.item.key);
-        let key = version.item.key.clone();
-        if let Some(entry) = self.table.find_mut(hash, |e| e.is(hash, &key)) {
+        let key: &[u8] = &version.item.key;
+        if let Some(entry) = self.table.find_mut(hash, |e| e.is(hash, key)) {
             return Some(std::mem::replace(&mut entry.version, version));
         }
         self.table

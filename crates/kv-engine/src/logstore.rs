@@ -36,7 +36,7 @@
 //! leftover); after it, the new log is complete.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -197,22 +197,6 @@ fn sync_dir(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Writes `bytes` as a complete new log at `path` (via a temporary file and a rename).
-fn create_log(path: &Path, bytes: &[u8]) -> io::Result<File> {
-    let tmp = compacting_path(path);
-    let mut f = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_data()?;
-    std::fs::rename(&tmp, path)?;
-    sync_dir(path)?;
-    Ok(f)
-}
-
 impl LogStore {
     /// Opens (or creates) the log of a bucket with `num_vbuckets` vbuckets and
     /// replays it.
@@ -234,12 +218,12 @@ impl LogStore {
             ..Recovered::default()
         };
         if !path.exists() {
-            let mut buf = Vec::new();
-            put_header(&mut buf, num_vbuckets);
-            put_commit(&mut buf, 0, false);
-            let file = create_log(&path, &buf).map_err(|e| OpenError::Io("create", e))?;
+            // A new log is an empty compaction: written aside, then renamed.
+            let (file, len) = Compaction::start(&path, num_vbuckets)
+                .and_then(|c| c.finish(&path, 0, || {}))
+                .and_then(|done| sync_dir(&path).map(|()| done))
+                .map_err(|e| OpenError::Io("create", e))?;
             rec.fresh = true;
-            let len = buf.len() as u64;
             return Ok((LogStore::new(path, file, len, compact_floor), rec));
         }
         let file = OpenOptions::new()
@@ -351,50 +335,24 @@ impl LogStore {
         Ok(())
     }
 
-    /// Starts a compaction: a fresh log is written to a side file by the returned
-    /// writer, then [`Compaction::finish`] swaps it in.
+    /// Starts a compaction: a fresh log written to a side file by the returned
+    /// writer, then swapped in by [`LogStore::finish_compaction`].
     pub(crate) fn compaction(&self, num_vbuckets: u16) -> io::Result<Compaction> {
         self.check()?;
-        let tmp = compacting_path(&self.path);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&tmp)?;
-        let mut c = Compaction {
-            tmp,
-            out: BufWriter::with_capacity(1 << 20, file),
-            buf: Vec::new(),
-            len: 0,
-        };
-        put_header(&mut c.buf, num_vbuckets);
-        c.drain()?;
-        Ok(c)
+        Compaction::start(&self.path, num_vbuckets)
     }
 
     /// Makes the compacted log the log.
     pub(crate) fn finish_compaction(
         &mut self,
-        mut c: Compaction,
+        c: Compaction,
         max_cas: u64,
         before_sync: impl FnOnce(),
     ) -> io::Result<()> {
-        put_commit(&mut c.buf, max_cas, false);
-        let tmp = c.tmp.clone();
-        let synced = c.drain().and_then(|()| {
-            let file = c.out.into_inner().map_err(io::IntoInnerError::into_error)?;
-            before_sync();
-            file.sync_data()?;
-            std::fs::rename(&tmp, &self.path)?;
-            Ok(file)
-        });
-        let file = synced.inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })?;
+        let (file, len) = c.finish(&self.path, max_cas, before_sync)?;
         // The rename is done: from here the new log is the log, whatever happens.
         self.file = file;
-        self.len = c.len;
+        self.len = len;
         if let Err(e) = sync_dir(&self.path) {
             self.broken = Some(format!("syncing the directory after compaction: {e}"));
             return Err(e);
@@ -403,16 +361,37 @@ impl LogStore {
     }
 }
 
-/// A fresh log being written by a compaction.
+/// A fresh log being written beside the log (`<log>.compacting`): by a compaction,
+/// or when a bucket's log is created.
 #[derive(Debug)]
 pub(crate) struct Compaction {
     tmp: PathBuf,
-    out: BufWriter<File>,
+    file: File,
+    /// Records not yet written (drained to the file every MiB).
     buf: Vec<u8>,
     len: u64,
 }
 
 impl Compaction {
+    /// Creates the side file of the log at `path` and writes the header.
+    fn start(path: &Path, num_vbuckets: u16) -> io::Result<Compaction> {
+        let tmp = compacting_path(path);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&tmp)?;
+        let mut c = Compaction {
+            tmp,
+            file,
+            buf: Vec::new(),
+            len: 0,
+        };
+        put_header(&mut c.buf, num_vbuckets);
+        Ok(c)
+    }
+
     /// Adds one vbucket: its current versions and its record.
     pub(crate) fn add_vbucket(
         &mut self,
@@ -427,14 +406,37 @@ impl Compaction {
             }
         }
         put_vb(&mut self.buf, vb, meta);
-        self.drain()
+        Ok(())
     }
 
     fn drain(&mut self) -> io::Result<()> {
-        self.out.write_all(&self.buf)?;
+        self.file.write_all(&self.buf)?;
         self.len += self.buf.len() as u64;
         self.buf.clear();
         Ok(())
+    }
+
+    /// Commits, syncs and renames the side file over the log at `path`; returns the
+    /// new log's handle and length. On failure the side file is removed.
+    fn finish(
+        mut self,
+        path: &Path,
+        max_cas: u64,
+        before_sync: impl FnOnce(),
+    ) -> io::Result<(File, u64)> {
+        put_commit(&mut self.buf, max_cas, false);
+        let done = self.drain().and_then(|()| {
+            before_sync();
+            self.file.sync_data()?;
+            std::fs::rename(&self.tmp, path)
+        });
+        match done {
+            Ok(()) => Ok((self.file, self.len)),
+            Err(e) => {
+                self.abandon();
+                Err(e)
+            }
+        }
     }
 
     /// Gives up: removes the side file.

@@ -144,7 +144,8 @@ pub(crate) struct FlushBatch {
     pub(crate) meta: VbMeta,
 }
 
-/// What a write needs of the key's current version: its rev and its quota charge.
+/// What a write needs of the key's current version: its rev, its quota charge and
+/// the origin of its history (which the new version inherits).
 #[derive(Clone, Copy, Debug)]
 struct Prev {
     rev: u64,
@@ -216,11 +217,10 @@ pub(crate) struct VBucket {
 /// and every new version gets a seqno above all others, so the unwritten versions
 /// are exactly the current versions above `above` (the high seqno at the last
 /// take): a flush reads them with one range scan of the seqno index, and writes
-/// keep two counters instead of a set.
+/// keep only a tombstone counter (for the O(1) stats) instead of a set.
 #[derive(Debug, Default)]
 struct Dirty {
     above: Seqno,
-    count: u64,
     /// How many of them are tombstones, so that stats read a counter.
     tombstones: u64,
 }
@@ -231,18 +231,14 @@ impl Dirty {
             seqno > self.above,
             "new versions are above every written one"
         );
-        self.count += 1;
         self.tombstones += u64::from(deleted);
     }
 
     /// Whether it was dirty.
     fn remove(&mut self, seqno: Seqno, deleted: bool) -> bool {
         let was = seqno > self.above;
-        if was {
-            self.count = self.count.saturating_sub(1);
-            if deleted {
-                self.tombstones = self.tombstones.saturating_sub(1);
-            }
+        if was && deleted {
+            self.tombstones = self.tombstones.saturating_sub(1);
         }
         was
     }
@@ -250,13 +246,23 @@ impl Dirty {
     /// Everything above `above` is dirty again (a failed flush, a rollback).
     fn reset_above(&mut self, above: Seqno, by_seqno: &BTreeMap<Seqno, Arc<Stored>>) {
         self.above = above;
-        self.count = 0;
-        self.tombstones = 0;
-        for (_, v) in by_seqno.range(next(above)..) {
-            self.count += 1;
-            self.tombstones += u64::from(v.item.deleted);
-        }
+        self.tombstones = by_seqno
+            .range(next(above)..)
+            .filter(|(_, v)| v.item.deleted)
+            .count() as u64;
     }
+
+    /// The unwritten versions, oldest first.
+    fn versions<'a>(
+        &self,
+        by_seqno: &'a BTreeMap<Seqno, Arc<Stored>>,
+    ) -> impl Iterator<Item = &'a Arc<Stored>> {
+        by_seqno.range(next(self.above)..).map(|(_, v)| v)
+    }
+}
+
+fn visible_item(current: Option<&Stored>, now: UnixTime) -> Option<&Item> {
+    current.map(|s| &s.item).filter(|i| i.is_visible(now))
 }
 
 fn next(s: Seqno) -> Seqno {
@@ -376,17 +382,14 @@ impl VBucket {
     }
 
     fn visible(&self, key: &[u8], now: UnixTime) -> Option<&Item> {
-        self.lookup(key, now).1
+        visible_item(self.current(key), now)
     }
 
     /// The one key lookup of a write: what the write needs of the current version
     /// (visible or not), and the version if it is visible.
     fn lookup(&self, key: &[u8], now: UnixTime) -> (Option<Prev>, Option<&Item>) {
         let current = self.current(key);
-        (
-            current.map(Prev::of),
-            current.map(|s| &s.item).filter(|i| i.is_visible(now)),
-        )
+        (current.map(Prev::of), visible_item(current, now))
     }
 
     fn check_key(&self, key: &[u8]) -> Result<()> {
@@ -483,9 +486,7 @@ impl VBucket {
         let origin = prev.map_or(seqno, |p| p.origin);
         let stored = Arc::new(Stored { item, origin });
         if let Some(old) = self.by_key.upsert(Arc::clone(&stored)) {
-            let old_seqno = old.item.by_seqno;
-            drop(old);
-            self.unindex_seqno(old_seqno, true)
+            self.unindex_seqno(old.item.by_seqno, true)
                 .expect("key index points at a stored version");
         }
         self.account_add(seqno, &stored.item);
@@ -717,19 +718,16 @@ impl VBucket {
         if self.state != VbState::Active {
             return Vec::new();
         }
-        let expired: Vec<Bytes> = self
+        // The seqno index holds only current versions: each of these is its key's.
+        let expired: Vec<(Bytes, Prev, u32)> = self
             .expiring
             .iter()
             .filter_map(|seqno| self.by_seqno.get(seqno))
             .filter(|s| s.item.is_expired(now))
-            .map(|s| s.item.key.clone())
+            .map(|s| (s.item.key.clone(), Prev::of(s), s.item.flags))
             .collect();
         let mut out = Vec::with_capacity(expired.len());
-        for key in expired {
-            let Some((prev, flags)) = self.current(&key).map(|s| (Prev::of(s), s.item.flags))
-            else {
-                continue;
-            };
+        for (key, prev, flags) in expired {
             let nv = NewVersion::tombstone(DeleteSource::Expired, flags, now);
             match self.mutate(sh, key.clone(), nv, Some(prev), now) {
                 Ok(info) => out.push((key, info.seqno)),
@@ -973,27 +971,16 @@ impl VBucket {
 
     pub(crate) fn take_flush_batch(&mut self) -> Option<FlushBatch> {
         if !self.meta_dirty
-            && self.dirty.count == 0
+            && self.dirty.versions(&self.by_seqno).next().is_none()
             && self.disk_deletes.is_empty()
             && self.truncate_above.is_none()
         {
             return None;
         }
         let from = self.dirty.above;
-        let puts: Vec<Arc<Stored>> = self
-            .by_seqno
-            .range(next(from)..)
-            .map(|(_, s)| Arc::clone(s))
-            .collect();
-        debug_assert_eq!(
-            puts.len() as u64,
-            self.dirty.count,
-            "{} dirty count",
-            self.id
-        );
+        let puts: Vec<Arc<Stored>> = self.dirty.versions(&self.by_seqno).cloned().collect();
         self.dirty = Dirty {
             above: self.high_seqno,
-            count: 0,
             tombstones: 0,
         };
         self.meta_dirty = false;
@@ -1105,14 +1092,12 @@ mod tests {
                     }
                 }
             }
-            let unwritten: Vec<&Arc<Stored>> = vb
-                .by_seqno
-                .range(next(vb.dirty.above)..)
-                .map(|(_, v)| v)
-                .collect();
-            let walked = unwritten.iter().filter(|v| v.item.deleted).count() as u64;
+            let walked = vb
+                .dirty
+                .versions(&vb.by_seqno)
+                .filter(|v| v.item.deleted)
+                .count() as u64;
             assert_eq!(vb.dirty.tombstones, walked, "step {step}");
-            assert_eq!(vb.dirty.count, unwritten.len() as u64, "step {step}");
             // What an outstanding batch holds is not counted dirty a second time.
             assert!(
                 taken

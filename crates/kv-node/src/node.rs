@@ -194,24 +194,25 @@ async fn flusher(state: Arc<NodeState>, shutdown: CancellationToken) {
             // the persisted seqnos of the vbuckets it wrote and wakes their waiters.
             loop {
                 let e = entry.clone();
-                let res = tokio::task::spawn_blocking(move || e.bucket.flush_step()).await;
-                match res {
+                let more = match tokio::task::spawn_blocking(move || e.bucket.flush_step()).await {
                     Ok(Ok(stats)) => {
                         if stats.vbuckets > 0 {
                             entry.persisted.notify_waiters();
                         }
-                        if stats.more && !shutdown.is_cancelled() {
-                            continue;
-                        }
+                        stats.more
                     }
                     Ok(Err(err)) => {
-                        error!(bucket = %entry.meta.name, error = %err, "flush failed; will retry")
+                        error!(bucket = %entry.meta.name, error = %err, "flush failed; will retry");
+                        false
                     }
                     Err(err) => {
-                        error!(bucket = %entry.meta.name, error = %err, "flush task failed")
+                        error!(bucket = %entry.meta.name, error = %err, "flush task failed");
+                        false
                     }
+                };
+                if !more || shutdown.is_cancelled() {
+                    break;
                 }
-                break;
             }
         }
     }

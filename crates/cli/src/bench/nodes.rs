@@ -370,15 +370,14 @@ pub(crate) async fn seqno_sums(c: &mut Client) -> anyhow::Result<(u64, u64)> {
         let Some(field) = k.strip_prefix("vb_").and_then(|k| k.split_once(':')) else {
             continue;
         };
-        if !matches!(field.1, "high_seqno" | "last_persisted_seqno") {
-            continue;
-        }
-        let n: u64 = v.parse().with_context(|| format!("stat {k} = {v:?}"))?;
-        match field.1 {
-            "high_seqno" => high += n,
-            "last_persisted_seqno" => persisted += n,
-            _ => {}
-        }
+        let sum = match field.1 {
+            "high_seqno" => &mut high,
+            "last_persisted_seqno" => &mut persisted,
+            _ => continue,
+        };
+        *sum += v
+            .parse::<u64>()
+            .with_context(|| format!("stat {k} = {v:?}"))?;
     }
     Ok((high, persisted))
 }

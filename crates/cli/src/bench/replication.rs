@@ -58,7 +58,8 @@ pub(crate) async fn run(args: BenchReplicationArgs) -> anyhow::Result<serde_json
     let mut cc = consumer.client(bound).await?;
     let mut pc = producer.client(bound).await?;
     let writers = loaders(&producer, a).await?;
-    let cpu0 = Cpu::read(&producer, &consumer)?;
+    let pids = [producer.pid().to_string(), consumer.pid().to_string()];
+    let cpu0 = Cpu::read(&pids)?;
     let t0 = Instant::now();
     let since = move || t0.elapsed().as_micros() as u64;
     let sampler = tokio::spawn(sample(Arc::clone(&acked), a.docs, since));
@@ -77,7 +78,7 @@ pub(crate) async fn run(args: BenchReplicationArgs) -> anyhow::Result<serde_json
             seen.producer_persisted.push((t, p_persisted));
             if high >= docs && cpu_at_caught_up.is_none() {
                 seen.caught_up_us = t;
-                cpu_at_caught_up = Some(Cpu::read_pids(cpu0.pids.clone())?);
+                cpu_at_caught_up = Some(Cpu::read(&pids)?);
             }
             if high >= docs && persisted >= docs && p_persisted >= docs {
                 return anyhow::Ok((seen, cpu_at_caught_up));
@@ -143,23 +144,18 @@ struct Observed {
 /// CPU seconds used so far by the two nodes and by this process (the proxy pair,
 /// the loaders and the samplers).
 struct Cpu {
-    pids: [String; 2],
     producer: f64,
     consumer: f64,
     bench: f64,
 }
 
 impl Cpu {
-    fn read(producer: &NodeChild, consumer: &NodeChild) -> anyhow::Result<Cpu> {
-        Cpu::read_pids([producer.pid().to_string(), consumer.pid().to_string()])
-    }
-
-    fn read_pids(pids: [String; 2]) -> anyhow::Result<Cpu> {
+    /// `pids`: the producer's and the consumer's.
+    fn read(pids: &[String; 2]) -> anyhow::Result<Cpu> {
         Ok(Cpu {
             producer: cpu_seconds(&pids[0])?,
             consumer: cpu_seconds(&pids[1])?,
             bench: cpu_seconds("self")?,
-            pids,
         })
     }
 }

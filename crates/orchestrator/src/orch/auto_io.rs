@@ -107,24 +107,30 @@ pub(super) async fn run(
         // Whether every down node was already unresponsive a frame before it counted
         // as down (two missed heartbeats, not a bucket that is not ready).
         let mut all_missed = true;
+        // Serves: listed as a server and holding copies in the map. A node that a
+        // failed rebalance added to a bucket before giving it any vbucket has no
+        // janitor apply yet (so its bucket is not `ready`) and holds nothing: it is
+        // not down, or one more dead node would leave no majority. The nodes each
+        // bucket's map names are collected once per tick, in bucket order.
+        let in_maps: Vec<Option<BTreeSet<NodeId>>> = view
+            .buckets
+            .values()
+            .map(|b| b.map.as_ref().map(crate::map::Map::nodes))
+            .collect();
         for n in &members {
             if n.name == view.cluster.orchestrator {
                 continue;
             }
-            // Serves: listed as a server and holding copies in the map. A node that a
-            // failed rebalance added to a bucket before giving it any vbucket has no
-            // janitor apply yet (so its bucket is not `ready`) and holds nothing: it is
-            // not down, or one more dead node would leave no majority.
+            let id = NodeId(n.name.clone());
             let serves: Vec<&str> = view
                 .buckets
                 .values()
-                .filter(|b| b.record.servers.contains(&n.name))
-                .filter(|b| {
-                    b.map
-                        .as_ref()
-                        .is_none_or(|m| m.nodes().contains(&NodeId(n.name.clone())))
+                .zip(&in_maps)
+                .filter(|(b, in_map)| {
+                    b.record.servers.contains(&n.name)
+                        && in_map.as_ref().is_none_or(|m| m.contains(&id))
                 })
-                .map(|b| b.record.name.as_str())
+                .map(|(b, _)| b.record.name.as_str())
                 .collect();
             let h = shared.health.get(&n.name);
             // Down: two heartbeats in a row missed (one late answer on a busy machine
