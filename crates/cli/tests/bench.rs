@@ -40,19 +40,30 @@ fn bench_proxy_reports_direct_and_proxied_rates() {
             "direct_mb_per_sec",
             "proxy_frames_per_sec",
             "proxy_mb_per_sec",
+            "relay_frames_per_sec",
             "ratio",
+            "ratio_to_relay",
         ],
     );
     assert_eq!(v["frames"], 20000);
 }
 
-const NODE_FIELDS: [&str; 5] = [
+const NODE_FIELDS: [&str; 7] = [
     "docs",
     "mutations_per_sec",
     "producer_peak_rss_bytes",
     "consumer_peak_rss_bytes",
+    "payload_bytes",
+    "peak_rss_per_payload",
     "value_size",
 ];
+
+/// The memory ratio is the larger node's peak over the payload, as reported.
+fn check_rss_ratio(v: &serde_json::Value) {
+    let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+    let want = f("producer_peak_rss_bytes").max(f("consumer_peak_rss_bytes")) / f("payload_bytes");
+    assert!((f("peak_rss_per_payload") - want).abs() <= 0.001, "{v}");
+}
 
 #[test]
 fn bench_dcp_from_disk_streams_every_document() {
@@ -70,6 +81,7 @@ fn bench_dcp_from_disk_streams_every_document() {
     );
     assert_eq!(v["source"], "disk");
     assert_eq!(v["mutations"], 2000);
+    check_rss_ratio(&v);
 }
 
 #[test]
@@ -81,6 +93,7 @@ fn bench_replication_reports_throughput_and_lag() {
     for field in ["lag_p50_ms", "lag_p99_ms"] {
         assert!(v[field].as_f64().is_some_and(|x| x >= 0.0), "{field}: {v}");
     }
+    check_rss_ratio(&v);
 }
 
 #[test]

@@ -267,7 +267,7 @@ impl Bucket {
         let mut items_loaded = 0u64;
         for (vb, items) in vbs.iter_mut().zip(recovered.items) {
             for (seqno, stored) in items {
-                if stored.item.by_seqno > vb.high_seqno {
+                if stored.by_seqno() > vb.high_seqno {
                     return Err(corrupt(format!(
                         "item record {} seqno {seqno} above persisted high seqno {}",
                         vb.id, vb.high_seqno

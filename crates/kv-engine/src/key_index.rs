@@ -1,16 +1,15 @@
 //! The key index of one vbucket: key → the key's current version.
 //!
-//! A hash table of (hash, version) entries, each pointing at the same shared
-//! version the seqno index holds, so a read is one probe: no second lookup by
+//! A hash table whose entries are the versions themselves (one pointer each, 8
+//! bytes), shared with the seqno index, so a read is one probe: no second lookup by
 //! seqno. A write does one lookup (to decide) and one upsert, which replaces the
-//! entry in the probe that finds it. The key lives in the version, so an entry is
-//! 16 bytes, and an overwritten version (with the frame its key and value are slices
-//! of) is released as soon as both indexes let go of it.
+//! entry in the probe that finds it. An overwritten version is released as soon as
+//! both indexes let go of it.
 //!
-//! Each entry keeps its key's hash: growing the table never reads the versions
-//! (scattered in memory) to rehash them, and a probe compares hashes before keys.
-
-use std::sync::Arc;
+//! Entries do not keep their key's hash (it would double their size): a probe
+//! filters on the table's 7-bit tags before it compares a key, and growing the
+//! table rehashes each key from its version, an amortised cost of about one extra
+//! read per insert.
 
 use hashbrown::HashTable;
 
@@ -20,20 +19,8 @@ use crate::vbucket::Stored;
 /// keyed and several times faster than SipHash on short keys.
 #[derive(Debug)]
 pub(crate) struct KeyIndex {
-    table: HashTable<Entry>,
+    table: HashTable<Stored>,
     hasher: ahash::RandomState,
-}
-
-#[derive(Debug)]
-struct Entry {
-    hash: u64,
-    version: Arc<Stored>,
-}
-
-impl Entry {
-    fn is(&self, hash: u64, key: &[u8]) -> bool {
-        self.hash == hash && self.version.item.key.as_ref() == key
-    }
 }
 
 impl Default for KeyIndex {
@@ -46,35 +33,30 @@ impl Default for KeyIndex {
 }
 
 impl KeyIndex {
-    fn hash(&self, key: &[u8]) -> u64 {
-        self.hasher.hash_one(key)
-    }
-
     /// The key's current version.
-    pub(crate) fn get(&self, key: &[u8]) -> Option<&Arc<Stored>> {
-        let hash = self.hash(key);
-        self.table
-            .find(hash, |e| e.is(hash, key))
-            .map(|e| &e.version)
+    pub(crate) fn get(&self, key: &[u8]) -> Option<&Stored> {
+        let hash = self.hasher.hash_one(key);
+        self.table.find(hash, |v| v.key() == key)
     }
 
     /// Makes `version` its key's current version; returns the one it replaced.
-    pub(crate) fn upsert(&mut self, version: Arc<Stored>) -> Option<Arc<Stored>> {
-        let hash = self.hash(&version.item.key);
-        let key: &[u8] = &version.item.key;
-        if let Some(entry) = self.table.find_mut(hash, |e| e.is(hash, key)) {
-            return Some(std::mem::replace(&mut entry.version, version));
+    pub(crate) fn upsert(&mut self, version: Stored) -> Option<Stored> {
+        let hash = self.hasher.hash_one(version.key());
+        let key: &[u8] = version.key();
+        if let Some(current) = self.table.find_mut(hash, |v| v.key() == key) {
+            return Some(std::mem::replace(current, version));
         }
+        let hasher = &self.hasher;
         self.table
-            .insert_unique(hash, Entry { hash, version }, |e| e.hash);
+            .insert_unique(hash, version, |v| hasher.hash_one(v.key()));
         None
     }
 
     /// Removes the key; returns its version.
-    pub(crate) fn remove(&mut self, key: &[u8]) -> Option<Arc<Stored>> {
-        let hash = self.hash(key);
-        let entry = self.table.find_entry(hash, |e| e.is(hash, key)).ok()?;
-        Some(entry.remove().0.version)
+    pub(crate) fn remove(&mut self, key: &[u8]) -> Option<Stored> {
+        let hash = self.hasher.hash_one(key);
+        let entry = self.table.find_entry(hash, |v| v.key() == key).ok()?;
+        Some(entry.remove().0)
     }
 
     pub(crate) fn clear(&mut self) {
@@ -98,38 +80,36 @@ mod tests {
 
     use crate::item::{DeleteSource, Item};
 
-    fn version(key: &[u8], seqno: u64) -> Arc<Stored> {
-        Arc::new(Stored {
-            item: Item {
-                key: Bytes::copy_from_slice(key),
-                value: Bytes::new(),
-                cas: Cas(seqno),
-                flags: 0,
-                expiry: 0,
-                datatype: 0,
-                rev_seqno: 1,
-                by_seqno: Seqno(seqno),
-                deleted: false,
-                delete_source: DeleteSource::Explicit,
-                delete_time: 0,
-            },
-            origin: Seqno(seqno),
-        })
+    fn version(key: &[u8], seqno: u64) -> Stored {
+        let item = Item {
+            key: Bytes::copy_from_slice(key),
+            value: Bytes::new(),
+            cas: Cas(seqno),
+            flags: 0,
+            expiry: 0,
+            datatype: 0,
+            rev_seqno: 1,
+            by_seqno: Seqno(seqno),
+            deleted: false,
+            delete_source: DeleteSource::Explicit,
+            delete_time: 0,
+        };
+        Stored::new(&item, Seqno(seqno), &mut Vec::new())
     }
 
-    fn seqno(v: Option<impl AsRef<Stored>>) -> Option<u64> {
-        v.map(|v| v.as_ref().item.by_seqno.0)
+    fn seqno(v: Option<impl std::borrow::Borrow<Stored>>) -> Option<u64> {
+        v.map(|v| v.borrow().by_seqno().0)
     }
 
     #[test]
     fn upsert_replaces_the_version_and_releases_the_old_one() {
         let mut idx = KeyIndex::default();
         let first = version(b"key", 1);
-        assert!(idx.upsert(Arc::clone(&first)).is_none());
+        assert!(idx.upsert(first.clone()).is_none());
         let old = idx.upsert(version(b"key", 2)).expect("replaced");
-        assert!(Arc::ptr_eq(&old, &first));
+        assert!(old.ptr_eq(&first));
         drop(old);
-        assert_eq!(Arc::strong_count(&first), 1, "the index let go of it");
+        assert!(first.is_unique(), "the index let go of it");
         assert_eq!(seqno(idx.get(b"key")), Some(2));
         assert_eq!(seqno(idx.remove(b"key")), Some(2));
         assert!(idx.get(b"key").is_none());

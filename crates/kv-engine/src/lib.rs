@@ -51,7 +51,9 @@ mod item;
 mod key_index;
 mod logstore;
 mod ops;
+mod seqno_index;
 mod store;
+mod stored;
 mod vbucket;
 
 pub use bucket::{

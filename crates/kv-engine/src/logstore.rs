@@ -144,7 +144,7 @@ fn put_header(buf: &mut Vec<u8>, num_vbuckets: u16) {
 fn put_item(buf: &mut Vec<u8>, vb: Vbid, stored: &Stored) {
     let r = begin_record(buf, ITEM);
     buf.extend_from_slice(&vb.0.to_le_bytes());
-    buf.extend_from_slice(&stored.item.by_seqno.0.to_le_bytes());
+    buf.extend_from_slice(&stored.by_seqno().0.to_le_bytes());
     store::encode_item(stored, buf);
     end_record(buf, r);
 }
@@ -396,7 +396,7 @@ impl Compaction {
     pub(crate) fn add_vbucket(
         &mut self,
         vb: Vbid,
-        versions: &[std::sync::Arc<Stored>],
+        versions: &[Stored],
         meta: &VbMeta,
     ) -> io::Result<()> {
         for stored in versions {
@@ -566,7 +566,7 @@ fn replay(file: &File, num_vbuckets: u16, rec: &mut Recovered) -> Result<u64, Op
 fn apply(rec: &mut Recovered, op: Op) {
     match op {
         Op::Item(vb, stored) => {
-            rec.items[usize::from(vb.0)].insert(stored.item.by_seqno.0, stored);
+            rec.items[usize::from(vb.0)].insert(stored.by_seqno().0, stored);
         }
         Op::Vb(vb, meta) => rec.vbs[usize::from(vb.0)] = Some(meta),
         Op::Remove(vb, s) => {

@@ -2,11 +2,11 @@
 //! version and a vbucket's state. Versioned little-endian byte strings; decoding is
 //! total and reports corruption instead of panicking.
 
-use bytes::Bytes;
 use mcbp::{Cas, Seqno, VbState, VbUuid, Vbid};
 
 use crate::failover::{FailoverEntry, FailoverLog};
-use crate::item::{DeleteSource, Item};
+use crate::item::DeleteSource;
+use crate::stored::RecordFields;
 use crate::vbucket::{Stored, VbMeta};
 
 const ITEM_RECORD_V1: u8 = 1;
@@ -17,28 +17,28 @@ const FLAG_EXPIRED: u8 = 0x02;
 
 /// Appends an item record to `out` (a flush builds a whole commit in one buffer).
 pub(crate) fn encode_item(stored: &Stored, out: &mut Vec<u8>) {
-    let item = &stored.item;
-    out.reserve(48 + item.key.len() + item.value.len());
+    let (key, value) = (stored.key(), stored.value());
+    out.reserve(48 + key.len() + value.len());
     let mut flags = 0;
-    if item.deleted {
+    if stored.deleted() {
         flags |= FLAG_DELETED;
     }
-    if item.delete_source == DeleteSource::Expired {
+    if stored.delete_source() == DeleteSource::Expired {
         flags |= FLAG_EXPIRED;
     }
     out.push(ITEM_RECORD_V1);
     out.push(flags);
-    out.extend_from_slice(&item.cas.0.to_le_bytes());
-    out.extend_from_slice(&item.rev_seqno.to_le_bytes());
-    out.extend_from_slice(&item.flags.to_le_bytes());
-    out.extend_from_slice(&item.expiry.to_le_bytes());
-    out.extend_from_slice(&item.delete_time.to_le_bytes());
-    out.push(item.datatype);
-    out.extend_from_slice(&stored.origin.0.to_le_bytes());
-    let key_len = u16::try_from(item.key.len()).expect("keys are at most MAX_KEY_LEN bytes");
+    out.extend_from_slice(&stored.cas().0.to_le_bytes());
+    out.extend_from_slice(&stored.rev_seqno().to_le_bytes());
+    out.extend_from_slice(&stored.flags().to_le_bytes());
+    out.extend_from_slice(&stored.expiry().to_le_bytes());
+    out.extend_from_slice(&stored.delete_time().to_le_bytes());
+    out.push(stored.datatype());
+    out.extend_from_slice(&stored.origin().0.to_le_bytes());
+    let key_len = u16::try_from(key.len()).expect("keys are at most MAX_KEY_LEN bytes");
     out.extend_from_slice(&key_len.to_le_bytes());
-    out.extend_from_slice(&item.key);
-    out.extend_from_slice(&item.value);
+    // Key and value are one slice of the version.
+    out.extend_from_slice(stored.key_value());
 }
 
 /// Decodes an item record; `None` if the bytes are not a valid record.
@@ -56,28 +56,24 @@ pub(crate) fn decode_item(seqno: u64, bytes: &[u8]) -> Option<Stored> {
     let datatype = r.u8()?;
     let origin = r.u64()?;
     let key_len = usize::from(r.u16()?);
-    let key = r.take(key_len)?;
-    let value = r.0;
-    Some(Stored {
-        item: Item {
-            key: Bytes::copy_from_slice(key),
-            value: Bytes::copy_from_slice(value),
-            cas: Cas(cas),
-            flags: user_flags,
-            expiry,
-            datatype,
-            rev_seqno,
-            by_seqno: Seqno(seqno),
-            deleted: flags & FLAG_DELETED != 0,
-            delete_source: if flags & FLAG_EXPIRED != 0 {
-                DeleteSource::Expired
-            } else {
-                DeleteSource::Explicit
-            },
-            delete_time,
-        },
+    let fields = RecordFields {
+        cas: Cas(cas),
+        rev_seqno,
+        by_seqno: Seqno(seqno),
         origin: Seqno(origin),
-    })
+        flags: user_flags,
+        expiry,
+        delete_time,
+        datatype,
+        deleted: flags & FLAG_DELETED != 0,
+        delete_source: if flags & FLAG_EXPIRED != 0 {
+            DeleteSource::Expired
+        } else {
+            DeleteSource::Explicit
+        },
+    };
+    // The key, then the value: both are the rest of the record.
+    Stored::from_record(fields, key_len, r.0)
 }
 
 /// Appends a vbucket record to `out`.
@@ -175,25 +171,25 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::item::Item;
+    use bytes::Bytes;
     use proptest::prelude::*;
 
     fn sample() -> Stored {
-        Stored {
-            item: Item {
-                key: Bytes::from_static(b"key"),
-                value: Bytes::from_static(b"{\"a\":1}"),
-                cas: Cas(0x1234_5678_9abc),
-                flags: 0x0200_0000,
-                expiry: 1_800_000_000,
-                datatype: 1,
-                rev_seqno: 9,
-                by_seqno: Seqno(42),
-                deleted: true,
-                delete_source: DeleteSource::Expired,
-                delete_time: 1_700_000_000,
-            },
-            origin: Seqno(3),
-        }
+        let item = Item {
+            key: Bytes::from_static(b"key"),
+            value: Bytes::from_static(b"{\"a\":1}"),
+            cas: Cas(0x1234_5678_9abc),
+            flags: 0x0200_0000,
+            expiry: 1_800_000_000,
+            datatype: 1,
+            rev_seqno: 9,
+            by_seqno: Seqno(42),
+            deleted: true,
+            delete_source: DeleteSource::Expired,
+            delete_time: 1_700_000_000,
+        };
+        Stored::new(&item, Seqno(3), &mut Vec::new())
     }
 
     fn encoded(s: &Stored) -> Vec<u8> {

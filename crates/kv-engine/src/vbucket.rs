@@ -4,9 +4,8 @@
 //! Every method runs under the vbucket's mutex; the bucket-wide counters it touches
 //! ([`Shared`]) are atomics.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use mcbp::{Cas, Seqno, VbState, Vbid};
@@ -19,6 +18,8 @@ use crate::ops::{
     ArithOp, ConcatOp, Counter, Document, MutationInfo, RollbackOutcome, StoreOp,
     StreamRequestPosition, VbStats,
 };
+use crate::seqno_index::SeqnoIndex;
+pub(crate) use crate::stored::Stored;
 
 /// Longest accepted key: 250 bytes plus up to 5 bytes of LEB128 collection prefix.
 pub const MAX_KEY_LEN: usize = 255;
@@ -110,16 +111,6 @@ impl Shared {
     }
 }
 
-/// A stored version plus the bookkeeping rollback needs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Stored {
-    pub(crate) item: Item,
-    /// The seqno of the oldest version of this key since the key was last absent
-    /// from the store. A rollback to `to` is exact only if every version above `to`
-    /// has `origin > to`: otherwise an older version was overwritten and is gone.
-    pub(crate) origin: Seqno,
-}
-
 /// The vbucket fields persisted as one record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct VbMeta {
@@ -140,7 +131,7 @@ pub(crate) struct FlushBatch {
     /// Remove every on-disk version above this seqno first (rollback/reset).
     pub(crate) truncate_above: Option<Seqno>,
     pub(crate) deletes: Vec<Seqno>,
-    pub(crate) puts: Vec<Arc<Stored>>,
+    pub(crate) puts: Vec<Stored>,
     pub(crate) meta: VbMeta,
 }
 
@@ -156,9 +147,9 @@ struct Prev {
 impl Prev {
     fn of(current: &Stored) -> Prev {
         Prev {
-            rev: current.item.rev_seqno,
-            size: current.item.mem_size(),
-            origin: current.origin,
+            rev: current.rev_seqno(),
+            size: current.mem_size(),
+            origin: current.origin(),
         }
     }
 }
@@ -196,8 +187,10 @@ pub(crate) struct VBucket {
     pub(crate) snap_end: Seqno,
     pub(crate) failover: FailoverLog,
     by_key: KeyIndex,
+    /// Joins a new version's key and value before they are copied into it.
+    scratch: Vec<u8>,
     /// Exactly one version per key: the current one.
-    by_seqno: BTreeMap<Seqno, Arc<Stored>>,
+    by_seqno: SeqnoIndex,
     live_items: u64,
     tombstones: u64,
     /// The seqnos of the tombstones, so the purger never walks live items.
@@ -244,25 +237,22 @@ impl Dirty {
     }
 
     /// Everything above `above` is dirty again (a failed flush, a rollback).
-    fn reset_above(&mut self, above: Seqno, by_seqno: &BTreeMap<Seqno, Arc<Stored>>) {
+    fn reset_above(&mut self, above: Seqno, by_seqno: &SeqnoIndex) {
         self.above = above;
         self.tombstones = by_seqno
-            .range(next(above)..)
-            .filter(|(_, v)| v.item.deleted)
+            .range_from(next(above))
+            .filter(|v| v.deleted())
             .count() as u64;
     }
 
     /// The unwritten versions, oldest first.
-    fn versions<'a>(
-        &self,
-        by_seqno: &'a BTreeMap<Seqno, Arc<Stored>>,
-    ) -> impl Iterator<Item = &'a Arc<Stored>> {
-        by_seqno.range(next(self.above)..).map(|(_, v)| v)
+    fn versions<'a>(&self, by_seqno: &'a SeqnoIndex) -> impl Iterator<Item = &'a Stored> {
+        by_seqno.range_from(next(self.above))
     }
 }
 
-fn visible_item(current: Option<&Stored>, now: UnixTime) -> Option<&Item> {
-    current.map(|s| &s.item).filter(|i| i.is_visible(now))
+fn visible_item(current: Option<&Stored>, now: UnixTime) -> Option<&Stored> {
+    current.filter(|s| s.is_visible(now))
 }
 
 fn next(s: Seqno) -> Seqno {
@@ -282,7 +272,8 @@ impl VBucket {
             snap_end: Seqno(0),
             failover: FailoverLog::new(),
             by_key: KeyIndex::default(),
-            by_seqno: BTreeMap::new(),
+            scratch: Vec::new(),
+            by_seqno: SeqnoIndex::default(),
             live_items: 0,
             tombstones: 0,
             tombstone_seqnos: BTreeSet::new(),
@@ -325,8 +316,8 @@ impl VBucket {
     /// if an earlier process died between writing and removing), the newer one wins
     /// and the older one is scheduled for removal from disk.
     pub(crate) fn load_version(&mut self, sh: &Shared, stored: Stored) {
-        let seqno = stored.item.by_seqno;
-        if let Some(existing) = self.by_key.get(&stored.item.key).map(|s| s.item.by_seqno) {
+        let seqno = stored.by_seqno();
+        if let Some(existing) = self.by_key.get(stored.key()).map(|s| s.by_seqno()) {
             if existing > seqno {
                 self.disk_deletes.push(seqno);
                 return;
@@ -334,21 +325,20 @@ impl VBucket {
             self.remove_version(sh, existing, true);
         }
         // Loading never refuses: a bucket over quota only refuses new writes.
-        let _ = sh.reserve(self.id, stored.item.mem_size(), false);
-        self.account_add(seqno, &stored.item);
-        let stored = Arc::new(stored);
-        self.by_key.upsert(Arc::clone(&stored));
+        let _ = sh.reserve(self.id, stored.mem_size(), false);
+        self.account_add(seqno, &stored);
+        self.by_key.upsert(stored.clone());
         self.by_seqno.insert(seqno, stored);
     }
 
-    fn account_add(&mut self, seqno: Seqno, item: &Item) {
+    fn account_add(&mut self, seqno: Seqno, item: &Stored) {
         self.mem += item.mem_size();
-        if item.deleted {
+        if item.deleted() {
             self.tombstones += 1;
             self.tombstone_seqnos.insert(seqno);
         } else {
             self.live_items += 1;
-            if item.expiry != 0 {
+            if item.expiry() != 0 {
                 self.expiring.insert(seqno);
             }
         }
@@ -378,16 +368,16 @@ impl VBucket {
 
     /// The key's current version: one probe of the key table.
     fn current(&self, key: &[u8]) -> Option<&Stored> {
-        self.by_key.get(key).map(|s| &**s)
+        self.by_key.get(key)
     }
 
-    fn visible(&self, key: &[u8], now: UnixTime) -> Option<&Item> {
+    fn visible(&self, key: &[u8], now: UnixTime) -> Option<&Stored> {
         visible_item(self.current(key), now)
     }
 
     /// The one key lookup of a write: what the write needs of the current version
     /// (visible or not), and the version if it is visible.
-    fn lookup(&self, key: &[u8], now: UnixTime) -> (Option<Prev>, Option<&Item>) {
+    fn lookup(&self, key: &[u8], now: UnixTime) -> (Option<Prev>, Option<&Stored>) {
         let current = self.current(key);
         (current.map(Prev::of), visible_item(current, now))
     }
@@ -413,8 +403,8 @@ impl VBucket {
         Ok(())
     }
 
-    fn check_cas(&self, item: &Item, cas: Cas) -> Result<()> {
-        if cas != Cas(0) && cas != item.cas {
+    fn check_cas(&self, item: &Stored, cas: Cas) -> Result<()> {
+        if cas != Cas(0) && cas != item.cas() {
             return Err(EngineError::KeyExists { vb: self.id });
         }
         Ok(())
@@ -423,18 +413,18 @@ impl VBucket {
     /// Removes the current version at `seqno` from memory and returns its bytes to
     /// the quota. With `on_disk`, a version that was already flushed is queued for
     /// removal from disk.
-    fn remove_version(&mut self, sh: &Shared, seqno: Seqno, on_disk: bool) -> Option<Arc<Stored>> {
+    fn remove_version(&mut self, sh: &Shared, seqno: Seqno, on_disk: bool) -> Option<Stored> {
         let stored = self.detach_version(seqno, on_disk)?;
-        sh.release(stored.item.mem_size());
+        sh.release(stored.mem_size());
         Some(stored)
     }
 
     /// `remove_version` without touching the bucket's quota (the caller settles it).
-    fn detach_version(&mut self, seqno: Seqno, on_disk: bool) -> Option<Arc<Stored>> {
+    fn detach_version(&mut self, seqno: Seqno, on_disk: bool) -> Option<Stored> {
         let stored = self.unindex_seqno(seqno, on_disk)?;
-        let removed = self.by_key.remove(&stored.item.key);
+        let removed = self.by_key.remove(stored.key());
         debug_assert!(
-            removed.is_some_and(|r| Arc::ptr_eq(&r, &stored)),
+            removed.is_some_and(|r| r.ptr_eq(&stored)),
             "{} key index out of sync",
             self.id
         );
@@ -443,17 +433,17 @@ impl VBucket {
 
     /// Removes the version at `seqno` from everything but the key index (the caller
     /// repoints or removes the key) and from the vbucket's accounting.
-    fn unindex_seqno(&mut self, seqno: Seqno, on_disk: bool) -> Option<Arc<Stored>> {
-        let stored = self.by_seqno.remove(&seqno)?;
-        self.mem = self.mem.saturating_sub(stored.item.mem_size());
-        if stored.item.deleted {
+    fn unindex_seqno(&mut self, seqno: Seqno, on_disk: bool) -> Option<Stored> {
+        let stored = self.by_seqno.remove(seqno)?;
+        self.mem = self.mem.saturating_sub(stored.mem_size());
+        if stored.deleted() {
             self.tombstones = self.tombstones.saturating_sub(1);
             self.tombstone_seqnos.remove(&seqno);
         } else {
             self.live_items = self.live_items.saturating_sub(1);
             self.expiring.remove(&seqno);
         }
-        if !self.dirty.remove(seqno, stored.item.deleted) && on_disk {
+        if !self.dirty.remove(seqno, stored.deleted()) && on_disk {
             self.disk_deletes.push(seqno);
         }
         Some(stored)
@@ -484,13 +474,14 @@ impl VBucket {
     fn install_reserved(&mut self, sh: &Shared, item: Item, prev: Option<Prev>) {
         let seqno = item.by_seqno;
         let origin = prev.map_or(seqno, |p| p.origin);
-        let stored = Arc::new(Stored { item, origin });
-        if let Some(old) = self.by_key.upsert(Arc::clone(&stored)) {
-            self.unindex_seqno(old.item.by_seqno, true)
+        let stored = Stored::new(&item, origin, &mut self.scratch);
+        drop(item);
+        if let Some(old) = self.by_key.upsert(stored.clone()) {
+            self.unindex_seqno(old.by_seqno(), true)
                 .expect("key index points at a stored version");
         }
-        self.account_add(seqno, &stored.item);
-        self.dirty.insert(seqno, stored.item.deleted);
+        self.account_add(seqno, &stored);
+        self.dirty.insert(seqno, stored.deleted());
         self.by_seqno.insert(seqno, stored);
         self.high_seqno = seqno;
         if seqno > self.snap_end {
@@ -548,7 +539,7 @@ impl VBucket {
     pub(crate) fn get(&self, key: &[u8], now: UnixTime) -> Result<Item> {
         self.require_active()?;
         self.visible(key, now)
-            .cloned()
+            .map(Stored::to_item)
             .ok_or(EngineError::KeyNotFound { vb: self.id })
     }
 
@@ -557,7 +548,7 @@ impl VBucket {
             return Err(self.not_my_vbucket());
         }
         self.visible(key, now)
-            .cloned()
+            .map(Stored::to_item)
             .ok_or(EngineError::KeyNotFound { vb: self.id })
     }
 
@@ -604,7 +595,7 @@ impl VBucket {
         let (prev, item) = self.lookup(key, now);
         let item = item.ok_or(EngineError::KeyNotFound { vb: self.id })?;
         self.check_cas(item, cas)?;
-        let (key, flags) = (item.key.clone(), item.flags);
+        let (key, flags) = (Bytes::copy_from_slice(item.key()), item.flags());
         let nv = NewVersion::tombstone(DeleteSource::Explicit, flags, now);
         self.mutate(sh, key, nv, prev, now)
     }
@@ -622,28 +613,28 @@ impl VBucket {
         let (prev, item) = self.lookup(key, now);
         let item = item.ok_or(EngineError::NotStored { vb: self.id })?;
         self.check_cas(item, cas)?;
-        let len = item.value.len() + data.len();
+        let len = item.value().len() + data.len();
         self.check_value(sh, len)?;
         let mut value = BytesMut::with_capacity(len);
         match op {
             ConcatOp::Append => {
-                value.extend_from_slice(&item.value);
+                value.extend_from_slice(item.value());
                 value.extend_from_slice(data);
             }
             ConcatOp::Prepend => {
                 value.extend_from_slice(data);
-                value.extend_from_slice(&item.value);
+                value.extend_from_slice(item.value());
             }
         }
         let nv = NewVersion {
             value: value.freeze(),
-            flags: item.flags,
-            expiry: item.expiry,
+            flags: item.flags(),
+            expiry: item.expiry(),
             // Concatenation rarely keeps a document valid JSON.
-            datatype: item.datatype & !DATATYPE_JSON,
+            datatype: item.datatype() & !DATATYPE_JSON,
             tombstone: None,
         };
-        let key = item.key.clone();
+        let key = Bytes::copy_from_slice(item.key());
         self.mutate(sh, key, nv, prev, now)
     }
 
@@ -667,12 +658,12 @@ impl VBucket {
             Some(item) => {
                 self.check_cas(item, cas)?;
                 let current =
-                    parse_counter(&item.value).ok_or(EngineError::DeltaBadval { vb: self.id })?;
+                    parse_counter(item.value()).ok_or(EngineError::DeltaBadval { vb: self.id })?;
                 let value = match op {
                     ArithOp::Incr => current.wrapping_add(counter.delta),
                     ArithOp::Decr => current.saturating_sub(counter.delta),
                 };
-                (value, item.flags, item.expiry)
+                (value, item.flags(), item.expiry())
             }
         };
         let nv = NewVersion {
@@ -697,18 +688,18 @@ impl VBucket {
         let (prev, item) = self.lookup(key, now);
         let item = item.ok_or(EngineError::KeyNotFound { vb: self.id })?;
         let nv = NewVersion {
-            value: item.value.clone(),
-            flags: item.flags,
+            value: Bytes::copy_from_slice(item.value()),
+            flags: item.flags(),
             expiry: absolute_expiry(expiry, now),
-            datatype: item.datatype,
+            datatype: item.datatype(),
             tombstone: None,
         };
-        let key = item.key.clone();
+        let key = Bytes::copy_from_slice(item.key());
         let info = self.mutate(sh, key, nv, prev, now)?;
         let item = self
             .by_seqno
-            .get(&info.seqno)
-            .map(|s| s.item.clone())
+            .get(info.seqno)
+            .map(Stored::to_item)
             .expect("the version just installed is current");
         Ok((item, info))
     }
@@ -722,9 +713,9 @@ impl VBucket {
         let expired: Vec<(Bytes, Prev, u32)> = self
             .expiring
             .iter()
-            .filter_map(|seqno| self.by_seqno.get(seqno))
-            .filter(|s| s.item.is_expired(now))
-            .map(|s| (s.item.key.clone(), Prev::of(s), s.item.flags))
+            .filter_map(|seqno| self.by_seqno.get(*seqno))
+            .filter(|s| s.is_expired(now))
+            .map(|s| (Bytes::copy_from_slice(s.key()), Prev::of(s), s.flags()))
             .collect();
         let mut out = Vec::with_capacity(expired.len());
         for (key, prev, flags) in expired {
@@ -750,8 +741,8 @@ impl VBucket {
             .iter()
             .filter(|seqno| {
                 self.by_seqno
-                    .get(seqno)
-                    .is_some_and(|s| u64::from(s.item.delete_time) <= cutoff)
+                    .get(**seqno)
+                    .is_some_and(|s| u64::from(s.delete_time()) <= cutoff)
             })
             .copied()
             .collect();
@@ -846,10 +837,14 @@ impl VBucket {
         let exact = self.purge_seqno <= to
             && self
                 .by_seqno
-                .range(next(to)..)
-                .all(|(_, stored)| stored.origin > to);
+                .range_from(next(to))
+                .all(|stored| stored.origin() > to);
         let outcome = if exact {
-            let doomed: Vec<Seqno> = self.by_seqno.range(next(to)..).map(|(s, _)| *s).collect();
+            let doomed: Vec<Seqno> = self
+                .by_seqno
+                .range_from(next(to))
+                .map(Stored::by_seqno)
+                .collect();
             for seqno in doomed {
                 // The truncation below removes them from disk.
                 self.remove_version(sh, seqno, false);
@@ -935,14 +930,14 @@ impl VBucket {
 
     pub(crate) fn items_since(&self, start: Seqno, limit: usize) -> Vec<Item> {
         self.by_seqno
-            .range(next(start)..)
+            .range_from(next(start))
             .take(limit)
-            .map(|(_, s)| s.item.clone())
+            .map(Stored::to_item)
             .collect()
     }
 
     /// Every current version, in seqno order (a compaction's copy).
-    pub(crate) fn all_versions(&self) -> Vec<Arc<Stored>> {
+    pub(crate) fn all_versions(&self) -> Vec<Stored> {
         self.by_seqno.values().cloned().collect()
     }
 
@@ -978,7 +973,7 @@ impl VBucket {
             return None;
         }
         let from = self.dirty.above;
-        let puts: Vec<Arc<Stored>> = self.dirty.versions(&self.by_seqno).cloned().collect();
+        let puts: Vec<Stored> = self.dirty.versions(&self.by_seqno).cloned().collect();
         self.dirty = Dirty {
             above: self.high_seqno,
             tombstones: 0,
@@ -1095,7 +1090,7 @@ mod tests {
             let walked = vb
                 .dirty
                 .versions(&vb.by_seqno)
-                .filter(|v| v.item.deleted)
+                .filter(|v| v.deleted())
                 .count() as u64;
             assert_eq!(vb.dirty.tombstones, walked, "step {step}");
             // What an outstanding batch holds is not counted dirty a second time.
@@ -1103,22 +1098,22 @@ mod tests {
                 taken
                     .iter()
                     .flat_map(|b| &b.puts)
-                    .all(|p| p.item.by_seqno <= vb.dirty.above),
+                    .all(|p| p.by_seqno() <= vb.dirty.above),
                 "step {step}"
             );
             // The tombstone and expiry indexes hold exactly what a walk finds.
             let tombs: BTreeSet<Seqno> = vb
                 .by_seqno
-                .iter()
-                .filter(|(_, v)| v.item.deleted)
-                .map(|(s, _)| *s)
+                .values()
+                .filter(|v| v.deleted())
+                .map(Stored::by_seqno)
                 .collect();
             assert_eq!(vb.tombstone_seqnos, tombs, "step {step}");
             let expiring: BTreeSet<Seqno> = vb
                 .by_seqno
-                .iter()
-                .filter(|(_, v)| !v.item.deleted && v.item.expiry != 0)
-                .map(|(s, _)| *s)
+                .values()
+                .filter(|v| !v.deleted() && v.expiry() != 0)
+                .map(Stored::by_seqno)
                 .collect();
             assert_eq!(vb.expiring, expiring, "step {step}");
             assert_eq!(
@@ -1163,12 +1158,13 @@ mod tests {
             .expect("set");
         vb.store(&sh, StoreOp::Set, doc("a", "2"), Cas(0), now())
             .expect("set");
-        let seqnos: Vec<u64> = vb.by_seqno.keys().map(|s| s.0).collect();
+        let seqnos: Vec<u64> = vb.by_seqno.values().map(|s| s.by_seqno().0).collect();
         assert_eq!(seqnos, vec![2, 3]);
-        assert_eq!(vb.by_seqno[&Seqno(3)].origin, Seqno(1));
-        assert_eq!(vb.by_seqno[&Seqno(2)].origin, Seqno(2));
+        let at = |s: u64| vb.by_seqno.get(Seqno(s)).expect("stored");
+        assert_eq!(at(3).origin(), Seqno(1));
+        assert_eq!(at(2).origin(), Seqno(2));
         assert_eq!(vb.live_items(), 2);
-        assert_eq!(vb.by_seqno[&Seqno(3)].item.rev_seqno, 2);
+        assert_eq!(at(3).rev_seqno(), 2);
     }
 
     #[test]

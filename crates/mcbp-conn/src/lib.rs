@@ -21,7 +21,7 @@ use std::io;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use mcbp::{DecodeError, Frame, FrameDecoder};
+use mcbp::{DecodeError, Frame, FrameDecoder, Header, HEADER_LEN};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// How a [`FrameReader`] buffers.
@@ -94,6 +94,44 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let f = self.decoder.decode(&mut self.buf)?;
         self.starved = f.is_none();
         Ok(f)
+    }
+
+    /// Takes the longest run of whole frames at the front of the buffer whose
+    /// headers `pass` accepts, as one chunk and without copying; returns it with the
+    /// number of frames (an empty chunk and 0 when the first frame is incomplete or
+    /// refused: take that one with [`Self::next_buffered`]). Every header is checked
+    /// as [`Self::next_buffered`] checks it.
+    ///
+    /// # Errors
+    /// The stream cannot be framed (the connection must be dropped); the frames
+    /// before the bad header stay buffered.
+    pub fn take_run(
+        &mut self,
+        mut pass: impl FnMut(&Header) -> bool,
+    ) -> Result<(Bytes, usize), DecodeError> {
+        let mut end = 0usize;
+        let mut frames = 0usize;
+        let mut failed = None;
+        while let Some(h) = self.buf.get(end..end + HEADER_LEN) {
+            let mut hdr = [0u8; HEADER_LEN];
+            hdr.copy_from_slice(h);
+            let header = Header::parse(&hdr);
+            if let Err(e) = self.decoder.check_header(&header) {
+                failed = Some(e);
+                break;
+            }
+            let len = header.frame_len();
+            if self.buf.len() - end < len || !pass(&header) {
+                break;
+            }
+            end += len;
+            frames += 1;
+        }
+        // Frames before a bad header are still whole: hand them out first.
+        match failed {
+            Some(e) if frames == 0 => Err(e),
+            _ => Ok((self.buf.split_to(end).freeze(), frames)),
+        }
     }
 
     /// Bytes read and not yet handed out.
@@ -362,6 +400,68 @@ mod tests {
             assert_eq!(r.read_frame().await.expect("frame").opaque(), Opaque(i));
         }
         assert!(matches!(r.read_frame().await, Err(ReadError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn take_run_hands_out_accepted_whole_frames_as_one_chunk_and_stops_at_the_rest() {
+        let (mut a, b) = duplex(1 << 16);
+        let mut r = FrameReader::new(b, BytesMut::new(), cfg(1 << 20));
+        let set = |i: u32| {
+            mcbp::FrameSpec::request(Opcode::Set)
+                .opaque(Opaque(i))
+                .key(b"k")
+                .value(b"v")
+                .to_frame()
+        };
+        let mut bytes = Vec::new();
+        for f in [frame(0), frame(1), set(2), frame(3)] {
+            bytes.extend_from_slice(f.bytes());
+        }
+        let whole = bytes.len();
+        // The last frame arrives without its final byte.
+        a.write_all(&bytes[..whole - 1]).await.expect("write");
+        while r.buffered() < whole - 1 {
+            r.fill().await.expect("fill");
+        }
+        let noops = |h: &Header| h.opcode() == Opcode::Noop;
+        let (run, n) = r.take_run(noops).expect("valid");
+        assert_eq!(n, 2);
+        assert_eq!(&run[..], &bytes[..2 * frame(0).bytes().len()]);
+        // A refused frame stays for next_buffered, untouched.
+        let (run, n) = r.take_run(noops).expect("valid");
+        assert_eq!((run.len(), n), (0, 0));
+        assert_eq!(
+            r.next_buffered().expect("valid").expect("whole").opaque(),
+            Opaque(2)
+        );
+        // An incomplete frame is not handed out, even when accepted.
+        let (run, n) = r.take_run(noops).expect("valid");
+        assert_eq!((run.len(), n), (0, 0));
+        a.write_all(&bytes[whole - 1..]).await.expect("write");
+        r.fill().await.expect("fill");
+        let (run, n) = r.take_run(noops).expect("valid");
+        assert_eq!((&run[..], n), (frame(3).bytes().as_ref(), 1));
+        assert_eq!(r.buffered(), 0);
+    }
+
+    #[tokio::test]
+    async fn take_run_hands_out_the_frames_before_a_bad_header_then_fails() {
+        let (mut a, b) = duplex(1 << 16);
+        let mut r = FrameReader::new(b, BytesMut::new(), cfg(1024));
+        let mut bad = frame(9).bytes().to_vec();
+        bad[8..12].copy_from_slice(&4096u32.to_be_bytes());
+        let mut bytes = frame(0).bytes().to_vec();
+        bytes.extend_from_slice(&bad);
+        a.write_all(&bytes).await.expect("write");
+        while r.buffered() < bytes.len() {
+            r.fill().await.expect("fill");
+        }
+        let (run, n) = r.take_run(|_| true).expect("the good frame first");
+        assert_eq!((&run[..], n), (frame(0).bytes().as_ref(), 1));
+        assert!(matches!(
+            r.take_run(|_| true),
+            Err(DecodeError::BodyTooLarge { body_len: 4096, .. })
+        ));
     }
 
     #[tokio::test]

@@ -131,9 +131,8 @@ pub(crate) async fn run(args: BenchDcpArgs) -> anyhow::Result<serde_json::Value>
         "elapsed_ms": elapsed.as_millis() as u64,
         "producer_cpu_s_per_m": per_m(producer.cpu_seconds()? - cpu0.0),
         "consumer_cpu_s_per_m": per_m(consumer.cpu_seconds()? - cpu0.1),
-        "producer_peak_rss_bytes": producer.peak_rss_bytes()?,
-        "consumer_peak_rss_bytes": consumer.peak_rss_bytes()?,
     });
+    super::nodes::add_peak_rss(&mut out, &producer, &consumer, a.payload_bytes())?;
     if let Some((loaded_in, persisted_in, cpu)) = persist {
         let rate = |d: Duration| (mutations as f64 / d.as_secs_f64().max(1e-9)).round() as u64;
         out["load_mutations_per_sec"] = json!(rate(loaded_in));

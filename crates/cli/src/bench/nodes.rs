@@ -63,6 +63,23 @@ impl LoadArgs {
     }
 }
 
+/// Adds both nodes' peak RSS to a bench report, with the payload and the larger
+/// node's peak per payload byte (issue #12's memory target is at most 1.5).
+pub(crate) fn add_peak_rss(
+    out: &mut serde_json::Value,
+    producer: &NodeChild,
+    consumer: &NodeChild,
+    payload_bytes: u64,
+) -> anyhow::Result<()> {
+    let (p, c) = (producer.peak_rss_bytes()?, consumer.peak_rss_bytes()?);
+    out["producer_peak_rss_bytes"] = serde_json::json!(p);
+    out["consumer_peak_rss_bytes"] = serde_json::json!(c);
+    out["payload_bytes"] = serde_json::json!(payload_bytes);
+    out["peak_rss_per_payload"] =
+        serde_json::json!(super::round3(p.max(c) as f64 / payload_bytes.max(1) as f64));
+    Ok(())
+}
+
 /// Fixed-length keys, so every mutation carries the same payload.
 pub(crate) fn key(i: u64) -> Bytes {
     Bytes::from(format!("bench-{i:010}"))

@@ -35,6 +35,9 @@ pub(crate) async fn run(a: BenchProxyArgs) -> anyhow::Result<serde_json::Value> 
     let direct = timeout(bound, direct(a.frames, a.value_size))
         .await
         .context("direct run timed out")??;
+    let relayed = timeout(bound, relayed(a.frames, a.value_size))
+        .await
+        .context("relay run timed out")??;
     let proxied = timeout(bound, proxied(a.frames, a.value_size))
         .await
         .context("proxy run timed out")??;
@@ -55,7 +58,9 @@ pub(crate) async fn run(a: BenchProxyArgs) -> anyhow::Result<serde_json::Value> 
         "direct_mb_per_sec": mb(direct),
         "proxy_frames_per_sec": per_sec(proxied).round() as u64,
         "proxy_mb_per_sec": mb(proxied),
+        "relay_frames_per_sec": per_sec(relayed).round() as u64,
         "ratio": round3(direct.as_secs_f64() / proxied.as_secs_f64()),
+        "ratio_to_relay": round3(relayed.as_secs_f64() / proxied.as_secs_f64()),
     }))
 }
 
@@ -83,6 +88,71 @@ async fn direct(frames: u64, value_size: usize) -> anyhow::Result<Duration> {
     let started = fake::send_mutations(&mut sock, flood).await?;
     let done = receiver.await.context("receiver task")??;
     Ok(done - started)
+}
+
+/// Sender → a plain frame-parsing relay → receiver, in this process like the proxy
+/// pair: the relay reads into one buffer, walks every whole frame's header in place
+/// (magic and length checked) and writes each read's whole frames with one write.
+/// The yardstick for the proxy's own cost (what `pipe_limit`'s `frame` case does,
+/// here with the same sender, receiver and runtime as the other two runs).
+async fn relayed(frames: u64, value_size: usize) -> anyhow::Result<Duration> {
+    let flood = Flood {
+        vb: Vbid(0),
+        opaque: Opaque(1),
+        frames,
+        value_size,
+    };
+    let (rl, sl) = (listener().await?, listener().await?);
+    let (raddr, saddr) = (rl.local_addr()?, sl.local_addr()?);
+    let receiver = tokio::spawn(async move {
+        let (mut sock, _) = rl.accept().await?;
+        fake::receive_mutations(&mut sock, &mut bytes::BytesMut::new(), flood).await
+    });
+    let relay = tokio::spawn(async move {
+        let (mut from, _) = sl.accept().await?;
+        let mut to = TcpStream::connect(raddr).await?;
+        to.set_nodelay(true)?;
+        relay_frames(&mut from, &mut to).await
+    });
+    let mut sock = TcpStream::connect(saddr).await?;
+    sock.set_nodelay(true)?;
+    let started = fake::send_mutations(&mut sock, flood).await?;
+    let done = receiver.await.context("receiver task")??;
+    drop(sock);
+    relay.await.context("relay task")??;
+    Ok(done - started)
+}
+
+/// The plain relay's loop, until the sender closes.
+async fn relay_frames(from: &mut TcpStream, to: &mut TcpStream) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BUF: usize = 1 << 20;
+    let mut buf = vec![0u8; BUF];
+    let (mut start, mut end) = (0usize, 0usize);
+    loop {
+        if BUF - end < BUF / 4 {
+            buf.copy_within(start..end, 0);
+            end -= start;
+            start = 0;
+        }
+        let n = from.read(&mut buf[end..]).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        end += n;
+        let mut at = start;
+        while let Some(h) = buf.get(at..at + mcbp::HEADER_LEN) {
+            anyhow::ensure!(matches!(h[0], 0x80 | 0x81 | 0x08 | 0x18), "bad magic");
+            let len = mcbp::HEADER_LEN + u32::from_be_bytes([h[8], h[9], h[10], h[11]]) as usize;
+            anyhow::ensure!(len <= BUF / 2, "frame too large");
+            if end - at < len {
+                break;
+            }
+            at += len;
+        }
+        to.write_all(&buf[start..at]).await?;
+        start = at;
+    }
 }
 
 /// Fake producer node → proxy pair → fake consumer node; the replicator sets up one

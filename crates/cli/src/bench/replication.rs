@@ -108,7 +108,7 @@ pub(crate) async fn run(args: BenchReplicationArgs) -> anyhow::Result<serde_json
     let p_persist = lag("producer persistence", &seen.producer_persisted)?;
     let ms = |v: &[u64], p: f64| round3(percentile(v, p) as f64 / 1000.0);
     let per_m = |secs: f64| round3(secs / (a.docs as f64 / 1e6));
-    let out = json!({
+    let mut out = json!({
         "bench": "replication",
         "docs": a.docs,
         "value_size": a.value_size,
@@ -125,9 +125,8 @@ pub(crate) async fn run(args: BenchReplicationArgs) -> anyhow::Result<serde_json
         "producer_cpu_s_per_m": per_m(cpu1.producer - cpu0.producer),
         "consumer_cpu_s_per_m": per_m(cpu1.consumer - cpu0.consumer),
         "bench_cpu_s_per_m": per_m(cpu1.bench - cpu0.bench),
-        "producer_peak_rss_bytes": producer.peak_rss_bytes()?,
-        "consumer_peak_rss_bytes": consumer.peak_rss_bytes()?,
     });
+    super::nodes::add_peak_rss(&mut out, &producer, &consumer, a.payload_bytes())?;
     repl.abort();
     Ok(out)
 }

@@ -9,7 +9,9 @@
 //!   of frames (plus one partial frame, capped by the decoder's body limit).
 //! * Readers decide "forward vs core" from `(magic, opcode)`
 //!   ([`route_from_consumer`], [`classify_from_producer`]). Forwarded frames of one
-//!   read go to the partner's writer as one batch, written with one write (MB-38984).
+//!   read go to the partner's writer as one batch, written with one write (MB-38984);
+//!   a run of them is judged by header alone and handed on as the very chunk of the
+//!   read buffer it arrived in (no copy, no per-frame object).
 //!   Frames the core must see are queued to the replicator actor *before* anything
 //!   after them is forwarded (register-before-forward, §2.4):
 //!   - consumer side: the reader flushes the batch so far, queues the frame to the
@@ -42,7 +44,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, Instrument};
 
 use crate::core::{
-    classify_from_producer, route_from_consumer, Event, ProducerDecision, Route, Side,
+    classify_from_producer, route_from_consumer, route_from_producer, Event, ProducerDecision,
+    Route, Side,
 };
 use crate::io::connect::Connected;
 use crate::lock::lock;
@@ -237,7 +240,7 @@ pub(crate) fn spawn_pair(
         |side: Side, rd: OwnedReadHalf, leftover: BytesMut, partner: &mpsc::Sender<Bytes>| Reader {
             side,
             reader: FrameReader::new(rd, leftover, read),
-            batch: BytesMut::new(),
+            batch: Vec::new(),
             partner: partner.clone(),
             events: events.clone(),
             shared: Arc::clone(shared),
@@ -315,8 +318,9 @@ impl From<IoFailure> for Stop {
 struct Reader {
     side: Side,
     reader: FrameReader<OwnedReadHalf>,
-    /// Whole frames read and not yet handed to the partner's writer.
-    batch: BytesMut,
+    /// Whole frames read and not yet handed to the partner's writer: chunks of the
+    /// read buffer, oldest first (usually one per read).
+    batch: Vec<Bytes>,
     partner: mpsc::Sender<Bytes>,
     events: mpsc::Sender<ReaderEvent>,
     shared: Arc<PairShared>,
@@ -328,8 +332,16 @@ impl Reader {
         // Frames already read still reach the other node (bounded), also when this
         // socket failed: e.g. the STREAM_END read just before the producer's EOF.
         if !self.batch.is_empty() && self.shared.flushes_on_teardown() {
-            let last = self.batch.split().freeze();
-            if tokio::time::timeout(TEARDOWN_FLUSH, self.partner.send(last))
+            let partner = &self.partner;
+            let last = std::mem::take(&mut self.batch);
+            let send_all = async move {
+                for chunk in last {
+                    if partner.send(chunk).await.is_err() {
+                        return;
+                    }
+                }
+            };
+            if tokio::time::timeout(TEARDOWN_FLUSH, send_all)
                 .await
                 .is_err()
             {
@@ -346,6 +358,16 @@ impl Reader {
         loop {
             let mut frames = 0usize;
             loop {
+                // The common case: a run of frames that are only forwarded, handed
+                // on as one chunk of the read buffer (no copy, no per-frame object).
+                let side = self.side;
+                match self.reader.take_run(|h| forwards(side, h)) {
+                    Ok((run, n)) => {
+                        frames += n;
+                        self.push(run);
+                    }
+                    Err(e) => return Stop::Fail(decode_failure(self.side, &e)),
+                }
                 let frame = match self.reader.next_buffered() {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
@@ -380,7 +402,7 @@ impl Reader {
         let side = self.side;
         match side {
             Side::Consumer => match route_from_consumer(frame.magic(), frame.opcode()) {
-                Route::Forward => self.batch.extend_from_slice(frame.bytes()),
+                Route::Forward => self.push(frame.into_bytes()),
                 Route::Core => {
                     self.flush().await?;
                     let (ack, acked) = oneshot::channel();
@@ -393,10 +415,10 @@ impl Reader {
                 }
             },
             Side::Producer => match classify_from_producer(&frame) {
-                ProducerDecision::Forward => self.batch.extend_from_slice(frame.bytes()),
+                ProducerDecision::Forward => self.push(frame.into_bytes()),
                 ProducerDecision::NotifyThenForward(event) => {
                     self.notify(event, None).await?;
-                    self.batch.extend_from_slice(frame.bytes());
+                    self.push(frame.into_bytes());
                 }
                 ProducerDecision::NotifyAndDrop(event) => self.notify(event, None).await?,
             },
@@ -414,16 +436,40 @@ impl Reader {
         }
     }
 
-    /// Hands the batch to the partner's writer, waiting for room (back-pressure);
-    /// meanwhile the socket's pending error is polled, so a reset is not missed.
-    async fn flush(&mut self) -> Result<(), Stop> {
-        if self.batch.is_empty() {
-            return Ok(());
+    /// Appends whole frames to the batch.
+    fn push(&mut self, chunk: Bytes) {
+        if !chunk.is_empty() {
+            self.batch.push(chunk);
         }
+    }
+
+    /// Hands the batch to the partner's writer, chunk by chunk, waiting for room
+    /// (back-pressure).
+    async fn flush(&mut self) -> Result<(), Stop> {
+        let mut chunks = std::mem::take(&mut self.batch);
+        let mut sent = 0;
+        let result = loop {
+            let Some(chunk) = chunks.get(sent) else {
+                break Ok(());
+            };
+            if let Err(stop) = self.send(chunk.clone()).await {
+                break Err(stop);
+            }
+            sent += 1;
+        };
+        // What was not handed on stays for the teardown flush; the vector is reused.
+        chunks.drain(..sent);
+        self.batch = chunks;
+        result
+    }
+
+    /// Hands one chunk to the partner's writer, waiting for room (back-pressure);
+    /// meanwhile the socket's pending error is polled, so a reset is not missed.
+    async fn send(&self, chunk: Bytes) -> Result<(), Stop> {
         // Usually there is room: no timer for the common case.
         match self.partner.try_reserve() {
             Ok(permit) => {
-                permit.send(self.batch.split().freeze());
+                permit.send(chunk);
                 return Ok(());
             }
             Err(mpsc::error::TrySendError::Closed(())) => {
@@ -438,7 +484,7 @@ impl Reader {
                 () = self.shared.teardown.cancelled() => return Err(Stop::Teardown),
                 permit = self.partner.reserve() => {
                     let permit = permit.map_err(|_| IoFailure::ActorGone(self.side))?;
-                    permit.send(self.batch.split().freeze());
+                    permit.send(chunk);
                     return Ok(());
                 }
                 _ = probe.tick() => {
@@ -452,6 +498,16 @@ impl Reader {
             }
         }
     }
+}
+
+/// Whether a frame read from `side` is only forwarded, by its header alone (the
+/// core's routing tables); the others go through [`Reader::route`].
+fn forwards(side: Side, h: &mcbp::Header) -> bool {
+    let route = match side {
+        Side::Consumer => route_from_consumer(h.magic, h.opcode()),
+        Side::Producer => route_from_producer(h.magic, h.opcode()),
+    };
+    route == Route::Forward
 }
 
 fn decode_failure(side: Side, e: &DecodeError) -> IoFailure {
