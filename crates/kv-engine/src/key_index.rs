@@ -6,56 +6,46 @@
 //! entry in the probe that finds it. An overwritten version is released as soon as
 //! both indexes let go of it.
 //!
-//! Entries do not keep their key's hash (it would double their size): a probe
-//! filters on the table's 7-bit tags before it compares a key, and growing the
-//! table rehashes each key from its version, an amortised cost of about one extra
-//! read per insert.
+//! Each version carries its key's hash ([`Stored::key_hash`], in the first cache
+//! line of its allocation): growing the table reads it instead of hashing the key
+//! again, and a probe compares it before the key.
 
 use hashbrown::HashTable;
 
+use crate::stored::key_hash;
 use crate::vbucket::Stored;
 
-/// Keys come from clients, so the hasher must resist flooding; aHash is randomly
-/// keyed and several times faster than SipHash on short keys.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct KeyIndex {
     table: HashTable<Stored>,
-    hasher: ahash::RandomState,
 }
 
-impl Default for KeyIndex {
-    fn default() -> Self {
-        KeyIndex {
-            table: HashTable::new(),
-            hasher: ahash::RandomState::new(),
-        }
-    }
+fn is(v: &Stored, hash: u64, key: &[u8]) -> bool {
+    v.key_hash() == hash && v.key() == key
 }
 
 impl KeyIndex {
     /// The key's current version.
     pub(crate) fn get(&self, key: &[u8]) -> Option<&Stored> {
-        let hash = self.hasher.hash_one(key);
-        self.table.find(hash, |v| v.key() == key)
+        let hash = key_hash(key);
+        self.table.find(hash, |v| is(v, hash, key))
     }
 
     /// Makes `version` its key's current version; returns the one it replaced.
     pub(crate) fn upsert(&mut self, version: Stored) -> Option<Stored> {
-        let hash = self.hasher.hash_one(version.key());
+        let hash = version.key_hash();
         let key: &[u8] = version.key();
-        if let Some(current) = self.table.find_mut(hash, |v| v.key() == key) {
+        if let Some(current) = self.table.find_mut(hash, |v| is(v, hash, key)) {
             return Some(std::mem::replace(current, version));
         }
-        let hasher = &self.hasher;
-        self.table
-            .insert_unique(hash, version, |v| hasher.hash_one(v.key()));
+        self.table.insert_unique(hash, version, Stored::key_hash);
         None
     }
 
     /// Removes the key; returns its version.
     pub(crate) fn remove(&mut self, key: &[u8]) -> Option<Stored> {
-        let hash = self.hasher.hash_one(key);
-        let entry = self.table.find_entry(hash, |v| v.key() == key).ok()?;
+        let hash = key_hash(key);
+        let entry = self.table.find_entry(hash, |v| is(v, hash, key)).ok()?;
         Some(entry.remove().0)
     }
 

@@ -9,6 +9,12 @@
 //! copies key and value once, at the write, into an allocation of exactly
 //! `72 + key + value` bytes behind a one-word pointer; reads hand out `Bytes` that
 //! share it ([`Stored::to_item`]).
+//!
+//! The version also keeps its key's hash (in what would otherwise be padding), so
+//! the key index can grow without hashing keys again and compares hashes before
+//! keys, while its entries stay one pointer each.
+
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 use mcbp::{Cas, Seqno};
@@ -16,20 +22,36 @@ use triomphe::ThinArc;
 
 use crate::item::{DeleteSource, Item, UnixTime, ITEM_OVERHEAD};
 
-/// Everything of a version but its key and value.
+/// The hash of a key as the key index uses it. Keys come from clients, so the
+/// hasher must resist flooding: aHash, randomly keyed once per process (several
+/// times faster than SipHash on short keys).
+pub(crate) fn key_hash(key: &[u8]) -> u64 {
+    static HASHER: OnceLock<ahash::RandomState> = OnceLock::new();
+    HASHER.get_or_init(ahash::RandomState::new).hash_one(key)
+}
+
+/// Everything of a version but its key and value: 56 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Meta {
     cas: Cas,
     rev_seqno: u64,
     by_seqno: Seqno,
     origin: Seqno,
+    key_hash: u64,
     flags: u32,
     expiry: u32,
     delete_time: u32,
-    key_len: u32,
+    key_len: u16,
     datatype: u8,
-    deleted: bool,
-    delete_source: DeleteSource,
+    /// `Some` for a tombstone, with why it exists (a live version's source is
+    /// always [`DeleteSource::Explicit`]).
+    tombstone: Option<DeleteSource>,
+}
+
+impl Meta {
+    fn tombstone(deleted: bool, source: DeleteSource) -> Option<DeleteSource> {
+        deleted.then_some(source)
+    }
 }
 
 /// One stored version plus the bookkeeping rollback needs; cloning shares it.
@@ -52,6 +74,7 @@ impl Stored {
     /// A version with the metadata of `item` whose key and value are `key_value`
     /// (the key first, `item.key.len()` bytes); `item`'s own bytes are not read.
     fn from_parts(item: &Item, origin: Seqno, key_value: &[u8]) -> Stored {
+        debug_assert!(item.key.len() <= usize::from(u16::MAX));
         let meta = Meta {
             cas: item.cas,
             rev_seqno: item.rev_seqno,
@@ -60,11 +83,11 @@ impl Stored {
             flags: item.flags,
             expiry: item.expiry,
             delete_time: item.delete_time,
+            key_hash: key_hash(&item.key),
             // Keys are checked against MAX_KEY_LEN before they get here.
-            key_len: u32::try_from(item.key.len()).unwrap_or(u32::MAX),
+            key_len: u16::try_from(item.key.len()).unwrap_or(u16::MAX),
             datatype: item.datatype,
-            deleted: item.deleted,
-            delete_source: item.delete_source,
+            tombstone: Meta::tombstone(item.deleted, item.delete_source),
         };
         Stored(ThinArc::from_header_and_slice(meta, key_value))
     }
@@ -76,9 +99,7 @@ impl Stored {
         key_len: usize,
         key_value: &[u8],
     ) -> Option<Stored> {
-        if key_len > key_value.len() {
-            return None;
-        }
+        let key = key_value.get(..key_len)?;
         let meta = Meta {
             cas: fields.cas,
             rev_seqno: fields.rev_seqno,
@@ -87,10 +108,10 @@ impl Stored {
             flags: fields.flags,
             expiry: fields.expiry,
             delete_time: fields.delete_time,
-            key_len: u32::try_from(key_len).ok()?,
+            key_hash: key_hash(key),
+            key_len: u16::try_from(key_len).ok()?,
             datatype: fields.datatype,
-            deleted: fields.deleted,
-            delete_source: fields.delete_source,
+            tombstone: Meta::tombstone(fields.deleted, fields.delete_source),
         };
         Some(Stored(ThinArc::from_header_and_slice(meta, key_value)))
     }
@@ -101,7 +122,7 @@ impl Stored {
 
     fn key_len(&self) -> usize {
         // key_len <= the slice's length by construction.
-        (self.meta().key_len as usize).min(self.0.slice.len())
+        usize::from(self.meta().key_len).min(self.0.slice.len())
     }
 
     pub(crate) fn key(&self) -> &[u8] {
@@ -115,6 +136,11 @@ impl Stored {
     /// The key followed by the value, as one slice.
     pub(crate) fn key_value(&self) -> &[u8] {
         &self.0.slice
+    }
+
+    /// [`key_hash`] of the key, computed once.
+    pub(crate) fn key_hash(&self) -> u64 {
+        self.meta().key_hash
     }
 
     pub(crate) fn cas(&self) -> Cas {
@@ -150,17 +176,17 @@ impl Stored {
     }
 
     pub(crate) fn deleted(&self) -> bool {
-        self.meta().deleted
+        self.meta().tombstone.is_some()
     }
 
     pub(crate) fn delete_source(&self) -> DeleteSource {
-        self.meta().delete_source
+        self.meta().tombstone.unwrap_or_default()
     }
 
     /// As [`Item::is_expired`].
     pub(crate) fn is_expired(&self, now: UnixTime) -> bool {
         let m = self.meta();
-        !m.deleted && m.expiry != 0 && u64::from(m.expiry) <= now.secs()
+        m.tombstone.is_none() && m.expiry != 0 && u64::from(m.expiry) <= now.secs()
     }
 
     /// As [`Item::is_visible`].
@@ -186,20 +212,27 @@ impl Stored {
 
     /// The version as the API hands it out; key and value share this allocation.
     pub(crate) fn to_item(&self) -> Item {
-        let m = *self.meta();
         let key_len = self.key_len();
         let whole = Bytes::from_owner(Shared(self.clone()));
+        self.item_with(whole.slice(..key_len), whole.slice(key_len..))
+    }
+
+    /// The version as an [`Item`] whose key and value are `key` and `value` (equal
+    /// to this version's, held elsewhere).
+    pub(crate) fn item_with(&self, key: Bytes, value: Bytes) -> Item {
+        debug_assert!(key == self.key() && value == self.value());
+        let m = *self.meta();
         Item {
-            key: whole.slice(..key_len),
-            value: whole.slice(key_len..),
+            key,
+            value,
             cas: m.cas,
             flags: m.flags,
             expiry: m.expiry,
             datatype: m.datatype,
             rev_seqno: m.rev_seqno,
             by_seqno: m.by_seqno,
-            deleted: m.deleted,
-            delete_source: m.delete_source,
+            deleted: m.tombstone.is_some(),
+            delete_source: m.tombstone.unwrap_or_default(),
             delete_time: m.delete_time,
         }
     }
@@ -278,6 +311,21 @@ mod tests {
             assert_eq!(s.origin(), Seqno(5));
             assert_eq!(s.mem_size(), it.mem_size());
         }
+    }
+
+    #[test]
+    fn metadata_fits_in_56_bytes_and_tombstones_keep_their_source() {
+        // 8 (count) + 56 + 8 (length) before the key: one allocation of 72 + key +
+        // value bytes, with the key's hash in the first cache line.
+        assert_eq!(std::mem::size_of::<Meta>(), 56);
+        let mut it = item(b"k", b"");
+        it.deleted = true;
+        it.delete_source = DeleteSource::Expired;
+        let s = Stored::new(&it, Seqno(1), &mut Vec::new());
+        assert!(s.deleted());
+        assert_eq!(s.delete_source(), DeleteSource::Expired);
+        assert_eq!(s.to_item(), it);
+        assert_eq!(s.key_hash(), key_hash(b"k"));
     }
 
     #[test]
