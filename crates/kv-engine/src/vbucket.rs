@@ -24,6 +24,11 @@ pub(crate) use crate::stored::Stored;
 /// Longest accepted key: 250 bytes plus up to 5 bytes of LEB128 collection prefix.
 pub const MAX_KEY_LEN: usize = 255;
 
+/// Bytes of keys and values one `items_since` copies into its shared buffer.
+const BATCH_COPY_BYTES: usize = 1 << 20;
+/// Versions larger than this are never copied by `items_since`.
+const COPY_ITEM_MAX: usize = 16 * 1024;
+
 /// Bucket-wide state shared by all vbuckets.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -928,29 +933,43 @@ impl VBucket {
 
     // ---- reads for DCP and stats ----
 
-    /// Up to `limit` versions above `start`, in seqno order. Their keys and values
-    /// are copied into one buffer that the items share (one allocation and one
-    /// sequential copy per batch, instead of an allocation per item: backfills
-    /// read millions of them).
+    /// Up to `limit` versions above `start`, in seqno order. The keys and values of
+    /// small versions are copied into one buffer that their items share, up to
+    /// [`BATCH_COPY_BYTES`] (one allocation and one sequential copy per batch
+    /// instead of an allocation per item: backfills read millions of them); larger
+    /// versions, and any beyond that budget, are handed out without a copy.
     pub(crate) fn items_since(&self, start: Seqno, limit: usize) -> Vec<Item> {
         let versions: Vec<&Stored> = self.by_seqno.range_from(next(start)).take(limit).collect();
-        let total = versions.iter().map(|v| v.key_value().len()).sum();
-        let mut buf = BytesMut::with_capacity(total);
-        for v in &versions {
+        let mut budget = BATCH_COPY_BYTES;
+        let copied: Vec<bool> = versions
+            .iter()
+            .map(|v| {
+                let len = v.key_value().len();
+                let copy = len <= COPY_ITEM_MAX && len <= budget;
+                if copy {
+                    budget -= len;
+                }
+                copy
+            })
+            .collect();
+        let mut buf = BytesMut::with_capacity(BATCH_COPY_BYTES - budget);
+        for (v, _) in versions.iter().zip(&copied).filter(|(_, c)| **c) {
             buf.extend_from_slice(v.key_value());
         }
         let buf = buf.freeze();
         let mut at = 0;
         versions
             .iter()
-            .map(|v| {
+            .zip(copied)
+            .map(|(v, copy)| {
+                if !copy {
+                    return v.to_item();
+                }
                 let (key_len, len) = (v.key().len(), v.key_value().len());
-                let item = v.item_with(
-                    buf.slice(at..at + key_len),
-                    buf.slice(at + key_len..at + len),
-                );
+                let key = buf.slice(at..at + key_len);
+                let value = buf.slice(at + key_len..at + len);
                 at += len;
-                item
+                v.item_with(key, value)
             })
             .collect()
     }
@@ -1064,6 +1083,45 @@ mod tests {
     }
 
     const T: u64 = 1_700_000_000;
+
+    /// A DCP read hands out exactly what is stored; small versions share one copy
+    /// (adjacent in it), large ones and those past the copy budget are not copied.
+    #[test]
+    fn items_since_copies_small_versions_into_one_buffer_within_its_budget() {
+        let sh = shared();
+        let mut vb = active();
+        let big = 20_000;
+        let sizes: Vec<usize> = [10, 20, big, 30]
+            .into_iter()
+            .chain(std::iter::repeat_n(15_000, 80))
+            .collect();
+        for (i, n) in sizes.iter().enumerate() {
+            let d = Document {
+                key: Bytes::from(format!("k{i:03}")),
+                value: Bytes::from(vec![i as u8; *n]),
+                flags: 0,
+                expiry: 0,
+                datatype: 0,
+            };
+            vb.store(&sh, StoreOp::Set, d, Cas(0), now()).expect("set");
+        }
+        let items = vb.items_since(Seqno(0), 1000);
+        let want: Vec<Item> = vb.by_seqno.values().map(Stored::to_item).collect();
+        assert_eq!(items, want);
+        let adjacent = |a: &Item, b: &Item| a.value.as_ptr_range().end == b.key.as_ptr();
+        assert!(adjacent(&items[0], &items[1]), "small versions share one buffer");
+        assert!(!adjacent(&items[1], &items[2]), "a large version is not copied");
+        assert!(adjacent(&items[1], &items[3]), "the copies skip it");
+        let copied: usize = items
+            .windows(2)
+            .filter(|w| adjacent(&w[0], &w[1]))
+            .map(|w| w[1].key.len() + w[1].value.len())
+            .sum();
+        assert!(copied <= BATCH_COPY_BYTES, "{copied}");
+        let last = items.len() - 1;
+        assert!(!adjacent(&items[last - 1], &items[last]), "the budget ran out");
+        assert_eq!(vb.items_since(Seqno(2), 2), want[2..4]);
+    }
 
     fn now() -> UnixTime {
         UnixTime::from_secs(T)
