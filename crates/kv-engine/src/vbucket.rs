@@ -1109,8 +1109,14 @@ mod tests {
         let want: Vec<Item> = vb.by_seqno.values().map(Stored::to_item).collect();
         assert_eq!(items, want);
         let adjacent = |a: &Item, b: &Item| a.value.as_ptr_range().end == b.key.as_ptr();
-        assert!(adjacent(&items[0], &items[1]), "small versions share one buffer");
-        assert!(!adjacent(&items[1], &items[2]), "a large version is not copied");
+        assert!(
+            adjacent(&items[0], &items[1]),
+            "small versions share one buffer"
+        );
+        assert!(
+            !adjacent(&items[1], &items[2]),
+            "a large version is not copied"
+        );
         assert!(adjacent(&items[1], &items[3]), "the copies skip it");
         let copied: usize = items
             .windows(2)
@@ -1119,7 +1125,10 @@ mod tests {
             .sum();
         assert!(copied <= BATCH_COPY_BYTES, "{copied}");
         let last = items.len() - 1;
-        assert!(!adjacent(&items[last - 1], &items[last]), "the budget ran out");
+        assert!(
+            !adjacent(&items[last - 1], &items[last]),
+            "the budget ran out"
+        );
         assert_eq!(vb.items_since(Seqno(2), 2), want[2..4]);
     }
 
