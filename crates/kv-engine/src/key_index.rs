@@ -64,27 +64,10 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    use bytes::Bytes;
-    use mcbp::{Cas, Seqno};
     use proptest::prelude::*;
 
-    use crate::item::{DeleteSource, Item};
-
     fn version(key: &[u8], seqno: u64) -> Stored {
-        let item = Item {
-            key: Bytes::copy_from_slice(key),
-            value: Bytes::new(),
-            cas: Cas(seqno),
-            flags: 0,
-            expiry: 0,
-            datatype: 0,
-            rev_seqno: 1,
-            by_seqno: Seqno(seqno),
-            deleted: false,
-            delete_source: DeleteSource::Explicit,
-            delete_time: 0,
-        };
-        Stored::new(&item, Seqno(seqno), &mut Vec::new())
+        crate::stored::test_version(key, seqno)
     }
 
     fn seqno(v: Option<impl std::borrow::Borrow<Stored>>) -> Option<u64> {

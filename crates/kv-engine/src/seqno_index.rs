@@ -196,28 +196,12 @@ impl SeqnoIndex {
 mod tests {
     use std::collections::BTreeMap;
 
-    use bytes::Bytes;
-    use mcbp::Cas;
     use proptest::prelude::*;
 
     use super::*;
-    use crate::item::{DeleteSource, Item};
 
     fn version(seqno: u64) -> Stored {
-        let item = Item {
-            key: Bytes::from(format!("k{seqno}")),
-            value: Bytes::new(),
-            cas: Cas(seqno),
-            flags: 0,
-            expiry: 0,
-            datatype: 0,
-            rev_seqno: 1,
-            by_seqno: Seqno(seqno),
-            deleted: false,
-            delete_source: DeleteSource::Explicit,
-            delete_time: 0,
-        };
-        Stored::new(&item, Seqno(seqno), &mut Vec::new())
+        crate::stored::test_version(format!("k{seqno}").as_bytes(), seqno)
     }
 
     fn seqnos<'a>(it: impl Iterator<Item = &'a Stored>) -> Vec<u64> {

@@ -3,6 +3,8 @@
 //! two fake nodes. The same sender and validating receiver serve both runs, so the
 //! ratio isolates the proxy's cost.
 
+use std::net::SocketAddr;
+
 use anyhow::Context;
 use clap::Args;
 use kv_client::Credentials;
@@ -71,21 +73,45 @@ async fn listener() -> anyhow::Result<TcpListener> {
 /// Sender → receiver on one loopback connection; time from the first write to the
 /// last validated frame.
 async fn direct(frames: u64, value_size: usize) -> anyhow::Result<Duration> {
-    let flood = Flood {
+    let (receiver, addr) = receiver(frames, value_size).await?;
+    send_and_time(addr, receiver, frames, value_size).await
+}
+
+/// The flood both the direct and the relayed run send.
+fn plain_flood(frames: u64, value_size: usize) -> Flood {
+    Flood {
         vb: Vbid(0),
         opaque: Opaque(1),
         frames,
         value_size,
-    };
+    }
+}
+
+type Receiver = tokio::task::JoinHandle<anyhow::Result<tokio::time::Instant>>;
+
+/// A validating receiver on a new listener: its task and address.
+async fn receiver(frames: u64, value_size: usize) -> anyhow::Result<(Receiver, SocketAddr)> {
     let l = listener().await?;
     let addr = l.local_addr()?;
-    let receiver = tokio::spawn(async move {
+    let flood = plain_flood(frames, value_size);
+    let task = tokio::spawn(async move {
         let (mut sock, _) = l.accept().await?;
         fake::receive_mutations(&mut sock, &mut bytes::BytesMut::new(), flood).await
     });
+    Ok((task, addr))
+}
+
+/// Sends the flood to `addr`; the time from the first write until `receiver` saw
+/// the last frame.
+async fn send_and_time(
+    addr: SocketAddr,
+    receiver: Receiver,
+    frames: u64,
+    value_size: usize,
+) -> anyhow::Result<Duration> {
     let mut sock = TcpStream::connect(addr).await?;
     sock.set_nodelay(true)?;
-    let started = fake::send_mutations(&mut sock, flood).await?;
+    let started = fake::send_mutations(&mut sock, plain_flood(frames, value_size)).await?;
     let done = receiver.await.context("receiver task")??;
     Ok(done - started)
 }
@@ -96,31 +122,18 @@ async fn direct(frames: u64, value_size: usize) -> anyhow::Result<Duration> {
 /// The yardstick for the proxy's own cost (what `pipe_limit`'s `frame` case does,
 /// here with the same sender, receiver and runtime as the other two runs).
 async fn relayed(frames: u64, value_size: usize) -> anyhow::Result<Duration> {
-    let flood = Flood {
-        vb: Vbid(0),
-        opaque: Opaque(1),
-        frames,
-        value_size,
-    };
-    let (rl, sl) = (listener().await?, listener().await?);
-    let (raddr, saddr) = (rl.local_addr()?, sl.local_addr()?);
-    let receiver = tokio::spawn(async move {
-        let (mut sock, _) = rl.accept().await?;
-        fake::receive_mutations(&mut sock, &mut bytes::BytesMut::new(), flood).await
-    });
+    let (receiver, raddr) = receiver(frames, value_size).await?;
+    let sl = listener().await?;
+    let saddr = sl.local_addr()?;
     let relay = tokio::spawn(async move {
         let (mut from, _) = sl.accept().await?;
         let mut to = TcpStream::connect(raddr).await?;
         to.set_nodelay(true)?;
         relay_frames(&mut from, &mut to).await
     });
-    let mut sock = TcpStream::connect(saddr).await?;
-    sock.set_nodelay(true)?;
-    let started = fake::send_mutations(&mut sock, flood).await?;
-    let done = receiver.await.context("receiver task")??;
-    drop(sock);
+    let took = send_and_time(saddr, receiver, frames, value_size).await?;
     relay.await.context("relay task")??;
-    Ok(done - started)
+    Ok(took)
 }
 
 /// The plain relay's loop, until the sender closes.
