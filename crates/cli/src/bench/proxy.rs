@@ -154,7 +154,8 @@ async fn relay_frames(from: &mut TcpStream, to: &mut TcpStream) -> anyhow::Resul
         }
         end += n;
         let mut at = start;
-        while let Some(h) = buf.get(at..at + mcbp::HEADER_LEN) {
+        // Only the bytes read so far: the rest of the buffer is stale.
+        while let Some(h) = buf[..end].get(at..at + mcbp::HEADER_LEN) {
             anyhow::ensure!(matches!(h[0], 0x80 | 0x81 | 0x08 | 0x18), "bad magic");
             let len = mcbp::HEADER_LEN + u32::from_be_bytes([h[8], h[9], h[10], h[11]]) as usize;
             anyhow::ensure!(len <= BUF / 2, "frame too large");
