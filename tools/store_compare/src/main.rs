@@ -7,6 +7,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use kv_engine::{Bucket, BucketConfig, Document, StoreOp, UnixTime};
 use mcbp::{Cas, Seqno, VbState, Vbid};
+use redb::{ReadableDatabase, ReadableTable};
 use serde_json::{json, Value};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -38,7 +39,10 @@ fn write_bytes() -> u64 {
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("write_bytes: ").map(|v| v.trim().parse().ok()))
+                .find_map(|l| {
+                    l.strip_prefix("write_bytes: ")
+                        .map(|v| v.trim().parse().ok())
+                })
                 .flatten()
         })
         .unwrap_or(0)
@@ -111,7 +115,7 @@ fn run_log(dir: &Path, docs: u64) -> Res<Report> {
     }
     let now = UnixTime::from_secs(1_800_000_000);
     let w0 = write_bytes();
-    let mut phase = |pass: u64| -> Res<f64> {
+    let phase = |pass: u64| -> Res<f64> {
         // The writes are in memory; what is timed is making them durable (the
         // flusher's work: commits of at most COMMIT versions each).
         for i in 0..docs {
@@ -122,7 +126,13 @@ fn run_log(dir: &Path, docs: u64) -> Res<Report> {
                 expiry: 0,
                 datatype: 0,
             };
-            bucket.store(Vbid((i % u64::from(VBUCKETS)) as u16), StoreOp::Set, doc, Cas(0), now)?;
+            bucket.store(
+                Vbid((i % u64::from(VBUCKETS)) as u16),
+                StoreOp::Set,
+                doc,
+                Cas(0),
+                now,
+            )?;
         }
         let t = Instant::now();
         bucket.flush()?;
@@ -182,7 +192,10 @@ fn record(k: &[u8], v: &[u8], seqno: u64) -> Vec<u8> {
 fn decode(r: &[u8]) -> Option<(Bytes, Bytes)> {
     let kl = usize::from(u16::from_le_bytes([*r.get(25)?, *r.get(26)?]));
     let key = r.get(27..27 + kl)?;
-    Some((Bytes::copy_from_slice(key), Bytes::copy_from_slice(r.get(27 + kl..)?)))
+    Some((
+        Bytes::copy_from_slice(key),
+        Bytes::copy_from_slice(r.get(27 + kl..)?),
+    ))
 }
 
 fn seqno_key(vb: u16, seqno: u64) -> [u8; 10] {
@@ -250,7 +263,10 @@ fn run_kv<S: KvStore>(
         scanned += store.scan_vb(vb)?;
     }
     let backfill_s = t.elapsed().as_secs_f64();
-    assert_eq!(scanned, read_back, "{name}: a scan by seqno sees every version");
+    assert_eq!(
+        scanned, read_back,
+        "{name}: a scan by seqno sees every version"
+    );
     Ok(Report {
         store: name,
         docs,
