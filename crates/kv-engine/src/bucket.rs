@@ -1907,6 +1907,87 @@ mod tests {
         ));
     }
 
+    /// 3,000 documents of 1 KB: a commit of several write pieces.
+    fn set_large_batch(b: &Bucket, tag: &str) {
+        for i in 0..3000 {
+            set(
+                b,
+                &format!("{tag}{i:04}"),
+                &format!("{tag}{}", "x".repeat(1000)),
+            );
+        }
+    }
+
+    fn has_large_batch(b: &Bucket, tag: &str) -> bool {
+        (0..3000).all(|i| {
+            b.get(vb0(), format!("{tag}{i:04}").as_bytes(), now())
+                .is_ok_and(|it| {
+                    it.value.starts_with(tag.as_bytes()) && it.value.len() == 1000 + tag.len()
+                })
+        })
+    }
+
+    #[test]
+    fn a_commit_written_in_pieces_replays_whole_and_a_torn_one_not_at_all() {
+        let Fixture {
+            bucket: b,
+            _dir: dir,
+        } = fixture();
+        set_large_batch(&b, "a");
+        b.flush().expect("flush");
+        let first = std::fs::metadata(b.path()).expect("log").len();
+        set_large_batch(&b, "b");
+        b.flush().expect("flush");
+        let second = std::fs::metadata(b.path()).expect("log").len();
+        assert!(second - first > 2 * super::super::logstore::WRITE_PIECE as u64);
+        let path = b.path().to_path_buf();
+        b.close().expect("close");
+        let b = Bucket::open(config(dir.path())).expect("reopen");
+        assert!(has_large_batch(&b, "a") && has_large_batch(&b, "b"));
+        drop(b);
+        // A crash after the second commit's pieces but before its COMMIT record:
+        // the whole commit is a torn tail.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("log");
+        f.set_len(second - 10).expect("cut");
+        drop(f);
+        let b = Bucket::open(config(dir.path())).expect("reopen");
+        assert!(has_large_batch(&b, "a"));
+        assert!(matches!(
+            b.get(vb0(), b"b0000", now()),
+            Err(EngineError::KeyNotFound { .. })
+        ));
+        // Cut back to the last whole commit, which ends at or after the first batch's.
+        let len = std::fs::metadata(&path).expect("log").len();
+        assert!(
+            first <= len && len < second - 10,
+            "{first} <= {len} < {second}"
+        );
+    }
+
+    #[test]
+    fn a_write_piece_that_fails_loses_nothing_from_memory() {
+        let Fixture {
+            bucket: b,
+            _dir: dir,
+        } = fixture();
+        set(&b, "a", "1");
+        b.flush().expect("flush");
+        set_large_batch(&b, "b");
+        // The first piece of the commit fails (before its COMMIT record is built).
+        let read_only = std::fs::File::open(b.path()).expect("read-only handle");
+        lock(&b.flush_lock).log.replace_file_for_test(read_only);
+        b.flush().expect_err("the write fails");
+        assert_eq!(b.persisted_seqno(vb0()).expect("persisted"), Seqno(1));
+        assert!(has_large_batch(&b, "b"), "still in memory");
+        drop(b); // a crash
+        let b = Bucket::open(config(dir.path())).expect("reopen");
+        assert_eq!(b.high_seqno(vb0()).expect("high"), Seqno(1));
+        assert!(b.get(vb0(), b"a", now()).is_ok());
+    }
+
     #[test]
     fn a_flush_batch_bound_of_zero_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -10,6 +10,7 @@
 //! line of its allocation): growing the table reads it instead of hashing the key
 //! again, and a probe compares it before the key.
 
+use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
 
 use crate::stored::key_hash;
@@ -31,15 +32,41 @@ impl KeyIndex {
         self.table.find(hash, |v| is(v, hash, key))
     }
 
-    /// Makes `version` its key's current version; returns the one it replaced.
+    /// The key's current version and the slot it sits in (for [`Self::replace_at`]).
+    pub(crate) fn find(&self, key: &[u8]) -> Option<(usize, &Stored)> {
+        let hash = key_hash(key);
+        let slot = self.table.find_bucket_index(hash, |v| is(v, hash, key))?;
+        Some((slot, self.table.get_bucket(slot)?))
+    }
+
+    /// Makes `version` its key's current version (one probe: found and replaced, or
+    /// inserted where the probe ended); returns the one it replaced.
     pub(crate) fn upsert(&mut self, version: Stored) -> Option<Stored> {
         let hash = version.key_hash();
         let key: &[u8] = version.key();
-        if let Some(current) = self.table.find_mut(hash, |v| is(v, hash, key)) {
-            return Some(std::mem::replace(current, version));
+        match self
+            .table
+            .entry(hash, |v| is(v, hash, key), Stored::key_hash)
+        {
+            Entry::Occupied(mut e) => Some(std::mem::replace(e.get_mut(), version)),
+            Entry::Vacant(e) => {
+                e.insert(version);
+                None
+            }
         }
-        self.table.insert_unique(hash, version, Stored::key_hash);
-        None
+    }
+
+    /// [`Self::upsert`] for a key that [`Self::find`] saw at `slot` with no change
+    /// to the table since: the slot is checked, not searched for. A slot that no
+    /// longer holds the key falls back to a search, so a stale slot costs time,
+    /// never correctness.
+    pub(crate) fn replace_at(&mut self, slot: usize, version: Stored) -> Option<Stored> {
+        match self.table.get_bucket_mut(slot) {
+            Some(current) if current.key() == version.key() => {
+                Some(std::mem::replace(current, version))
+            }
+            _ => self.upsert(version),
+        }
     }
 
     /// Removes the key; returns its version.
@@ -87,6 +114,28 @@ mod tests {
         assert_eq!(seqno(idx.remove(b"key")), Some(2));
         assert!(idx.get(b"key").is_none());
         assert_eq!(idx.len(), 0);
+    }
+
+    #[test]
+    fn replace_at_uses_the_slot_find_saw_and_survives_a_stale_one() {
+        let mut idx = KeyIndex::default();
+        for i in 0..100u64 {
+            idx.upsert(version(format!("k{i}").as_bytes(), i + 1));
+        }
+        let (slot, v) = idx.find(b"k7").expect("present");
+        assert_eq!(v.by_seqno().0, 8);
+        let old = idx.replace_at(slot, version(b"k7", 500)).expect("replaced");
+        assert_eq!(old.by_seqno().0, 8);
+        assert_eq!(seqno(idx.get(b"k7")), Some(500));
+        // A slot that now holds another key (or nothing) still replaces the right
+        // entry, found by a search.
+        let (other, _) = idx.find(b"k8").expect("present");
+        assert_eq!(seqno(idx.replace_at(other, version(b"k7", 501))), Some(500));
+        assert_eq!(seqno(idx.get(b"k7")), Some(501));
+        assert_eq!(seqno(idx.get(b"k8")), Some(9));
+        assert!(idx.replace_at(usize::MAX, version(b"new", 1)).is_none());
+        assert_eq!(seqno(idx.get(b"new")), Some(1));
+        assert_eq!(idx.len(), 101);
     }
 
     proptest! {

@@ -62,6 +62,10 @@ const FRAME: usize = 8;
 const MAX_RECORD: usize = 64 * 1024 * 1024;
 /// A commit buffer larger than this is released after the commit.
 const KEEP_BUFFER: usize = 64 * 1024 * 1024;
+/// A commit is written in pieces of about this size as it is built, so its buffer
+/// stays small whatever the batch (the COMMIT record makes it atomic, not a single
+/// write).
+pub(crate) const WRITE_PIECE: usize = 1024 * 1024;
 
 /// The log file of bucket `name` in `dir`.
 pub(crate) fn log_path(dir: &Path, name: &str) -> PathBuf {
@@ -170,8 +174,14 @@ fn put_commit(buf: &mut Vec<u8>, max_cas: u64, clean: bool) {
     end_record(buf, r);
 }
 
-/// Writes the records of `batches` to `buf`; returns (items written, removed).
-fn put_batches(buf: &mut Vec<u8>, batches: &[FlushBatch]) -> (usize, usize) {
+/// Writes the records of `batches` to `buf`, handing it to `spill` after every
+/// item record (which writes it out once it is large); returns (items written,
+/// removed).
+fn put_batches(
+    buf: &mut Vec<u8>,
+    batches: &[FlushBatch],
+    spill: &mut dyn FnMut(&mut Vec<u8>) -> io::Result<()>,
+) -> io::Result<(usize, usize)> {
     let (mut written, mut removed) = (0, 0);
     for b in batches {
         if let Some(above) = b.truncate_above {
@@ -182,12 +192,13 @@ fn put_batches(buf: &mut Vec<u8>, batches: &[FlushBatch]) -> (usize, usize) {
         }
         for stored in &b.puts {
             put_item(buf, b.vb, stored);
+            spill(buf)?;
         }
         put_vb(buf, b.vb, &b.meta);
         written += b.puts.len();
         removed += b.deletes.len();
     }
-    (written, removed)
+    Ok((written, removed))
 }
 
 fn sync_dir(path: &Path) -> io::Result<()> {
@@ -296,16 +307,33 @@ impl LogStore {
         self.check()?;
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
-        let (items_written, items_removed) = put_batches(&mut buf, batches);
-        for (vb, meta) in metas {
-            put_vb(&mut buf, *vb, meta);
-        }
-        put_commit(&mut buf, max_cas, clean);
-        let res = self.append(&buf, before_sync);
+        // Pieces of the commit are written after the log's end as it is built;
+        // until the COMMIT record is written and synced they are a torn tail.
+        let mut end = self.len;
+        let file = &self.file;
+        let mut spill = |buf: &mut Vec<u8>| -> io::Result<()> {
+            if buf.len() >= WRITE_PIECE {
+                file.write_all_at(buf, end)?;
+                end += buf.len() as u64;
+                buf.clear();
+            }
+            Ok(())
+        };
+        let built = put_batches(&mut buf, batches, &mut spill);
+        let res = match built {
+            Ok(counts) => {
+                for (vb, meta) in metas {
+                    put_vb(&mut buf, *vb, meta);
+                }
+                put_commit(&mut buf, max_cas, clean);
+                self.append(end, &buf, before_sync).map(|()| counts)
+            }
+            Err(e) => Err(self.cut_back(e)),
+        };
         if buf.capacity() <= KEEP_BUFFER {
             self.buf = buf;
         }
-        res?;
+        let (items_written, items_removed) = res?;
         Ok(FlushStats {
             vbuckets: batches.len(),
             items_written,
@@ -314,15 +342,22 @@ impl LogStore {
         })
     }
 
-    fn append(&mut self, bytes: &[u8], before_sync: impl FnOnce()) -> io::Result<()> {
-        let write = self.file.write_all_at(bytes, self.len);
-        if let Err(e) = write {
-            if let Err(undo) = self.file.set_len(self.len) {
-                self.broken = Some(format!(
-                    "write failed ({e}) and could not be undone ({undo})"
-                ));
-            }
-            return Err(e);
+    /// Cuts the file back to the last commit after a failed write; if even that
+    /// fails, the store refuses further commits.
+    fn cut_back(&mut self, e: io::Error) -> io::Error {
+        if let Err(undo) = self.file.set_len(self.len) {
+            self.broken = Some(format!(
+                "write failed ({e}) and could not be undone ({undo})"
+            ));
+        }
+        e
+    }
+
+    /// Writes the rest of a commit at `at` (its earlier pieces end there), then
+    /// syncs; on success the log ends after it.
+    fn append(&mut self, at: u64, bytes: &[u8], before_sync: impl FnOnce()) -> io::Result<()> {
+        if let Err(e) = self.file.write_all_at(bytes, at) {
+            return Err(self.cut_back(e));
         }
         before_sync();
         if let Err(e) = self.file.sync_data() {
@@ -331,7 +366,7 @@ impl LogStore {
             self.broken = Some(format!("sync failed: {e}"));
             return Err(e);
         }
-        self.len += bytes.len() as u64;
+        self.len = at + bytes.len() as u64;
         Ok(())
     }
 

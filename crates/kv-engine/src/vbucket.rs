@@ -140,21 +140,25 @@ pub(crate) struct FlushBatch {
     pub(crate) meta: VbMeta,
 }
 
-/// What a write needs of the key's current version: its rev, its quota charge and
-/// the origin of its history (which the new version inherits).
+/// What a write needs of the key's current version: its rev, its quota charge, the
+/// origin of its history (which the new version inherits) and, when the lookup went
+/// through the key table, the slot it sits in (so installing the new version does
+/// not search the table again).
 #[derive(Clone, Copy, Debug)]
 struct Prev {
     rev: u64,
     size: u64,
     origin: Seqno,
+    slot: Option<usize>,
 }
 
 impl Prev {
-    fn of(current: &Stored) -> Prev {
+    fn of(current: &Stored, slot: Option<usize>) -> Prev {
         Prev {
             rev: current.rev_seqno(),
             size: current.mem_size(),
             origin: current.origin(),
+            slot,
         }
     }
 }
@@ -371,20 +375,21 @@ impl VBucket {
         }
     }
 
-    /// The key's current version: one probe of the key table.
-    fn current(&self, key: &[u8]) -> Option<&Stored> {
-        self.by_key.get(key)
-    }
-
     fn visible(&self, key: &[u8], now: UnixTime) -> Option<&Stored> {
-        visible_item(self.current(key), now)
+        visible_item(self.by_key.get(key), now)
     }
 
-    /// The one key lookup of a write: what the write needs of the current version
-    /// (visible or not), and the version if it is visible.
+    /// The one key lookup of a write (one probe of the key table): what the write
+    /// needs of the current version (visible or not), and the version if it is
+    /// visible.
     fn lookup(&self, key: &[u8], now: UnixTime) -> (Option<Prev>, Option<&Stored>) {
-        let current = self.current(key);
-        (current.map(Prev::of), visible_item(current, now))
+        match self.by_key.find(key) {
+            Some((slot, current)) => (
+                Some(Prev::of(current, Some(slot))),
+                visible_item(Some(current), now),
+            ),
+            None => (None, None),
+        }
     }
 
     fn check_key(&self, key: &[u8]) -> Result<()> {
@@ -481,7 +486,11 @@ impl VBucket {
         let origin = prev.map_or(seqno, |p| p.origin);
         let stored = Stored::new(&item, origin, &mut self.scratch);
         drop(item);
-        if let Some(old) = self.by_key.upsert(stored.clone()) {
+        let replaced = match prev.and_then(|p| p.slot) {
+            Some(slot) => self.by_key.replace_at(slot, stored.clone()),
+            None => self.by_key.upsert(stored.clone()),
+        };
+        if let Some(old) = replaced {
             self.unindex_seqno(old.by_seqno(), true)
                 .expect("key index points at a stored version");
         }
@@ -720,7 +729,13 @@ impl VBucket {
             .iter()
             .filter_map(|seqno| self.by_seqno.get(*seqno))
             .filter(|s| s.is_expired(now))
-            .map(|s| (Bytes::copy_from_slice(s.key()), Prev::of(s), s.flags()))
+            .map(|s| {
+                (
+                    Bytes::copy_from_slice(s.key()),
+                    Prev::of(s, None),
+                    s.flags(),
+                )
+            })
             .collect();
         let mut out = Vec::with_capacity(expired.len());
         for (key, prev, flags) in expired {
@@ -806,7 +821,7 @@ impl VBucket {
             item.delete_time = 0;
             item.delete_source = DeleteSource::Explicit;
         }
-        let prev = self.current(&item.key).map(Prev::of);
+        let (prev, _) = self.lookup(&item.key, now);
         self.reserve_for(sh, prev, &item, !item.deleted)?;
         sh.observe_cas(item.cas);
         self.install_reserved(sh, item, prev);
