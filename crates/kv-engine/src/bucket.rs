@@ -1872,9 +1872,7 @@ mod tests {
         set(&b, "a", "1");
         b.flush().expect("flush");
         set(&b, "b", "2");
-        // A read-only handle: the append fails, and so does cutting the file back.
-        let read_only = std::fs::File::open(b.path()).expect("read-only handle");
-        lock(&b.flush_lock).log.replace_file_for_test(read_only);
+        fail_log_writes(&b);
         let err = b.flush().expect_err("the write fails");
         assert!(
             matches!(
@@ -1898,13 +1896,26 @@ mod tests {
             "{why:?}"
         );
         drop(b); // a crash
-        let b = Bucket::open(config(dir.path())).expect("reopen");
-        assert_eq!(b.high_seqno(vb0()).expect("high"), Seqno(1));
-        assert!(b.get(vb0(), b"a", now()).is_ok());
+        let b = reopened_at_the_first_commit(dir.path());
         assert!(matches!(
             b.get(vb0(), b"b", now()),
             Err(EngineError::KeyNotFound { .. })
         ));
+    }
+
+    /// Swaps the log's handle for a read-only one: the next append fails, and so
+    /// does cutting the file back.
+    fn fail_log_writes(b: &Bucket) {
+        let read_only = std::fs::File::open(b.path()).expect("read-only handle");
+        lock(&b.flush_lock).log.replace_file_for_test(read_only);
+    }
+
+    /// Reopens after a crash; only the first commit (key "a" at seqno 1) is there.
+    fn reopened_at_the_first_commit(dir: &Path) -> Bucket {
+        let b = Bucket::open(config(dir)).expect("reopen");
+        assert_eq!(b.high_seqno(vb0()).expect("high"), Seqno(1));
+        assert!(b.get(vb0(), b"a", now()).is_ok());
+        b
     }
 
     /// 3,000 documents of 1 KB: a commit of several write pieces.
@@ -1977,15 +1988,13 @@ mod tests {
         b.flush().expect("flush");
         set_large_batch(&b, "b");
         // The first piece of the commit fails (before its COMMIT record is built).
-        let read_only = std::fs::File::open(b.path()).expect("read-only handle");
-        lock(&b.flush_lock).log.replace_file_for_test(read_only);
+        fail_log_writes(&b);
         b.flush().expect_err("the write fails");
         assert_eq!(b.persisted_seqno(vb0()).expect("persisted"), Seqno(1));
         assert!(has_large_batch(&b, "b"), "still in memory");
         drop(b); // a crash
-        let b = Bucket::open(config(dir.path())).expect("reopen");
-        assert_eq!(b.high_seqno(vb0()).expect("high"), Seqno(1));
-        assert!(b.get(vb0(), b"a", now()).is_ok());
+        let b = reopened_at_the_first_commit(dir.path());
+        assert!(!has_large_batch(&b, "b"));
     }
 
     #[test]
