@@ -1865,12 +1865,7 @@ mod tests {
 
     #[test]
     fn a_failed_commit_loses_nothing_from_memory_and_the_log_refuses_until_reopened() {
-        let Fixture {
-            bucket: b,
-            _dir: dir,
-        } = fixture();
-        set(&b, "a", "1");
-        b.flush().expect("flush");
+        let (b, dir) = with_a_flushed();
         set(&b, "b", "2");
         fail_log_writes(&b);
         let err = b.flush().expect_err("the write fails");
@@ -1901,6 +1896,14 @@ mod tests {
             b.get(vb0(), b"b", now()),
             Err(EngineError::KeyNotFound { .. })
         ));
+    }
+
+    /// A bucket whose first commit holds key "a" at seqno 1.
+    fn with_a_flushed() -> (Bucket, tempfile::TempDir) {
+        let Fixture { bucket, _dir: dir } = fixture();
+        set(&bucket, "a", "1");
+        bucket.flush().expect("flush");
+        (bucket, dir)
     }
 
     /// Swaps the log's handle for a read-only one: the next append fails, and so
@@ -1980,12 +1983,7 @@ mod tests {
 
     #[test]
     fn a_write_piece_that_fails_loses_nothing_from_memory() {
-        let Fixture {
-            bucket: b,
-            _dir: dir,
-        } = fixture();
-        set(&b, "a", "1");
-        b.flush().expect("flush");
+        let (b, dir) = with_a_flushed();
         set_large_batch(&b, "b");
         // The first piece of the commit fails (before its COMMIT record is built).
         fail_log_writes(&b);
