@@ -120,7 +120,7 @@ impl Item {
     /// Whether a live item has expired at `now` (tombstones never expire).
     #[must_use]
     pub fn is_expired(&self, now: UnixTime) -> bool {
-        !self.deleted && self.expiry != 0 && u64::from(self.expiry) <= now.secs()
+        expired(self.deleted, self.expiry, now)
     }
 
     /// Whether a front-end read at `now` sees this version.
@@ -132,8 +132,18 @@ impl Item {
     /// Approximate bytes this version costs in memory (key, value and fixed overhead).
     #[must_use]
     pub fn mem_size(&self) -> u64 {
-        (self.key.len() + self.value.len()) as u64 + ITEM_OVERHEAD
+        mem_size(self.key.len() + self.value.len())
     }
+}
+
+/// Whether a version with this expiry has expired at `now` (tombstones never do).
+pub(crate) fn expired(deleted: bool, expiry: u32, now: UnixTime) -> bool {
+    !deleted && expiry != 0 && u64::from(expiry) <= now.secs()
+}
+
+/// The quota charge of a version with `key_value_len` bytes of key and value.
+pub(crate) fn mem_size(key_value_len: usize) -> u64 {
+    key_value_len as u64 + ITEM_OVERHEAD
 }
 
 /// Fixed per-version overhead charged to the memory quota: the item's metadata plus

@@ -2,9 +2,10 @@
 //!
 //! A hash table whose entries are the versions themselves (one pointer each, 8
 //! bytes), shared with the seqno index, so a read is one probe: no second lookup by
-//! seqno. A write does one lookup (to decide) and one upsert, which replaces the
-//! entry in the probe that finds it. An overwritten version is released as soon as
-//! both indexes let go of it.
+//! seqno. A write searches once: its lookup ([`KeyIndex::find`]) also gives the
+//! slot, where the new version is then put without a search
+//! ([`KeyIndex::replace_at`]); a new key is inserted with one probe. An
+//! overwritten version is released as soon as both indexes let go of it.
 //!
 //! Each version carries its key's hash ([`Stored::key_hash`], in the first cache
 //! line of its allocation): growing the table reads it instead of hashing the key
@@ -28,8 +29,7 @@ fn is(v: &Stored, hash: u64, key: &[u8]) -> bool {
 impl KeyIndex {
     /// The key's current version.
     pub(crate) fn get(&self, key: &[u8]) -> Option<&Stored> {
-        let hash = key_hash(key);
-        self.table.find(hash, |v| is(v, hash, key))
+        self.find(key).map(|(_, v)| v)
     }
 
     /// The key's current version and the slot it sits in (for [`Self::replace_at`]).

@@ -402,7 +402,7 @@ impl LogStore {
 pub(crate) struct Compaction {
     tmp: PathBuf,
     file: File,
-    /// Records not yet written (drained to the file every MiB).
+    /// Records not yet written (drained to the file every [`WRITE_PIECE`]).
     buf: Vec<u8>,
     len: u64,
 }
@@ -436,7 +436,7 @@ impl Compaction {
     ) -> io::Result<()> {
         for stored in versions {
             put_item(&mut self.buf, vb, stored);
-            if self.buf.len() >= 1 << 20 {
+            if self.buf.len() >= WRITE_PIECE {
                 self.drain()?;
             }
         }

@@ -24,7 +24,6 @@ pub(crate) struct SeqnoIndex {
     /// Sorted and disjoint: every seqno of `chunks[i]` is below those of
     /// `chunks[i + 1]`, and `chunks[i].first` is at most its first slot's seqno.
     chunks: Vec<Chunk>,
-    len: usize,
 }
 
 #[derive(Debug)]
@@ -59,7 +58,7 @@ impl SeqnoIndex {
     /// How many versions it holds.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.chunks.iter().map(|c| c.live).sum()
     }
 
     /// The chunk that owns `seqno`, if any chunk exists.
@@ -89,7 +88,6 @@ impl SeqnoIndex {
                 last.slots.push((seqno, Some(version)));
                 last.live += 1;
             }
-            self.len += 1;
             return None;
         }
         let i = self.owner(seqno).unwrap_or(0);
@@ -100,14 +98,12 @@ impl SeqnoIndex {
                 let old = chunk.slots[p].1.replace(version);
                 if old.is_none() {
                     chunk.live += 1;
-                    self.len += 1;
                 }
                 old
             }
             Err(p) => {
                 chunk.slots.insert(p, (seqno, Some(version)));
                 chunk.live += 1;
-                self.len += 1;
                 if chunk.slots.len() >= 2 * CHUNK {
                     self.split(i);
                 }
@@ -147,7 +143,6 @@ impl SeqnoIndex {
         let p = chunk.position(seqno).ok()?;
         let old = chunk.slots[p].1.take()?;
         chunk.live -= 1;
-        self.len -= 1;
         if chunk.live == 0 && !last {
             self.chunks.remove(i);
         } else if chunk.live * 2 < chunk.slots.len() {
@@ -182,7 +177,6 @@ impl SeqnoIndex {
 
     pub(crate) fn clear(&mut self) {
         self.chunks = Vec::new();
-        self.len = 0;
     }
 
     /// Slots allocated, live or not (for tests of the memory bound).

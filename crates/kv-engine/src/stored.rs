@@ -20,7 +20,7 @@ use bytes::Bytes;
 use mcbp::{Cas, Seqno};
 use triomphe::ThinArc;
 
-use crate::item::{DeleteSource, Item, UnixTime, ITEM_OVERHEAD};
+use crate::item::{self, DeleteSource, Item, UnixTime};
 
 /// The hash of a key as the key index uses it. Keys come from clients, so the
 /// hasher must resist flooding: aHash, randomly keyed once per process (several
@@ -48,12 +48,6 @@ struct Meta {
     tombstone: Option<DeleteSource>,
 }
 
-impl Meta {
-    fn tombstone(deleted: bool, source: DeleteSource) -> Option<DeleteSource> {
-        deleted.then_some(source)
-    }
-}
-
 /// One stored version plus the bookkeeping rollback needs; cloning shares it.
 #[derive(Clone)]
 pub(crate) struct Stored(ThinArc<Meta, u8>);
@@ -68,14 +62,7 @@ impl Stored {
         scratch.clear();
         scratch.extend_from_slice(&item.key);
         scratch.extend_from_slice(&item.value);
-        Stored::from_parts(item, origin, scratch)
-    }
-
-    /// A version with the metadata of `item` whose key and value are `key_value`
-    /// (the key first, `item.key.len()` bytes); `item`'s own bytes are not read.
-    fn from_parts(item: &Item, origin: Seqno, key_value: &[u8]) -> Stored {
-        debug_assert!(item.key.len() <= usize::from(u16::MAX));
-        let meta = Meta {
+        let fields = RecordFields {
             cas: item.cas,
             rev_seqno: item.rev_seqno,
             by_seqno: item.by_seqno,
@@ -83,13 +70,13 @@ impl Stored {
             flags: item.flags,
             expiry: item.expiry,
             delete_time: item.delete_time,
-            key_hash: key_hash(&item.key),
-            // Keys are checked against MAX_KEY_LEN before they get here.
-            key_len: u16::try_from(item.key.len()).unwrap_or(u16::MAX),
             datatype: item.datatype,
-            tombstone: Meta::tombstone(item.deleted, item.delete_source),
+            deleted: item.deleted,
+            delete_source: item.delete_source,
         };
-        Stored(ThinArc::from_header_and_slice(meta, key_value))
+        // Keys are checked against MAX_KEY_LEN before they get here.
+        Stored::from_record(fields, item.key.len(), scratch)
+            .expect("a checked key fits its version")
     }
 
     /// A version decoded from a log record: `key_value` is the key followed by the
@@ -111,7 +98,7 @@ impl Stored {
             key_hash: key_hash(key),
             key_len: u16::try_from(key_len).ok()?,
             datatype: fields.datatype,
-            tombstone: Meta::tombstone(fields.deleted, fields.delete_source),
+            tombstone: fields.deleted.then_some(fields.delete_source),
         };
         Some(Stored(ThinArc::from_header_and_slice(meta, key_value)))
     }
@@ -185,8 +172,7 @@ impl Stored {
 
     /// As [`Item::is_expired`].
     pub(crate) fn is_expired(&self, now: UnixTime) -> bool {
-        let m = self.meta();
-        m.tombstone.is_none() && m.expiry != 0 && u64::from(m.expiry) <= now.secs()
+        item::expired(self.deleted(), self.expiry(), now)
     }
 
     /// As [`Item::is_visible`].
@@ -196,7 +182,7 @@ impl Stored {
 
     /// As [`Item::mem_size`]: the quota charge.
     pub(crate) fn mem_size(&self) -> u64 {
-        self.0.slice.len() as u64 + ITEM_OVERHEAD
+        item::mem_size(self.0.slice.len())
     }
 
     /// The same version (not merely an equal one).
@@ -247,7 +233,8 @@ impl AsRef<[u8]> for Shared {
     }
 }
 
-/// The metadata of a log record's version, for [`Stored::from_record`].
+/// The metadata of a version as a log record (or an [`Item`]) carries it, for
+/// [`Stored::from_record`].
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RecordFields {
     pub(crate) cas: Cas,

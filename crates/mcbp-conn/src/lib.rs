@@ -21,7 +21,7 @@ use std::io;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use mcbp::{DecodeError, Frame, FrameDecoder, Header, HEADER_LEN};
+use mcbp::{DecodeError, Frame, FrameDecoder, Header};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// How a [`FrameReader`] buffers.
@@ -112,14 +112,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let mut end = 0usize;
         let mut frames = 0usize;
         let mut failed = None;
-        while let Some(h) = self.buf.get(end..end + HEADER_LEN) {
-            let mut hdr = [0u8; HEADER_LEN];
-            hdr.copy_from_slice(h);
-            let header = Header::parse(&hdr);
-            if let Err(e) = self.decoder.check_header(&header) {
-                failed = Some(e);
-                break;
-            }
+        loop {
+            let header = match self.decoder.peek_header(&self.buf[end..]) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
             let len = header.frame_len();
             if self.buf.len() - end < len || !pass(&header) {
                 break;

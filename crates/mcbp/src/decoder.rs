@@ -137,6 +137,20 @@ impl FrameDecoder {
         }
     }
 
+    /// The checked header at the front of `bytes`, once all 24 of its bytes are
+    /// there (the body may still be missing).
+    ///
+    /// # Errors
+    /// [`DecodeError`] when the header is inconsistent or over the cap.
+    pub fn peek_header(&self, bytes: &[u8]) -> Result<Option<Header>, DecodeError> {
+        let Some(hdr) = bytes.first_chunk::<HEADER_LEN>() else {
+            return Ok(None);
+        };
+        let header = Header::parse(hdr);
+        self.check_header(&header)?;
+        Ok(Some(header))
+    }
+
     /// Takes one whole frame off the front of `buf`, if there is one.
     ///
     /// On `Ok(None)` it reserves room for the rest of the current frame (bounded by
@@ -146,13 +160,9 @@ impl FrameDecoder {
     /// [`DecodeError`] when the header is inconsistent or over the cap; `buf` is left
     /// as it was.
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
-        let Some(hdr_bytes) = buf.get(..HEADER_LEN) else {
+        let Some(header) = self.peek_header(buf)? else {
             return Ok(None);
         };
-        let mut hdr = [0u8; HEADER_LEN];
-        hdr.copy_from_slice(hdr_bytes);
-        let header = Header::parse(&hdr);
-        self.check_header(&header)?;
         let len = header.frame_len();
         if buf.len() < len {
             buf.reserve(len - buf.len());

@@ -138,29 +138,48 @@ fn run_log(dir: &Path, docs: u64) -> Res<Report> {
         bucket.flush()?;
         Ok(t.elapsed().as_secs_f64())
     };
-    let load_s = phase(0)?;
-    let overwrite_s = phase(1)?;
+    let (load_s, overwrite_s) = (phase(0)?, phase(1)?);
     bucket.close()?;
+    let reopen = || Ok(Bucket::open(config())?);
+    let scan = |bucket: &Bucket| -> Res<u64> {
+        let mut read_back = 0u64;
+        for vb in 0..VBUCKETS {
+            let mut from = Seqno(0);
+            loop {
+                let items = bucket.items_since(Vbid(vb), from, 1024)?;
+                let Some(last) = items.last() else { break };
+                from = last.by_seqno;
+                read_back += items.len() as u64;
+            }
+        }
+        Ok(read_back)
+    };
+    finish("log", docs, dir, w0, (load_s, overwrite_s), reopen, scan)
+}
+
+/// The rest of a run once the written store is closed: bytes written and on disk,
+/// then the timed reopen (with whatever reading a restart needs) and the timed
+/// read of every vbucket by seqno.
+fn finish<S>(
+    store: &'static str,
+    docs: u64,
+    dir: &Path,
+    w0: u64,
+    (load_s, overwrite_s): (f64, f64),
+    reopen: impl FnOnce() -> Res<S>,
+    scan: impl FnOnce(&S) -> Res<u64>,
+) -> Res<Report> {
     sync_dir(dir);
     let written = write_bytes() - w0;
     let disk_bytes = dir_size(dir);
     let t = Instant::now();
-    let bucket = Bucket::open(config())?;
+    let opened = reopen()?;
     let reopen_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let mut read_back = 0u64;
-    for vb in 0..VBUCKETS {
-        let mut from = Seqno(0);
-        loop {
-            let items = bucket.items_since(Vbid(vb), from, 1024)?;
-            let Some(last) = items.last() else { break };
-            from = last.by_seqno;
-            read_back += items.len() as u64;
-        }
-    }
+    let read_back = scan(&opened)?;
     let backfill_s = t.elapsed().as_secs_f64();
     Ok(Report {
-        store: "log",
+        store,
         docs,
         load_s,
         overwrite_s,
@@ -245,39 +264,23 @@ fn run_kv<S: KvStore>(
         store.commit(&puts, &removes)?;
         Ok(t.elapsed().as_secs_f64())
     };
-    let load_s = phase(0, &mut store)?;
-    let overwrite_s = phase(1, &mut store)?;
+    let (load_s, overwrite_s) = (phase(0, &mut store)?, phase(1, &mut store)?);
     drop(store);
-    sync_dir(dir);
-    let written = write_bytes() - w0;
-    let disk_bytes = dir_size(dir);
-    let t = Instant::now();
-    let store = open(dir)?;
-    let all = store.read_all()?;
-    let reopen_s = t.elapsed().as_secs_f64();
-    let read_back = all.len() as u64;
-    drop(all);
-    let t = Instant::now();
-    let mut scanned = 0;
-    for vb in 0..VBUCKETS {
-        scanned += store.scan_vb(vb)?;
-    }
-    let backfill_s = t.elapsed().as_secs_f64();
-    assert_eq!(
-        scanned, read_back,
-        "{name}: a scan by seqno sees every version"
-    );
-    Ok(Report {
-        store: name,
-        docs,
-        load_s,
-        overwrite_s,
-        written,
-        disk_bytes,
-        reopen_s,
-        backfill_s,
-        read_back,
-    })
+    // A restart reads every record back.
+    let reopen = || -> Res<(S, u64)> {
+        let store = open(dir)?;
+        let all = store.read_all()?.len() as u64;
+        Ok((store, all))
+    };
+    let scan = |(store, all): &(S, u64)| -> Res<u64> {
+        let mut scanned = 0;
+        for vb in 0..VBUCKETS {
+            scanned += store.scan_vb(vb)?;
+        }
+        assert_eq!(scanned, *all, "{name}: a scan by seqno sees every version");
+        Ok(scanned)
+    };
+    finish(name, docs, dir, w0, (load_s, overwrite_s), reopen, scan)
 }
 
 // redb

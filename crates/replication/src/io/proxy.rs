@@ -446,21 +446,13 @@ impl Reader {
     /// Hands the batch to the partner's writer, chunk by chunk, waiting for room
     /// (back-pressure).
     async fn flush(&mut self) -> Result<(), Stop> {
-        let mut chunks = std::mem::take(&mut self.batch);
-        let mut sent = 0;
-        let result = loop {
-            let Some(chunk) = chunks.get(sent) else {
-                break Ok(());
-            };
-            if let Err(stop) = self.send(chunk.clone()).await {
-                break Err(stop);
-            }
-            sent += 1;
-        };
-        // What was not handed on stays for the teardown flush; the vector is reused.
-        chunks.drain(..sent);
-        self.batch = chunks;
-        result
+        // A chunk leaves the batch only once handed on: what was not stays for the
+        // teardown flush.
+        while let Some(chunk) = self.batch.first() {
+            self.send(chunk.clone()).await?;
+            self.batch.remove(0);
+        }
+        Ok(())
     }
 
     /// Hands one chunk to the partner's writer, waiting for room (back-pressure);
