@@ -266,6 +266,7 @@ impl Bucket {
         }
         let mut items_loaded = 0u64;
         for (vb, items) in vbs.iter_mut().zip(recovered.items) {
+            vb.reserve_keys(items.len());
             for (seqno, stored) in items {
                 if stored.by_seqno() > vb.high_seqno {
                     return Err(corrupt(format!(
@@ -529,7 +530,9 @@ impl Bucket {
         flags: u32,
     ) -> Result<()> {
         tracing::trace!(bucket = %self.name, vb = %vb, %start, %end, flags, "snapshot marker");
-        self.vb(vb)?.apply_snapshot_marker(start, end)
+        let disk = flags & mcbp::dcp::MarkerFlags::DISK != 0;
+        self.vb(vb)?
+            .apply_snapshot_marker(&self.shared, start, end, disk)
     }
 
     /// Applies a DCP mutation with the producer's seqno, cas, rev, flags, expiry and
@@ -1939,6 +1942,24 @@ mod tests {
                     it.value.starts_with(tag.as_bytes()) && it.value.len() == 1000 + tag.len()
                 })
         })
+    }
+
+    /// A warmup knows how many versions each vbucket loads: its key table is sized
+    /// once, not grown insert by insert.
+    #[test]
+    fn warmup_sizes_each_key_table_once() {
+        let Fixture {
+            bucket: b,
+            _dir: dir,
+        } = fixture();
+        for i in 0..5000 {
+            set(&b, &format!("k{i}"), "v");
+        }
+        assert!(lock(&b.vbs[0]).key_table_grew() > 5);
+        b.close().expect("close");
+        let b = Bucket::open(config(dir.path())).expect("reopen");
+        assert_eq!(lock(&b.vbs[0]).key_table_grew(), 0);
+        assert!(b.get(vb0(), b"k4999", now()).is_ok());
     }
 
     #[test]

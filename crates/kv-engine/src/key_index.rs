@@ -20,6 +20,9 @@ use crate::vbucket::Stored;
 #[derive(Debug, Default)]
 pub(crate) struct KeyIndex {
     table: HashTable<Stored>,
+    /// How many times an insert grew the table (tests of the pre-sizing).
+    #[cfg(test)]
+    grew: u32,
 }
 
 fn is(v: &Stored, hash: u64, key: &[u8]) -> bool {
@@ -29,12 +32,13 @@ fn is(v: &Stored, hash: u64, key: &[u8]) -> bool {
 impl KeyIndex {
     /// The key's current version.
     pub(crate) fn get(&self, key: &[u8]) -> Option<&Stored> {
-        self.find(key).map(|(_, v)| v)
+        self.find(key_hash(key), key).map(|(_, v)| v)
     }
 
-    /// The key's current version and the slot it sits in (for [`Self::replace_at`]).
-    pub(crate) fn find(&self, key: &[u8]) -> Option<(usize, &Stored)> {
-        let hash = key_hash(key);
+    /// The current version of the key whose [`key_hash`] is `hash`, and the slot it
+    /// sits in (for [`Self::replace_at`]). Taking the hash lets a write hash its key
+    /// once, for this lookup and for the version it then builds.
+    pub(crate) fn find(&self, hash: u64, key: &[u8]) -> Option<(usize, &Stored)> {
         let slot = self.table.find_bucket_index(hash, |v| is(v, hash, key))?;
         Some((slot, self.table.get_bucket(slot)?))
     }
@@ -44,7 +48,9 @@ impl KeyIndex {
     pub(crate) fn upsert(&mut self, version: Stored) -> Option<Stored> {
         let hash = version.key_hash();
         let key: &[u8] = version.key();
-        match self
+        #[cfg(test)]
+        let capacity = self.table.capacity();
+        let old = match self
             .table
             .entry(hash, |v| is(v, hash, key), Stored::key_hash)
         {
@@ -53,7 +59,12 @@ impl KeyIndex {
                 e.insert(version);
                 None
             }
+        };
+        #[cfg(test)]
+        {
+            self.grew += u32::from(self.table.capacity() > capacity);
         }
+        old
     }
 
     /// [`Self::upsert`] for a key that [`Self::find`] saw at `slot` with no change
@@ -69,9 +80,8 @@ impl KeyIndex {
         }
     }
 
-    /// Removes the key; returns its version.
-    pub(crate) fn remove(&mut self, key: &[u8]) -> Option<Stored> {
-        let hash = key_hash(key);
+    /// Removes the key whose [`key_hash`] is `hash`; returns its version.
+    pub(crate) fn remove(&mut self, hash: u64, key: &[u8]) -> Option<Stored> {
         let entry = self.table.find_entry(hash, |v| is(v, hash, key)).ok()?;
         Some(entry.remove().0)
     }
@@ -80,9 +90,35 @@ impl KeyIndex {
         self.table.clear();
     }
 
+    /// Makes room for `additional` more keys at once, so a table filled from a
+    /// known count (a warmup, a replica's backfill) is sized once instead of
+    /// doubling and rehashing its way there.
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        self.table.reserve(additional, Stored::key_hash);
+    }
+
+    /// Gives back what a [`Self::reserve`] took beyond need: a table less than a
+    /// quarter full shrinks to fit its keys.
+    pub(crate) fn shrink_if_sparse(&mut self) {
+        if self.table.len() < self.table.capacity() / 4 {
+            self.table.shrink_to(self.table.len(), Stored::key_hash);
+        }
+    }
+
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.table.len()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.table.capacity()
+    }
+
+    /// How many inserts had to grow the table.
+    #[cfg(test)]
+    pub(crate) fn grew(&self) -> u32 {
+        self.grew
     }
 }
 
@@ -111,7 +147,7 @@ mod tests {
         drop(old);
         assert!(first.is_unique(), "the index let go of it");
         assert_eq!(seqno(idx.get(b"key")), Some(2));
-        assert_eq!(seqno(idx.remove(b"key")), Some(2));
+        assert_eq!(seqno(idx.remove(key_hash(b"key"), b"key")), Some(2));
         assert!(idx.get(b"key").is_none());
         assert_eq!(idx.len(), 0);
     }
@@ -122,20 +158,49 @@ mod tests {
         for i in 0..100u64 {
             idx.upsert(version(format!("k{i}").as_bytes(), i + 1));
         }
-        let (slot, v) = idx.find(b"k7").expect("present");
+        let (slot, v) = idx.find(key_hash(b"k7"), b"k7").expect("present");
         assert_eq!(v.by_seqno().0, 8);
         let old = idx.replace_at(slot, version(b"k7", 500)).expect("replaced");
         assert_eq!(old.by_seqno().0, 8);
         assert_eq!(seqno(idx.get(b"k7")), Some(500));
         // A slot that now holds another key (or nothing) still replaces the right
         // entry, found by a search.
-        let (other, _) = idx.find(b"k8").expect("present");
+        let (other, _) = idx.find(key_hash(b"k8"), b"k8").expect("present");
         assert_eq!(seqno(idx.replace_at(other, version(b"k7", 501))), Some(500));
         assert_eq!(seqno(idx.get(b"k7")), Some(501));
         assert_eq!(seqno(idx.get(b"k8")), Some(9));
         assert!(idx.replace_at(usize::MAX, version(b"new", 1)).is_none());
         assert_eq!(seqno(idx.get(b"new")), Some(1));
         assert_eq!(idx.len(), 101);
+    }
+
+    #[test]
+    fn a_reserved_table_takes_its_keys_without_growing_and_gives_back_the_rest() {
+        let mut idx = KeyIndex::default();
+        idx.reserve(1000);
+        assert!(idx.capacity() >= 1000);
+        for i in 0..1000u64 {
+            idx.upsert(version(format!("k{i}").as_bytes(), i + 1));
+        }
+        assert_eq!(idx.grew(), 0, "no rehash on the way to the reserved size");
+        idx.upsert(version(b"one more than reserved", 5000));
+        let mut unreserved = KeyIndex::default();
+        for i in 0..1000u64 {
+            unreserved.upsert(version(format!("k{i}").as_bytes(), i + 1));
+        }
+        assert!(unreserved.grew() > 5, "{}", unreserved.grew());
+
+        let mut sparse = KeyIndex::default();
+        sparse.reserve(100_000);
+        for i in 0..10u64 {
+            sparse.upsert(version(format!("k{i}").as_bytes(), i + 1));
+        }
+        let reserved = sparse.capacity();
+        sparse.shrink_if_sparse();
+        assert!(sparse.capacity() < reserved / 100, "{}", sparse.capacity());
+        assert_eq!(seqno(sparse.get(b"k3")), Some(4));
+        idx.shrink_if_sparse();
+        assert!(idx.capacity() >= 1001, "a full table is left alone");
     }
 
     proptest! {
@@ -149,7 +214,7 @@ mod tests {
                 if upsert {
                     prop_assert_eq!(seqno(idx.upsert(version(&key, s))), model.insert(key, s));
                 } else {
-                    prop_assert_eq!(seqno(idx.remove(&key)), model.remove(&key));
+                    prop_assert_eq!(seqno(idx.remove(key_hash(&key), &key)), model.remove(&key));
                 }
                 prop_assert_eq!(idx.len(), model.len());
             }

@@ -27,7 +27,27 @@ use crate::item::{self, DeleteSource, Item, UnixTime};
 /// times faster than SipHash on short keys).
 pub(crate) fn key_hash(key: &[u8]) -> u64 {
     static HASHER: OnceLock<ahash::RandomState> = OnceLock::new();
+    #[cfg(test)]
+    hash_count::bump();
     HASHER.get_or_init(ahash::RandomState::new).hash_one(key)
+}
+
+/// How many keys this thread has hashed: tests hold the write paths to one hash
+/// per write.
+#[cfg(test)]
+pub(crate) mod hash_count {
+    use std::cell::Cell;
+
+    thread_local!(static HASHES: Cell<u64> = const { Cell::new(0) });
+
+    pub(super) fn bump() {
+        HASHES.with(|h| h.set(h.get() + 1));
+    }
+
+    /// Keys hashed on this thread so far.
+    pub(crate) fn get() -> u64 {
+        HASHES.with(Cell::get)
+    }
 }
 
 /// Everything of a version but its key and value: 56 bytes.
@@ -58,7 +78,19 @@ impl Stored {
     /// is exact only if every version above `to` has `origin > to` (otherwise an
     /// older version was overwritten and is gone). `scratch` is reused between calls
     /// to join key and value.
+    #[cfg(test)]
     pub(crate) fn new(item: &Item, origin: Seqno, scratch: &mut Vec<u8>) -> Stored {
+        Stored::with_hash(item, origin, key_hash(&item.key), scratch)
+    }
+
+    /// [`Stored::new`] for a write that already hashed the key (its key-table
+    /// lookup did): `hash` must be [`key_hash`] of `item.key`.
+    pub(crate) fn with_hash(
+        item: &Item,
+        origin: Seqno,
+        hash: u64,
+        scratch: &mut Vec<u8>,
+    ) -> Stored {
         scratch.clear();
         scratch.extend_from_slice(&item.key);
         scratch.extend_from_slice(&item.value);
@@ -75,7 +107,7 @@ impl Stored {
             delete_source: item.delete_source,
         };
         // Keys are checked against MAX_KEY_LEN before they get here.
-        Stored::from_record(fields, item.key.len(), scratch)
+        Stored::from_parts(fields, hash, item.key.len(), scratch)
             .expect("a checked key fits its version")
     }
 
@@ -87,6 +119,15 @@ impl Stored {
         key_value: &[u8],
     ) -> Option<Stored> {
         let key = key_value.get(..key_len)?;
+        Stored::from_parts(fields, key_hash(key), key_len, key_value)
+    }
+
+    fn from_parts(
+        fields: RecordFields,
+        key_hash: u64,
+        key_len: usize,
+        key_value: &[u8],
+    ) -> Option<Stored> {
         let meta = Meta {
             cas: fields.cas,
             rev_seqno: fields.rev_seqno,
@@ -95,8 +136,10 @@ impl Stored {
             flags: fields.flags,
             expiry: fields.expiry,
             delete_time: fields.delete_time,
-            key_hash: key_hash(key),
-            key_len: u16::try_from(key_len).ok()?,
+            key_hash,
+            key_len: u16::try_from(key_len)
+                .ok()
+                .filter(|&l| usize::from(l) <= key_value.len())?,
             datatype: fields.datatype,
             tombstone: fields.deleted.then_some(fields.delete_source),
         };

@@ -12,13 +12,14 @@ use mcbp::{Cas, Seqno, VbState, Vbid};
 
 use crate::error::{EngineError, Result};
 use crate::failover::{FailoverEntry, FailoverLog};
-use crate::item::{absolute_expiry, DeleteSource, Item, UnixTime, DATATYPE_JSON};
+use crate::item::{self, absolute_expiry, DeleteSource, Item, UnixTime, DATATYPE_JSON};
 use crate::key_index::KeyIndex;
 use crate::ops::{
     ArithOp, ConcatOp, Counter, Document, MutationInfo, RollbackOutcome, StoreOp,
     StreamRequestPosition, VbStats,
 };
 use crate::seqno_index::SeqnoIndex;
+use crate::stored::key_hash;
 pub(crate) use crate::stored::Stored;
 
 /// Longest accepted key: 250 bytes plus up to 5 bytes of LEB128 collection prefix.
@@ -163,6 +164,25 @@ impl Prev {
     }
 }
 
+/// Where a write puts its new version: the key's hash (computed once, by the
+/// write's lookup, and kept in the new version) and what the write needs of the
+/// key's current version, if there is one.
+#[derive(Clone, Copy, Debug)]
+struct Target {
+    hash: u64,
+    prev: Option<Prev>,
+}
+
+impl Target {
+    /// The target of a write replacing `current`, found without a key-table lookup.
+    fn replacing(current: &Stored) -> Target {
+        Target {
+            hash: current.key_hash(),
+            prev: Some(Prev::of(current, None)),
+        }
+    }
+}
+
 /// The fields of a new version the operation decides; seqno, cas and rev are assigned.
 struct NewVersion {
     value: Bytes,
@@ -213,6 +233,8 @@ pub(crate) struct VBucket {
     disk_deletes: Vec<Seqno>,
     truncate_above: Option<Seqno>,
     meta_dirty: bool,
+    /// The end of the disk snapshot the key table was sized for, until it arrives.
+    presized_until: Option<Seqno>,
 }
 
 /// Versions in memory not yet written. A flush takes a vbucket's dirty state whole
@@ -292,6 +314,7 @@ impl VBucket {
             disk_deletes: Vec::new(),
             truncate_above: None,
             meta_dirty: false,
+            presized_until: None,
         }
     }
 
@@ -321,12 +344,25 @@ impl VBucket {
         }
     }
 
+    /// Sizes the key table for `keys` more keys at once (a warmup loading a known
+    /// number of versions).
+    pub(crate) fn reserve_keys(&mut self, keys: usize) {
+        self.by_key.reserve(keys);
+    }
+
+    /// How many inserts grew the key table (tests of the pre-sizing).
+    #[cfg(test)]
+    pub(crate) fn key_table_grew(&self) -> u32 {
+        self.by_key.grew()
+    }
+
     /// Adds a version read from disk. If the key already has a version (only possible
     /// if an earlier process died between writing and removing), the newer one wins
     /// and the older one is scheduled for removal from disk.
     pub(crate) fn load_version(&mut self, sh: &Shared, stored: Stored) {
         let seqno = stored.by_seqno();
-        if let Some(existing) = self.by_key.get(stored.key()).map(|s| s.by_seqno()) {
+        let existing = self.by_key.find(stored.key_hash(), stored.key());
+        if let Some(existing) = existing.map(|(_, s)| s.by_seqno()) {
             if existing > seqno {
                 self.disk_deletes.push(seqno);
                 return;
@@ -379,16 +415,20 @@ impl VBucket {
         visible_item(self.by_key.get(key), now)
     }
 
-    /// The one key lookup of a write (one probe of the key table): what the write
-    /// needs of the current version (visible or not), and the version if it is
-    /// visible.
-    fn lookup(&self, key: &[u8], now: UnixTime) -> (Option<Prev>, Option<&Stored>) {
-        match self.by_key.find(key) {
+    /// The one key lookup of a write (one hash of the key, one probe of the key
+    /// table): where the new version goes (with what the write needs of the
+    /// current version, visible or not), and the current version if it is visible.
+    fn lookup(&self, key: &[u8], now: UnixTime) -> (Target, Option<&Stored>) {
+        let hash = key_hash(key);
+        match self.by_key.find(hash, key) {
             Some((slot, current)) => (
-                Some(Prev::of(current, Some(slot))),
+                Target {
+                    hash,
+                    prev: Some(Prev::of(current, Some(slot))),
+                },
                 visible_item(Some(current), now),
             ),
-            None => (None, None),
+            None => (Target { hash, prev: None }, None),
         }
     }
 
@@ -432,7 +472,7 @@ impl VBucket {
     /// `remove_version` without touching the bucket's quota (the caller settles it).
     fn detach_version(&mut self, seqno: Seqno, on_disk: bool) -> Option<Stored> {
         let stored = self.unindex_seqno(seqno, on_disk)?;
-        let removed = self.by_key.remove(stored.key());
+        let removed = self.by_key.remove(stored.key_hash(), stored.key());
         debug_assert!(
             removed.is_some_and(|r| r.ptr_eq(&stored)),
             "{} key index out of sync",
@@ -480,13 +520,13 @@ impl VBucket {
     }
 
     /// Makes `item` the current version of its key; `reserve_for` was called for it
-    /// and `prev` is the key's current version, read in the same call.
-    fn install_reserved(&mut self, sh: &Shared, item: Item, prev: Option<Prev>) {
+    /// and `target` was found for its key in the same call.
+    fn install_reserved(&mut self, sh: &Shared, item: Item, target: Target) {
         let seqno = item.by_seqno;
-        let origin = prev.map_or(seqno, |p| p.origin);
-        let stored = Stored::new(&item, origin, &mut self.scratch);
+        let origin = target.prev.map_or(seqno, |p| p.origin);
+        let stored = Stored::with_hash(&item, origin, target.hash, &mut self.scratch);
         drop(item);
-        let replaced = match prev.and_then(|p| p.slot) {
+        let replaced = match target.prev.and_then(|p| p.slot) {
             Some(slot) => self.by_key.replace_at(slot, stored.clone()),
             None => self.by_key.upsert(stored.clone()),
         };
@@ -514,10 +554,10 @@ impl VBucket {
         sh: &Shared,
         key: Bytes,
         nv: NewVersion,
-        prev: Option<Prev>,
+        target: Target,
         now: UnixTime,
     ) -> Result<MutationInfo> {
-        let rev_seqno = prev.map_or(1, |p| p.rev + 1);
+        let rev_seqno = target.prev.map_or(1, |p| p.rev + 1);
         let seqno = next(self.high_seqno);
         let (deleted, delete_source, delete_time) = match nv.tombstone {
             Some((source, time)) => (true, source, time),
@@ -537,10 +577,10 @@ impl VBucket {
             delete_time,
         };
         // Reserve before taking a CAS, so a refused write consumes nothing.
-        self.reserve_for(sh, prev, &item, !deleted)?;
+        self.reserve_for(sh, target.prev, &item, !deleted)?;
         item.cas = sh.next_cas(now);
         let cas = item.cas;
-        self.install_reserved(sh, item, prev);
+        self.install_reserved(sh, item, target);
         Ok(MutationInfo {
             cas,
             seqno,
@@ -577,7 +617,7 @@ impl VBucket {
         self.require_active()?;
         self.check_key(&doc.key)?;
         self.check_value(sh, doc.value.len())?;
-        let (prev, existing) = self.lookup(&doc.key, now);
+        let (target, existing) = self.lookup(&doc.key, now);
         match (op, existing) {
             (StoreOp::Add, Some(_)) => return Err(EngineError::KeyExists { vb: self.id }),
             (StoreOp::Add, None) => {}
@@ -595,7 +635,7 @@ impl VBucket {
             datatype: doc.datatype,
             tombstone: None,
         };
-        self.mutate(sh, doc.key, nv, prev, now)
+        self.mutate(sh, doc.key, nv, target, now)
     }
 
     pub(crate) fn delete(
@@ -606,12 +646,12 @@ impl VBucket {
         now: UnixTime,
     ) -> Result<MutationInfo> {
         self.require_active()?;
-        let (prev, item) = self.lookup(key, now);
+        let (target, item) = self.lookup(key, now);
         let item = item.ok_or(EngineError::KeyNotFound { vb: self.id })?;
         self.check_cas(item, cas)?;
         let (key, flags) = (Bytes::copy_from_slice(item.key()), item.flags());
         let nv = NewVersion::tombstone(DeleteSource::Explicit, flags, now);
-        self.mutate(sh, key, nv, prev, now)
+        self.mutate(sh, key, nv, target, now)
     }
 
     pub(crate) fn concat(
@@ -624,7 +664,7 @@ impl VBucket {
         now: UnixTime,
     ) -> Result<MutationInfo> {
         self.require_active()?;
-        let (prev, item) = self.lookup(key, now);
+        let (target, item) = self.lookup(key, now);
         let item = item.ok_or(EngineError::NotStored { vb: self.id })?;
         self.check_cas(item, cas)?;
         let len = item.value().len() + data.len();
@@ -649,7 +689,7 @@ impl VBucket {
             tombstone: None,
         };
         let key = Bytes::copy_from_slice(item.key());
-        self.mutate(sh, key, nv, prev, now)
+        self.mutate(sh, key, nv, target, now)
     }
 
     pub(crate) fn arithmetic(
@@ -663,7 +703,7 @@ impl VBucket {
     ) -> Result<(u64, MutationInfo)> {
         self.require_active()?;
         self.check_key(key)?;
-        let (prev, item) = self.lookup(key, now);
+        let (target, item) = self.lookup(key, now);
         let (value, flags, expiry) = match item {
             None if counter.expiry == Counter::NO_CREATE => {
                 return Err(EngineError::KeyNotFound { vb: self.id })
@@ -687,7 +727,7 @@ impl VBucket {
             datatype: DATATYPE_JSON,
             tombstone: None,
         };
-        let info = self.mutate(sh, Bytes::copy_from_slice(key), nv, prev, now)?;
+        let info = self.mutate(sh, Bytes::copy_from_slice(key), nv, target, now)?;
         Ok((value, info))
     }
 
@@ -699,7 +739,7 @@ impl VBucket {
         now: UnixTime,
     ) -> Result<(Item, MutationInfo)> {
         self.require_active()?;
-        let (prev, item) = self.lookup(key, now);
+        let (target, item) = self.lookup(key, now);
         let item = item.ok_or(EngineError::KeyNotFound { vb: self.id })?;
         let nv = NewVersion {
             value: Bytes::copy_from_slice(item.value()),
@@ -709,7 +749,7 @@ impl VBucket {
             tombstone: None,
         };
         let key = Bytes::copy_from_slice(item.key());
-        let info = self.mutate(sh, key, nv, prev, now)?;
+        let info = self.mutate(sh, key, nv, target, now)?;
         let item = self
             .by_seqno
             .get(info.seqno)
@@ -724,7 +764,7 @@ impl VBucket {
             return Vec::new();
         }
         // The seqno index holds only current versions: each of these is its key's.
-        let expired: Vec<(Bytes, Prev, u32)> = self
+        let expired: Vec<(Bytes, Target, u32)> = self
             .expiring
             .iter()
             .filter_map(|seqno| self.by_seqno.get(*seqno))
@@ -732,15 +772,15 @@ impl VBucket {
             .map(|s| {
                 (
                     Bytes::copy_from_slice(s.key()),
-                    Prev::of(s, None),
+                    Target::replacing(s),
                     s.flags(),
                 )
             })
             .collect();
         let mut out = Vec::with_capacity(expired.len());
-        for (key, prev, flags) in expired {
+        for (key, target, flags) in expired {
             let nv = NewVersion::tombstone(DeleteSource::Expired, flags, now);
-            match self.mutate(sh, key.clone(), nv, Some(prev), now) {
+            match self.mutate(sh, key.clone(), nv, target, now) {
                 Ok(info) => out.push((key, info.seqno)),
                 Err(e) => debug_assert!(false, "{}: tombstones bypass the quota: {e}", self.id),
             }
@@ -778,7 +818,19 @@ impl VBucket {
 
     // ---- DCP consumer side (replica/pending only) ----
 
-    pub(crate) fn apply_snapshot_marker(&mut self, start: Seqno, end: Seqno) -> Result<()> {
+    /// Records a snapshot marker's range. A disk snapshot (a backfill) brings at
+    /// most one version per seqno of its range: the key table is sized for them at
+    /// once, as far as the bucket's free quota could hold them (each key costs at
+    /// least [`item::mem_size`] of a one-byte key), so a marker with an absurd
+    /// range reserves no more than the quota allows. A snapshot that deduplicated
+    /// most of its range gives the excess back when its end arrives.
+    pub(crate) fn apply_snapshot_marker(
+        &mut self,
+        sh: &Shared,
+        start: Seqno,
+        end: Seqno,
+        disk: bool,
+    ) -> Result<()> {
         self.require_replica()?;
         if start > end {
             return Err(EngineError::InvalidSnapshot {
@@ -797,6 +849,19 @@ impl VBucket {
         self.snap_start = start;
         self.snap_end = end;
         self.meta_dirty = true;
+        if self.presized_until.take().is_some() {
+            // The last sized snapshot ended early (its stream closed).
+            self.by_key.shrink_if_sparse();
+        }
+        if disk {
+            let coming = end.0 - self.high_seqno.0.max(start.0.saturating_sub(1));
+            let room = sh.quota.saturating_sub(sh.mem_used()) / item::mem_size(1);
+            let keys = usize::try_from(coming.min(room)).unwrap_or(usize::MAX);
+            if keys > 0 {
+                self.by_key.reserve(keys);
+                self.presized_until = Some(end);
+            }
+        }
         Ok(())
     }
 
@@ -821,10 +886,15 @@ impl VBucket {
             item.delete_time = 0;
             item.delete_source = DeleteSource::Explicit;
         }
-        let (prev, _) = self.lookup(&item.key, now);
-        self.reserve_for(sh, prev, &item, !item.deleted)?;
+        let (target, _) = self.lookup(&item.key, now);
+        self.reserve_for(sh, target.prev, &item, !item.deleted)?;
         sh.observe_cas(item.cas);
-        self.install_reserved(sh, item, prev);
+        let seqno = item.by_seqno;
+        self.install_reserved(sh, item, target);
+        if self.presized_until.is_some_and(|end| seqno >= end) {
+            self.presized_until = None;
+            self.by_key.shrink_if_sparse();
+        }
         Ok(())
     }
 
@@ -1151,6 +1221,122 @@ mod tests {
         UnixTime::from_secs(T)
     }
 
+    fn replica() -> VBucket {
+        let mut vb = VBucket::new(Vbid(1));
+        vb.set_state(VbState::Replica, || mcbp::VbUuid(0xdef));
+        vb
+    }
+
+    fn replicated(key: &str, seqno: u64) -> Item {
+        Item {
+            key: Bytes::from(key.to_owned()),
+            value: Bytes::from_static(b"v"),
+            cas: Cas(seqno),
+            flags: 0,
+            expiry: 0,
+            datatype: 0,
+            rev_seqno: 1,
+            by_seqno: Seqno(seqno),
+            deleted: false,
+            delete_source: DeleteSource::Explicit,
+            delete_time: 0,
+        }
+    }
+
+    /// Every write path hashes its key once: the lookup's hash goes into the new
+    /// version and the key table's insert.
+    #[test]
+    fn writes_and_replica_applies_hash_their_key_once() {
+        use crate::stored::hash_count;
+        let sh = shared();
+        let mut vb = active();
+        let hashes = |f: &mut dyn FnMut()| {
+            let before = hash_count::get();
+            f();
+            hash_count::get() - before
+        };
+        let set = |vb: &mut VBucket, key: &'static str| {
+            vb.store(&sh, StoreOp::Set, doc(key, "v"), Cas(0), now())
+                .expect("set");
+        };
+        assert_eq!(hashes(&mut || set(&mut vb, "new")), 1, "a new key");
+        assert_eq!(hashes(&mut || set(&mut vb, "new")), 1, "an overwrite");
+        let sh = shared();
+        let n = hashes(&mut || {
+            vb.delete(&sh, b"new", Cas(0), now()).expect("delete");
+        });
+        assert_eq!(n, 1, "a delete");
+        let n = hashes(&mut || {
+            vb.get(b"new", now()).expect_err("deleted");
+        });
+        assert_eq!(n, 1, "a get");
+        let mut r = replica();
+        let n = hashes(&mut || r.apply(&sh, replicated("k", 1), now()).expect("apply"));
+        assert_eq!(n, 1, "a replica apply of a new key");
+        let n = hashes(&mut || r.apply(&sh, replicated("k", 2), now()).expect("apply"));
+        assert_eq!(n, 1, "a replica apply over a key");
+    }
+
+    /// A disk snapshot marker sizes the key table for the whole snapshot, bounded by
+    /// what the free quota could hold; memory snapshots do not; a snapshot that
+    /// brought far fewer keys than its range gives the room back at its end.
+    #[test]
+    fn a_disk_snapshot_sizes_the_key_table_once_within_the_quota() {
+        let sh = shared();
+        let mut vb = replica();
+        vb.apply_snapshot_marker(&sh, Seqno(1), Seqno(3000), true)
+            .expect("marker");
+        assert!(vb.by_key.capacity() >= 3000, "{}", vb.by_key.capacity());
+        for s in 1..=3000 {
+            vb.apply(&sh, replicated(&format!("k{s}"), s), now())
+                .expect("apply");
+        }
+        assert_eq!(vb.by_key.grew(), 0);
+
+        let mut mem = replica();
+        mem.apply_snapshot_marker(&sh, Seqno(1), Seqno(3000), false)
+            .expect("marker");
+        for s in 1..=3000 {
+            mem.apply(&sh, replicated(&format!("k{s}"), s), now())
+                .expect("apply");
+        }
+        assert!(mem.by_key.grew() > 5, "{}", mem.by_key.grew());
+
+        // A range no quota could fill: the reservation stops at what it could.
+        let room = 1000;
+        let small = Shared::new(room * crate::item::mem_size(1), 1 << 20, 0);
+        let mut vb = replica();
+        vb.apply_snapshot_marker(&small, Seqno(1), Seqno(u64::MAX), true)
+            .expect("marker");
+        let cap = vb.by_key.capacity();
+        assert!((1000..2 * 1000).contains(&cap), "{cap}");
+
+        // A deduplicated snapshot: 10 keys over a range of 100 000 seqnos.
+        let mut vb = replica();
+        vb.apply_snapshot_marker(&sh, Seqno(1), Seqno(100_000), true)
+            .expect("marker");
+        let reserved = vb.by_key.capacity();
+        for s in (10_000..=100_000).step_by(10_000) {
+            vb.apply(&sh, replicated(&format!("k{s}"), s), now())
+                .expect("apply");
+            let cap = vb.by_key.capacity();
+            if s < 100_000 {
+                assert_eq!(cap, reserved, "kept until the snapshot's end");
+            } else {
+                assert!(cap < 100, "given back at its end: {cap}");
+            }
+        }
+        // One that ends early (its stream closed) gives the room back at the next
+        // marker.
+        vb.apply_snapshot_marker(&sh, Seqno(100_001), Seqno(200_000), true)
+            .expect("marker");
+        vb.apply(&sh, replicated("one", 100_001), now())
+            .expect("apply");
+        vb.apply_snapshot_marker(&sh, Seqno(100_002), Seqno(100_002), false)
+            .expect("marker");
+        assert!(vb.by_key.capacity() < 100, "{}", vb.by_key.capacity());
+    }
+
     /// The tombstone count of unflushed versions the stats read is kept, not
     /// computed: after any mix of writes, deletes, flushes and failed flushes it
     /// equals a count made by walking the versions.
@@ -1300,7 +1486,7 @@ mod tests {
             vb_uuid: mcbp::VbUuid(0x77),
             seqno: Seqno(0),
         }]));
-        vb.apply_snapshot_marker(Seqno(1), Seqno(10))
+        vb.apply_snapshot_marker(&sh, Seqno(1), Seqno(10), false)
             .expect("marker");
         // Nothing of the snapshot received yet.
         let p = vb.stream_request_position();
@@ -1329,7 +1515,7 @@ mod tests {
             (p.start, p.vb_uuid, p.snap_start, p.snap_end),
             (Seqno(4), mcbp::VbUuid(0x77), Seqno(1), Seqno(10))
         );
-        vb.apply_snapshot_marker(Seqno(5), Seqno(5))
+        vb.apply_snapshot_marker(&sh, Seqno(5), Seqno(5), false)
             .expect("marker");
         let p = vb.stream_request_position();
         assert_eq!((p.snap_start, p.snap_end), (Seqno(4), Seqno(4)));
