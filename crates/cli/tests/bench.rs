@@ -96,6 +96,28 @@ fn bench_replication_reports_throughput_and_lag() {
     check_rss_ratio(&v);
 }
 
+/// `--rate` paces the load: the run cannot finish before the offered rate allows.
+#[test]
+fn bench_replication_paces_its_load_at_the_offered_rate() {
+    let v = bench(
+        &[
+            "replication",
+            "--docs",
+            "4000",
+            "--value-size",
+            "64",
+            "--rate",
+            "10000",
+        ],
+        &[&NODE_FIELDS[..], &["lag_samples"]].concat(),
+    );
+    assert_eq!(v["offered_rate"].as_u64(), Some(10_000), "{v}");
+    let elapsed = v["elapsed_ms"].as_u64().unwrap_or(0);
+    assert!(elapsed >= 400, "4,000 documents at 10,000/s: {elapsed} ms");
+    let rate = v["mutations_per_sec"].as_u64().unwrap_or(u64::MAX);
+    assert!(rate <= 10_000, "{rate}/s offered 10,000/s");
+}
+
 #[test]
 fn bench_rebalance_reports_time_bytes_moves_and_the_ratio_to_replication() {
     let v = bench(

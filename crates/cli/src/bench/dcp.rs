@@ -123,6 +123,7 @@ pub(crate) async fn run(args: BenchDcpArgs) -> anyhow::Result<serde_json::Value>
         "docs": a.docs,
         "value_size": a.value_size,
         "vbuckets": a.vbuckets,
+        "offered_rate": a.rate,
         "mutations": mutations,
         "mutations_per_sec": (mutations as f64 / secs).round() as u64,
         "payload_bytes": a.payload_bytes(),

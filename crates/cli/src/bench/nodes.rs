@@ -42,6 +42,12 @@ pub(crate) struct LoadArgs {
     /// Loader connections (each sends batches of 500 quiet SETs closed by a NOOP).
     #[arg(long, default_value_t = 4)]
     pub(crate) load_connections: u64,
+    /// Offered load, in mutations per second over all loader connections: each
+    /// batch waits until the rate allows its last SET. 0 loads as fast as the node
+    /// acknowledges (a throughput run); a rate the nodes sustain measures the lag
+    /// of the pipeline itself rather than of a growing backlog.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) rate: u64,
     /// Bound, in seconds, on every wait.
     #[arg(long, default_value_t = 120)]
     pub(crate) timeout: u64,
@@ -286,18 +292,48 @@ pub(crate) async fn load(
     a: &LoadArgs,
     acked: &Arc<AtomicU64>,
 ) -> anyhow::Result<()> {
-    let per_conn = a.docs.div_ceil(loaders.len().max(1) as u64);
+    let conns = loaders.len().max(1) as u64;
+    let per_conn = a.docs.div_ceil(conns);
     let value = Bytes::from(vec![b'v'; a.value_size]);
+    let pace = Pace::new(Instant::now(), a.rate as f64 / conns as f64);
     let mut tasks = tokio::task::JoinSet::new();
     for (c, client) in (0u64..).zip(loaders) {
         let range = (c * per_conn)..((c + 1) * per_conn).min(a.docs);
         let (value, acked, vbuckets) = (value.clone(), Arc::clone(acked), a.vbuckets);
-        tasks.spawn(load_range(client, range, value, vbuckets, acked));
+        tasks.spawn(load_range(client, range, value, vbuckets, acked, pace));
     }
     while let Some(r) = tasks.join_next().await {
         r.context("loader task")??;
     }
     Ok(())
+}
+
+/// The schedule of one loader connection: `per_sec` mutations a second from
+/// `start` (unpaced if not positive).
+#[derive(Clone, Copy, Debug)]
+struct Pace {
+    start: Instant,
+    per_sec: f64,
+}
+
+impl Pace {
+    fn new(start: Instant, per_sec: f64) -> Pace {
+        Pace { start, per_sec }
+    }
+
+    /// When the connection may have sent `sent` mutations: `None` if unpaced.
+    fn due(&self, sent: u64) -> Option<Instant> {
+        (self.per_sec > 0.0)
+            .then(|| self.start + Duration::from_secs_f64(sent as f64 / self.per_sec))
+    }
+
+    /// Waits until the connection may have sent `sent` mutations. A connection
+    /// behind its schedule goes on at once and catches up.
+    async fn wait(&self, sent: u64) {
+        if let Some(due) = self.due(sent) {
+            tokio::time::sleep_until(due).await;
+        }
+    }
 }
 
 async fn load_range(
@@ -306,11 +342,13 @@ async fn load_range(
     value: Bytes,
     vbuckets: u16,
     acked: Arc<AtomicU64>,
+    pace: Pace,
 ) -> anyhow::Result<()> {
     let mut out = BytesMut::new();
     let mut next = range.start;
     while next < range.end {
         let end = (next + BATCH).min(range.end);
+        pace.wait(end - range.start).await;
         out.clear();
         for i in next..end {
             let k = key(i);
@@ -457,6 +495,27 @@ mod tests {
         assert_eq!(parse_cpu_ticks("4242 (short) S 1 2"), None);
         let own = cpu_seconds("self").expect("own /proc stat");
         assert!(own >= 0.0);
+    }
+
+    /// A paced connection sends each batch when the rate allows its last mutation,
+    /// and one behind its schedule goes on at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_paced_loader_waits_for_its_schedule_and_catches_up_when_late() {
+        let start = Instant::now();
+        let pace = Pace::new(start, 1000.0);
+        pace.wait(500).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(500));
+        pace.wait(1000).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(1000));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let late = Instant::now();
+        pace.wait(1500).await;
+        assert_eq!(late.elapsed(), Duration::ZERO, "behind schedule: no wait");
+        let unpaced = Pace::new(Instant::now(), 0.0);
+        assert_eq!(unpaced.due(1_000_000), None);
+        let before = Instant::now();
+        unpaced.wait(1_000_000).await;
+        assert_eq!(before.elapsed(), Duration::ZERO);
     }
 
     #[test]

@@ -85,6 +85,7 @@ pub(crate) async fn run(a: BenchRebalanceArgs) -> anyhow::Result<serde_json::Val
         value_size: a.value_size,
         vbuckets: a.vbuckets,
         load_connections: 4,
+        rate: 0,
         timeout: a.timeout,
     };
     c.create_bucket(a.vbuckets, 1, load.ram_quota_mb()).await?;
