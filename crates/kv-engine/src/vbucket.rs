@@ -13,7 +13,7 @@ use mcbp::{Cas, Seqno, VbState, Vbid};
 use crate::error::{EngineError, Result};
 use crate::failover::{FailoverEntry, FailoverLog};
 use crate::item::{self, absolute_expiry, DeleteSource, Item, UnixTime, DATATYPE_JSON};
-use crate::key_index::KeyIndex;
+use crate::key_index::{KeyIndex, Slot};
 use crate::ops::{
     ArithOp, ConcatOp, Counter, Document, MutationInfo, RollbackOutcome, StoreOp,
     StreamRequestPosition, VbStats,
@@ -150,11 +150,11 @@ struct Prev {
     rev: u64,
     size: u64,
     origin: Seqno,
-    slot: Option<usize>,
+    slot: Option<Slot>,
 }
 
 impl Prev {
-    fn of(current: &Stored, slot: Option<usize>) -> Prev {
+    fn of(current: &Stored, slot: Option<Slot>) -> Prev {
         Prev {
             rev: current.rev_seqno(),
             size: current.mem_size(),
@@ -1088,6 +1088,7 @@ impl VBucket {
     // ---- flushing ----
 
     pub(crate) fn take_flush_batch(&mut self) -> Option<FlushBatch> {
+        self.by_key.grow_while_idle();
         if !self.meta_dirty
             && self.dirty.versions(&self.by_seqno).next().is_none()
             && self.disk_deletes.is_empty()
@@ -1275,6 +1276,30 @@ mod tests {
         assert_eq!(n, 1, "a replica apply of a new key");
         let n = hashes(&mut || r.apply(&sh, replicated("k", 2), now()).expect("apply"));
         assert_eq!(n, 1, "a replica apply over a key");
+    }
+
+    /// The flusher's visits finish a key-table growth that inserts left halfway.
+    #[test]
+    fn flush_visits_finish_a_growth_inserts_left_halfway() {
+        let sh = shared();
+        let mut vb = replica();
+        let mut s = 0;
+        while vb.by_key.grew() < 8 {
+            s += 1;
+            vb.apply(&sh, replicated(&format!("k{s}"), s), now())
+                .expect("apply");
+        }
+        assert!(vb.by_key.growing());
+        let mut visits = 0;
+        while vb.by_key.growing() {
+            let _ = vb.take_flush_batch();
+            visits += 1;
+            assert!(visits < 1000, "bounded");
+        }
+        assert!(visits > 1, "a share per visit");
+        for k in [1, s / 2, s] {
+            assert!(vb.by_key.get(format!("k{k}").as_bytes()).is_some());
+        }
     }
 
     /// A disk snapshot marker sizes the key table for the whole snapshot, bounded by

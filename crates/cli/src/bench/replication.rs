@@ -72,12 +72,17 @@ pub(crate) async fn run(args: BenchReplicationArgs) -> anyhow::Result<serde_json
         let mut seen = Observed::default();
         let mut cpu_at_caught_up = None;
         loop {
+            // Each observation is timed when its own answer arrives: a slow answer
+            // from one node must not delay the other's.
+            let asked = since();
             let (high, persisted) = seqno_sums(&mut cc).await?;
-            let (_, p_persisted) = seqno_sums(&mut pc).await?;
             let t = since();
             seen.replicated.push((t, high));
             seen.consumer_persisted.push((t, persisted));
+            let (_, p_persisted) = seqno_sums(&mut pc).await?;
+            let t = since();
             seen.producer_persisted.push((t, p_persisted));
+            seen.poll_us.push(t - asked);
             if high >= docs && cpu_at_caught_up.is_none() {
                 seen.caught_up_us = t;
                 cpu_at_caught_up = Some(Cpu::read(&pids)?);
@@ -109,6 +114,8 @@ pub(crate) async fn run(args: BenchReplicationArgs) -> anyhow::Result<serde_json
     let c_persist = lag("consumer persistence", &seen.consumer_persisted)?;
     let p_persist = lag("producer persistence", &seen.producer_persisted)?;
     let ms = |v: &[u64], p: f64| round3(percentile(v, p) as f64 / 1000.0);
+    let mut poll_us = seen.poll_us;
+    poll_us.sort_unstable();
     let per_m = |secs: f64| round3(secs / (a.docs as f64 / 1e6));
     let mut out = json!({
         "bench": "replication",
@@ -125,6 +132,8 @@ pub(crate) async fn run(args: BenchReplicationArgs) -> anyhow::Result<serde_json
         "producer_persisted_lag_p99_ms": ms(&p_persist, 99.0),
         "consumer_persisted_lag_p50_ms": ms(&c_persist, 50.0),
         "consumer_persisted_lag_p99_ms": ms(&c_persist, 99.0),
+        "poll_p99_ms": ms(&poll_us, 99.0),
+        "poll_max_ms": ms(&poll_us, 100.0),
         "producer_cpu_s_per_m": per_m(cpu1.producer - cpu0.producer),
         "consumer_cpu_s_per_m": per_m(cpu1.consumer - cpu0.consumer),
         "bench_cpu_s_per_m": per_m(cpu1.bench - cpu0.bench),
@@ -141,6 +150,8 @@ struct Observed {
     consumer_persisted: Vec<Point>,
     producer_persisted: Vec<Point>,
     caught_up_us: u64,
+    /// How long each round of both questions took: the resolution of the lags.
+    poll_us: Vec<u64>,
 }
 
 /// CPU seconds used so far by the two nodes and by this process (the proxy pair,
