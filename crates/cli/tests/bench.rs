@@ -93,8 +93,15 @@ fn bench_replication_reports_throughput_and_lag() {
     for field in ["lag_p50_ms", "lag_p99_ms", "poll_p99_ms", "poll_max_ms"] {
         assert!(v[field].as_f64().is_some_and(|x| x >= 0.0), "{field}: {v}");
     }
-    assert!(v["poll_p99_ms"].as_f64() <= v["poll_max_ms"].as_f64(), "{v}");
-    assert_eq!(v["offered_rate"].as_u64(), Some(0), "unpaced by default: {v}");
+    assert!(
+        v["poll_p99_ms"].as_f64() <= v["poll_max_ms"].as_f64(),
+        "{v}"
+    );
+    assert_eq!(
+        v["offered_rate"].as_u64(),
+        Some(0),
+        "unpaced by default: {v}"
+    );
     check_rss_ratio(&v);
 }
 

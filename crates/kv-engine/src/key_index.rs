@@ -37,7 +37,10 @@ use crate::vbucket::Stored;
 /// at most one entry; about 7 in 8 do). Four make a growth last about 2/7 of the
 /// inserts to the next one; sixteen, tried first, still left lag spikes of ~100 ms
 /// in a paced `bench replication` (16 vbuckets growing at once).
-const MOVE_BUCKETS: usize = 4;
+const MOVE_BUCKETS: usize = 16;
+
+/// Buckets moved as one group (see [`KeyIndex::move_buckets`]).
+const MOVE_GROUP: usize = 16;
 
 /// Buckets moved by [`KeyIndex::grow_while_idle`]: a vbucket that stops taking
 /// inserts mid-growth still finishes within seconds.
@@ -149,11 +152,27 @@ impl KeyIndex {
             return;
         };
         let end = old.num_buckets().min(next.saturating_add(n));
-        for bucket in *next..end {
-            if let Ok(e) = old.get_bucket_entry(bucket) {
-                let (v, _) = e.remove();
-                self.table.insert_unique(v.key_hash(), v, Stored::key_hash);
+        // In groups: first take a group's versions out, then read their hashes in
+        // a loop of independent loads (the reads that miss the cache overlap
+        // instead of waiting for each other), then insert them.
+        let mut group: [Option<(u64, Stored)>; MOVE_GROUP] = Default::default();
+        let mut bucket = *next;
+        while bucket < end {
+            let group_end = end.min(bucket + MOVE_GROUP);
+            let mut taken = 0;
+            for b in bucket..group_end {
+                if let Ok(e) = old.get_bucket_entry(b) {
+                    group[taken] = Some((0, e.remove().0));
+                    taken += 1;
+                }
             }
+            for (hash, v) in group[..taken].iter_mut().flatten() {
+                *hash = v.key_hash();
+            }
+            for (hash, v) in group[..taken].iter_mut().filter_map(Option::take) {
+                self.table.insert_unique(hash, v, Stored::key_hash);
+            }
+            bucket = group_end;
         }
         *next = end;
         if end == old.num_buckets() || old.is_empty() {
