@@ -150,6 +150,24 @@ pub(crate) fn mem_size(key_value_len: usize) -> u64 {
 /// its entries in the key and seqno indexes.
 pub const ITEM_OVERHEAD: u64 = 96;
 
+/// A live item of `key` at `seqno` (CAS `seqno`, rev 1, no flags), for tests.
+#[cfg(test)]
+pub(crate) fn test_item(key: &[u8], value: &[u8], seqno: u64) -> Item {
+    Item {
+        key: Bytes::copy_from_slice(key),
+        value: Bytes::copy_from_slice(value),
+        cas: Cas(seqno),
+        flags: 0,
+        expiry: 0,
+        datatype: 0,
+        rev_seqno: 1,
+        by_seqno: Seqno(seqno),
+        deleted: false,
+        delete_source: DeleteSource::Explicit,
+        delete_time: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

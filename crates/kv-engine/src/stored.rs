@@ -313,19 +313,7 @@ impl std::fmt::Debug for Stored {
 /// A live version of `key` at `seqno` with an empty value (tests of the indexes).
 #[cfg(test)]
 pub(crate) fn test_version(key: &[u8], seqno: u64) -> Stored {
-    let item = Item {
-        key: Bytes::copy_from_slice(key),
-        value: Bytes::new(),
-        cas: Cas(seqno),
-        flags: 0,
-        expiry: 0,
-        datatype: 0,
-        rev_seqno: 1,
-        by_seqno: Seqno(seqno),
-        deleted: false,
-        delete_source: DeleteSource::Explicit,
-        delete_time: 0,
-    };
+    let item = crate::item::test_item(key, b"", seqno);
     Stored::new(&item, Seqno(seqno), &mut Vec::new())
 }
 

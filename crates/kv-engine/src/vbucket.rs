@@ -1229,19 +1229,7 @@ mod tests {
     }
 
     fn replicated(key: &str, seqno: u64) -> Item {
-        Item {
-            key: Bytes::from(key.to_owned()),
-            value: Bytes::from_static(b"v"),
-            cas: Cas(seqno),
-            flags: 0,
-            expiry: 0,
-            datatype: 0,
-            rev_seqno: 1,
-            by_seqno: Seqno(seqno),
-            deleted: false,
-            delete_source: DeleteSource::Explicit,
-            delete_time: 0,
-        }
+        crate::item::test_item(key.as_bytes(), b"v", seqno)
     }
 
     /// Every write path hashes its key once: the lookup's hash goes into the new
