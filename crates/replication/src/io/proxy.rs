@@ -29,6 +29,7 @@
 //!   in its partner's queue it still polls its socket's pending error every
 //!   [`STALL_PROBE`], so a peer that resets the connection is noticed at once.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -240,7 +241,7 @@ pub(crate) fn spawn_pair(
         |side: Side, rd: OwnedReadHalf, leftover: BytesMut, partner: &mpsc::Sender<Bytes>| Reader {
             side,
             reader: FrameReader::new(rd, leftover, read),
-            batch: Vec::new(),
+            batch: VecDeque::new(),
             partner: partner.clone(),
             events: events.clone(),
             shared: Arc::clone(shared),
@@ -320,7 +321,7 @@ struct Reader {
     reader: FrameReader<OwnedReadHalf>,
     /// Whole frames read and not yet handed to the partner's writer: chunks of the
     /// read buffer, oldest first (usually one per read).
-    batch: Vec<Bytes>,
+    batch: VecDeque<Bytes>,
     partner: mpsc::Sender<Bytes>,
     events: mpsc::Sender<ReaderEvent>,
     shared: Arc<PairShared>,
@@ -439,7 +440,7 @@ impl Reader {
     /// Appends whole frames to the batch.
     fn push(&mut self, chunk: Bytes) {
         if !chunk.is_empty() {
-            self.batch.push(chunk);
+            self.batch.push_back(chunk);
         }
     }
 
@@ -448,9 +449,9 @@ impl Reader {
     async fn flush(&mut self) -> Result<(), Stop> {
         // A chunk leaves the batch only once handed on: what was not stays for the
         // teardown flush.
-        while let Some(chunk) = self.batch.first() {
+        while let Some(chunk) = self.batch.front() {
             self.send(chunk.clone()).await?;
-            self.batch.remove(0);
+            self.batch.pop_front();
         }
         Ok(())
     }
