@@ -530,7 +530,7 @@ impl Bucket {
         flags: u32,
     ) -> Result<()> {
         tracing::trace!(bucket = %self.name, vb = %vb, %start, %end, flags, "snapshot marker");
-        let disk = flags & mcbp::dcp::MarkerFlags::DISK != 0;
+        let disk = mcbp::dcp::MarkerFlags(flags).has(mcbp::dcp::MarkerFlags::DISK);
         self.vb(vb)?
             .apply_snapshot_marker(&self.shared, start, end, disk)
     }

@@ -34,9 +34,10 @@ use crate::stored::key_hash;
 use crate::vbucket::Stored;
 
 /// Buckets of the old table moved by each insert while the table grows (each holds
-/// at most one entry; about 7 in 8 do). Four make a growth last about 2/7 of the
-/// inserts to the next one; sixteen, tried first, still left lag spikes of ~100 ms
-/// in a paced `bench replication` (16 vbuckets growing at once).
+/// at most one entry; about 7 in 8 do): a growth lasts about 1/14 of the inserts
+/// to the next one. Moved one at a time, 16 still left lag spikes of ~100 ms in a
+/// paced `bench replication` (16 vbuckets growing at once); moved in groups (see
+/// [`KeyIndex::move_buckets`]), they do not.
 const MOVE_BUCKETS: usize = 16;
 
 /// Buckets moved as one group (see [`KeyIndex::move_buckets`]).
@@ -100,7 +101,8 @@ impl KeyIndex {
         if let Some((old, _)) = self.old.as_mut() {
             if let Ok(e) = old.find_entry(hash, |v| is(v, hash, version.key())) {
                 let replaced = e.remove().0;
-                self.insert_new(hash, version);
+                self.table.insert_unique(hash, version, Stored::key_hash);
+                self.grow_step();
                 return Some(replaced);
             }
         }
@@ -119,12 +121,6 @@ impl KeyIndex {
             self.grow_step();
         }
         replaced
-    }
-
-    /// Inserts a key that is in neither table.
-    fn insert_new(&mut self, hash: u64, version: Stored) {
-        self.table.insert_unique(hash, version, Stored::key_hash);
-        self.grow_step();
     }
 
     /// One step of growth, after an insert: starts a growth when the table is

@@ -122,6 +122,8 @@ impl Stored {
         Stored::from_parts(fields, key_hash(key), key_len, key_value)
     }
 
+    /// The version of `key_value`, whose first `key_len` bytes are the key (both
+    /// callers make sure they are there) and whose key hashes to `key_hash`.
     fn from_parts(
         fields: RecordFields,
         key_hash: u64,
@@ -137,9 +139,7 @@ impl Stored {
             expiry: fields.expiry,
             delete_time: fields.delete_time,
             key_hash,
-            key_len: u16::try_from(key_len)
-                .ok()
-                .filter(|&l| usize::from(l) <= key_value.len())?,
+            key_len: u16::try_from(key_len).ok()?,
             datatype: fields.datatype,
             tombstone: fields.deleted.then_some(fields.delete_source),
         };

@@ -1087,6 +1087,9 @@ impl VBucket {
 
     // ---- flushing ----
 
+    /// Takes the vbucket's dirty state for a flush. Flush steps visit the vbuckets
+    /// through here in turn, every vbucket of an idle bucket each step, so the visit
+    /// also moves a key-table growth along ([`KeyIndex::grow_while_idle`]).
     pub(crate) fn take_flush_batch(&mut self) -> Option<FlushBatch> {
         self.by_key.grow_while_idle();
         if !self.meta_dirty

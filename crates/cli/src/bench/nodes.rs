@@ -295,7 +295,10 @@ pub(crate) async fn load(
     let conns = loaders.len().max(1) as u64;
     let per_conn = a.docs.div_ceil(conns);
     let value = Bytes::from(vec![b'v'; a.value_size]);
-    let pace = Pace::new(Instant::now(), a.rate as f64 / conns as f64);
+    let pace = Pace {
+        start: Instant::now(),
+        per_sec: a.rate as f64 / conns as f64,
+    };
     let mut tasks = tokio::task::JoinSet::new();
     for (c, client) in (0u64..).zip(loaders) {
         let range = (c * per_conn)..((c + 1) * per_conn).min(a.docs);
@@ -317,10 +320,6 @@ struct Pace {
 }
 
 impl Pace {
-    fn new(start: Instant, per_sec: f64) -> Pace {
-        Pace { start, per_sec }
-    }
-
     /// When the connection may have sent `sent` mutations: `None` if unpaced.
     fn due(&self, sent: u64) -> Option<Instant> {
         (self.per_sec > 0.0)
@@ -502,7 +501,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_paced_loader_waits_for_its_schedule_and_catches_up_when_late() {
         let start = Instant::now();
-        let pace = Pace::new(start, 1000.0);
+        let pace = Pace {
+            start,
+            per_sec: 1000.0,
+        };
         pace.wait(500).await;
         assert_eq!(start.elapsed(), Duration::from_millis(500));
         pace.wait(1000).await;
@@ -511,7 +513,10 @@ mod tests {
         let late = Instant::now();
         pace.wait(1500).await;
         assert_eq!(late.elapsed(), Duration::ZERO, "behind schedule: no wait");
-        let unpaced = Pace::new(Instant::now(), 0.0);
+        let unpaced = Pace {
+            start: Instant::now(),
+            per_sec: 0.0,
+        };
         assert_eq!(unpaced.due(1_000_000), None);
         let before = Instant::now();
         unpaced.wait(1_000_000).await;
